@@ -1,0 +1,5 @@
+//! The EROFS on-disk format: reader, builder, codecs and content fingerprints.
+//!
+//! No FUSE, no daemon: this crate is usable on its own.
+
+pub mod format;
