@@ -1,0 +1,18 @@
+//! Test support shared by every crate of the workspace.
+//!
+//! - [`gate`]: the one place that decides whether a privileged test (root, loop devices,
+//!   FUSE, the shared test vectors) runs, skips with a printed reason, or fails because
+//!   `EROFS_SHARE_REQUIRE_PRIVILEGED=1` says it must run.
+//! - [`testdata`]: the upstream mkfs.erofs 1.9.3 vectors in `../shared`.
+//! - [`LoopMount`]: a kernel EROFS mount of an image through a direct-I/O loop device,
+//!   undone on drop.
+//! - [`manifest`]: what a tree looks like (the JSON form of the vectors' manifests), and diffs.
+
+pub mod gate;
+pub mod loop_mount;
+pub mod manifest;
+pub mod testdata;
+
+pub use gate::{Need, require};
+pub use loop_mount::LoopMount;
+pub use loop_mount::drop_caches;
