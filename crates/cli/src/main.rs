@@ -1,5 +1,71 @@
-//! `erofs-share`: one binary, one subcommand per task.
+//! `erofs-share`: one binary, one subcommand per task. This file only parses arguments and
+//! dispatches; each subcommand lives in `cmd/<name>.rs`.
 
-fn main() -> anyhow::Result<()> {
-    Ok(())
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "erofs-share",
+    version,
+    about = "Share the page cache of identical files across EROFS images"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build an EROFS image from a directory, a tar file or an OCI layer.
+    Mkfs(cmd::mkfs::Args),
+    /// Show an image's superblock, or one path's inode, layout and xattrs.
+    Inspect(cmd::inspect::Args),
+    /// Check an image: structure, every inode, all data, optionally fingerprints.
+    Fsck(cmd::fsck::Args),
+    /// Restore an image's tree into a directory.
+    Extract(cmd::extract::Args),
+    /// Mount an image through the sharing daemon.
+    Mount(cmd::mount::Args),
+    /// Unmount an image mounted by the daemon.
+    Umount(cmd::umount::Args),
+    /// Show the daemon's mounts, domains and what sharing saves.
+    Status(cmd::status::Args),
+    /// Run the sharing daemon in the foreground.
+    Daemon(cmd::daemon::Args),
+    /// Predict what sharing saves for a set of images (no root, no mount).
+    Analyze(cmd::analyze::Args),
+    /// Measure what sharing saves.
+    Bench(cmd::bench::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EROFS_SHARE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Mkfs(a) => cmd::mkfs::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Fsck(a) => cmd::fsck::run(a),
+        Command::Extract(a) => cmd::extract::run(a),
+        Command::Mount(a) => cmd::mount::run(a),
+        Command::Umount(a) => cmd::umount::run(a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Analyze(a) => cmd::analyze::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("erofs-share: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -2,4 +2,6 @@
 //!
 //! No FUSE, no daemon: this crate is usable on its own.
 
+pub mod fingerprint;
 pub mod format;
+pub mod xattr_name;

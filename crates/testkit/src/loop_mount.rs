@@ -30,12 +30,9 @@ impl LoopMount {
             .prefix("erofs-mnt-")
             .tempdir()
             .map_err(|e| e.to_string())?;
-        let loopdev = run(Command::new("losetup").args([
-            "--find",
-            "--show",
-            "--read-only",
-            "--direct-io=on",
-        ]).arg(image))?;
+        let loopdev = run(Command::new("losetup")
+            .args(["--find", "--show", "--read-only", "--direct-io=on"])
+            .arg(image))?;
         let mut m = LoopMount {
             dir,
             loopdev,

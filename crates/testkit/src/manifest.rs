@@ -125,7 +125,10 @@ pub fn xattrs_of(path: &Path) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
         return Err(err);
     }
     let mut out = BTreeMap::new();
-    for name in names[..n as usize].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for name in names[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+    {
         let cname = CString::new(name)?;
         let mut value = vec![0u8; 64 * 1024];
         // SAFETY: both strings are NUL-terminated; value is a valid buffer of its length.

@@ -5,10 +5,17 @@ use testkit::{LoopMount, Need, manifest, require, testdata};
 
 #[test]
 fn kernel_mount_of_plain_fp_matches_its_manifest() {
-    if !require("kernel_mount_of_plain_fp_matches_its_manifest", &[Need::Testdata, Need::KernelErofs]) {
+    if !require(
+        "kernel_mount_of_plain_fp_matches_its_manifest",
+        &[Need::Testdata, Need::KernelErofs],
+    ) {
         return;
     }
     let m = LoopMount::new(&testdata::image("plain-fp")).expect("mount");
     let got = manifest::of_tree(m.path()).expect("walk");
-    manifest::assert_same(&manifest::load(&testdata::manifest("plain-fp")), &got, "plain-fp");
+    manifest::assert_same(
+        &manifest::load(&testdata::manifest("plain-fp")),
+        &got,
+        "plain-fp",
+    );
 }

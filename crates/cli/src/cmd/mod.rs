@@ -1,0 +1,12 @@
+//! One module per subcommand: argument struct and `run`.
+
+pub mod analyze;
+pub mod bench;
+pub mod daemon;
+pub mod extract;
+pub mod fsck;
+pub mod inspect;
+pub mod mkfs;
+pub mod mount;
+pub mod status;
+pub mod umount;
