@@ -422,8 +422,10 @@ pub mod zadvise {
     pub const INLINE_PCLUSTER: u16 = 0x0008;
     pub const INTERLACED_PCLUSTER: u16 = 0x0010;
     pub const FRAGMENT_PCLUSTER: u16 = 0x0020;
-    /// 48-bit layout: the lcluster index stores the extent's start block in 48 bits.
-    pub const EXTENTS: u16 = 0x0040;
+    /// COMPRESSED_FULL only (same bit as COMPACTED_2B): extent records instead of lcluster
+    /// indexes (the 48-bit layout); bits 1–2 then give the record size, 4 << n bytes, and
+    /// the map header's first 4 and last 2 bytes the record count.
+    pub const EXTENTS: u16 = 0x0001;
 }
 
 /// A full (non-compact) lcluster index, 8 bytes (COMPRESSED_FULL layout).
