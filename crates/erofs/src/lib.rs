@@ -3,6 +3,21 @@
 //! No FUSE, no daemon: this crate is usable on its own.
 
 pub mod codec;
+pub mod data;
+mod decompress;
+pub mod dir;
+pub mod error;
 pub mod fingerprint;
 pub mod format;
+pub mod image;
+pub mod inode;
+pub mod source;
+pub mod superblock;
+pub mod walk;
+pub mod xattr;
 pub mod xattr_name;
+pub mod zmap;
+
+pub use error::{Error, Result};
+pub use image::Image;
+pub use inode::{FileType, Inode};
