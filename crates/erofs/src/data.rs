@@ -252,7 +252,7 @@ fn compressed_error(img: &Image, inode: &Inode) -> Error {
     }
 }
 
-/// Compressed layouts (COMPRESSED_FULL, COMPRESSED_COMPACT). The codecs replace this.
-fn read_compressed(img: &Image, inode: &Inode, _offset: u64, _buf: &mut [u8]) -> Result<usize> {
-    Err(compressed_error(img, inode))
+/// Compressed layouts (COMPRESSED_FULL, COMPRESSED_COMPACT).
+fn read_compressed(img: &Image, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
+    crate::decompress::read(img, inode, offset, buf)
 }

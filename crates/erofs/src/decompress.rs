@@ -300,9 +300,15 @@ fn decode(img: &Image, inode: &Inode, ext: &ZExtent) -> Result<Vec<u8>> {
             if ext.format == Format::Shifted {
                 out.copy_from_slice(&raw[..llen]);
             } else {
+                // The extent's first bytes sit at its in-block offset within the last
+                // block of the pcluster; the rest continues from the pcluster's start.
                 let bs = img.superblock().block_size();
-                let head = ((bs - ext.la % bs) as usize).min(llen);
-                out[..head].copy_from_slice(&raw[raw.len() - head..]);
+                let rest_of_block = (bs - ext.la % bs) as usize;
+                let from = raw.len().checked_sub(rest_of_block).ok_or_else(|| {
+                    bad(format!("interlaced pcluster of {plen} bytes is too short"))
+                })?;
+                let head = rest_of_block.min(llen);
+                out[..head].copy_from_slice(&raw[from..from + head]);
                 out[head..].copy_from_slice(&raw[..llen - head]);
             }
         }

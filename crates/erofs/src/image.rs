@@ -24,6 +24,8 @@ pub struct Image {
     metabox: Option<Inode>,
     /// The long xattr prefix table, or why it could not be read.
     prefixes: std::result::Result<Vec<LongPrefix>, String>,
+    /// Decoders, extent maps and decoded pclusters of compressed inodes.
+    zcache: crate::decompress::Cache,
 }
 
 impl Image {
@@ -57,6 +59,7 @@ impl Image {
             len,
             metabox: None,
             prefixes: Ok(Vec::new()),
+            zcache: Default::default(),
         };
         if let Some(nid) = img.sb.metabox_nid {
             let mb = img.inode(nid)?;
@@ -99,6 +102,10 @@ impl Image {
             at: "long xattr prefixes".into(),
             what: e.clone(),
         })
+    }
+
+    pub(crate) fn zcache(&self) -> &crate::decompress::Cache {
+        &self.zcache
     }
 
     pub(crate) fn corrupt_nid(&self, nid: u64, what: String) -> Error {
