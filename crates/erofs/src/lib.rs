@@ -5,6 +5,7 @@
 pub mod data;
 pub mod dir;
 pub mod error;
+pub mod extract;
 pub mod fingerprint;
 pub mod format;
 pub mod image;
