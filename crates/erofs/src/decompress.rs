@@ -168,7 +168,8 @@ impl Cache {
         self.packed
             .get_or_init(|| {
                 let nid = img.superblock().packed_nid;
-                img.inode(nid).map_err(|e| format!("packed inode {nid}: {e}"))
+                img.inode(nid)
+                    .map_err(|e| format!("packed inode {nid}: {e}"))
             })
             .as_ref()
             .map_err(|e| img.corrupt_at("packed inode", e.clone()))
@@ -196,10 +197,7 @@ impl Cache {
             return Ok(*e);
         }
         let e = z.map(img, pos)?;
-        self.last
-            .lock()
-            .expect("not poisoned")
-            .insert(inode.nid, e);
+        self.last.lock().expect("not poisoned").insert(inode.nid, e);
         Ok(e)
     }
 }
@@ -247,7 +245,10 @@ fn read_fragment(img: &Image, inode: &Inode, ext: &ZExtent, at: u64, out: &mut [
     if packed.nid == inode.nid {
         return Err(img.corrupt_nid(
             inode.nid,
-            format!("the packed inode's extent at {} is a fragment of itself", ext.la),
+            format!(
+                "the packed inode's extent at {} is a fragment of itself",
+                ext.la
+            ),
         ));
     }
     let got = img.read_at(packed, at, out)?;
@@ -318,8 +319,8 @@ fn decode(img: &Image, inode: &Inode, ext: &ZExtent) -> Result<Vec<u8>> {
                 .decoders(img)?
                 .get(alg)
                 .ok_or_else(|| bad(format!("{alg} is not enabled in the superblock")))?;
-            let padded = alg != Algorithm::Lz4
-                || img.superblock().has_incompat(incompat::ZERO_PADDING);
+            let padded =
+                alg != Algorithm::Lz4 || img.superblock().has_incompat(incompat::ZERO_PADDING);
             let start = if padded {
                 let window = (PAGE - raw_pos % PAGE) as usize;
                 codec::stream_start(alg, &raw, window)

@@ -270,8 +270,7 @@ impl ZMap {
         }
         let head = self.head_of(img, m, ofs)?;
         self.tail_headlcn = head.lcn;
-        if self.advise & zadvise::FRAGMENT_PCLUSTER != 0 && matches!(self.kind, Kind::Full { .. })
-        {
+        if self.advise & zadvise::FRAGMENT_PCLUSTER != 0 && matches!(self.kind, Kind::Full { .. }) {
             self.fragment_off |= head.pblk << 32;
         }
         Ok(())
@@ -282,7 +281,9 @@ impl ZMap {
         debug_assert!(la < self.size);
         let ext = match self.kind {
             Kind::WholeFragment => self.whole_fragment(),
-            Kind::Extents { base, recsz, count } => self.map_extents(img, la, base, recsz, count)?,
+            Kind::Extents { base, recsz, count } => {
+                self.map_extents(img, la, base, recsz, count)?
+            }
             Kind::Full { .. } | Kind::Compact { .. } => {
                 if self.advise & zadvise::FRAGMENT_PCLUSTER != 0 && self.tail_headlcn == 0 {
                     self.whole_fragment()
@@ -354,9 +355,15 @@ impl ZMap {
             }
         } else {
             let blocks = self.compressed_blocks(img, &head)?;
-            let pa = head.pblk.checked_shl(self.block_bits).filter(|p| p >> self.block_bits == head.pblk);
+            let pa = head
+                .pblk
+                .checked_shl(self.block_bits)
+                .filter(|p| p >> self.block_bits == head.pblk);
             let pa = pa.ok_or_else(|| {
-                self.bad(img, format!("offset {la}: start block {} overflows", head.pblk))
+                self.bad(
+                    img,
+                    format!("offset {la}: start block {} overflows", head.pblk),
+                )
             })?;
             Place::Image {
                 pa,
@@ -411,9 +418,7 @@ impl ZMap {
             if distance == 0 || distance > lcn {
                 return Err(self.bad(
                     img,
-                    format!(
-                        "offset {la}: bogus lookback distance {distance} at lcluster {lcn}"
-                    ),
+                    format!("offset {la}: bogus lookback distance {distance} at lcluster {lcn}"),
                 ));
             }
             lcn -= distance;
@@ -497,9 +502,8 @@ impl ZMap {
     fn load_full(&self, img: &Image, base: u64, lcn: u64) -> Result<Lcluster> {
         let pos = base + lcn * 8;
         let mut di = [0u8; 8];
-        img.read_meta(self.space, pos, &mut di).map_err(|e| {
-            self.bad(img, format!("index of lcluster {lcn} unreadable: {e}"))
-        })?;
+        img.read_meta(self.space, pos, &mut di)
+            .map_err(|e| self.bad(img, format!("index of lcluster {lcn} unreadable: {e}")))?;
         let advise = le16(&di, 0);
         let mut m = Lcluster {
             lcn,
@@ -585,7 +589,10 @@ impl ZMap {
         let mut pack = [0u8; 32];
         let pack = &mut pack[..pack_bytes as usize];
         img.read_meta(self.space, pack_start, pack).map_err(|e| {
-            self.bad(img, format!("compact index of lcluster {lcn} unreadable: {e}"))
+            self.bad(
+                img,
+                format!("compact index of lcluster {lcn} unreadable: {e}"),
+            )
         })?;
         let lobits = lcb.max(12);
         let encodebits = ((pack_bytes - 4) * 8 / vcnt) as u32;
@@ -724,7 +731,14 @@ impl ZMap {
         Ok(out)
     }
 
-    fn map_extents(&self, img: &Image, la: u64, base: u64, recsz: u64, count: u64) -> Result<ZExtent> {
+    fn map_extents(
+        &self,
+        img: &Image,
+        la: u64,
+        base: u64,
+        recsz: u64,
+        count: u64,
+    ) -> Result<ZExtent> {
         let lcs = 1u64 << self.lclusterbits;
         let read_rec = |pos: u64, rec: &mut [u8; 32]| -> Result<()> {
             img.read_meta(self.space, pos, &mut rec[..recsz as usize])
@@ -796,10 +810,7 @@ impl ZMap {
             }
         }
         if lstart >= lend {
-            return Err(self.bad(
-                img,
-                format!("offset {la}: empty extent {lstart}..{lend}"),
-            ));
+            return Err(self.bad(img, format!("offset {la}: empty extent {lstart}..{lend}")));
         }
         let mut ext = ZExtent {
             la: lstart,

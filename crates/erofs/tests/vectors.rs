@@ -6,6 +6,7 @@ use erofs::walk::{Visit, walk};
 use erofs::{FileType, Image, Inode};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use std::ops::ControlFlow;
 use testkit::manifest::{Manifest, assert_same};
 use testkit::{Need, require, testdata};
 
@@ -27,56 +28,59 @@ fn content(img: &Image, inode: &Inode) -> Vec<u8> {
 /// The manifest of an image as this reader sees it.
 fn reader_manifest(img: &Image) -> Manifest {
     let mut m = Manifest::new();
-    walk(img, |v| match v {
-        Visit::Problem { path, error } => {
-            panic!("{}: {error}", String::from_utf8_lossy(path))
-        }
-        Visit::Inode { path, inode, .. } => {
-            let rel = if path == b"/" {
-                ".".to_string()
-            } else {
-                String::from_utf8_lossy(&path[1..]).into_owned()
-            };
-            let mut e = Map::new();
-            let ft = inode.file_type();
-            e.insert("type".into(), ft.name().into());
-            e.insert("mode".into(), (inode.permissions() as u32).into());
-            e.insert("uid".into(), inode.uid.into());
-            e.insert("gid".into(), inode.gid.into());
-            e.insert(
-                "mtime_ns".into(),
-                (inode.mtime * 1_000_000_000 + inode.mtime_nsec as i64).into(),
-            );
-            e.insert("nlink".into(), inode.nlink.into());
-            match ft {
-                FileType::Reg => {
-                    e.insert("size".into(), inode.size.into());
-                    let c = content(img, inode);
-                    e.insert("sha256".into(), hex::encode(Sha256::digest(&c)).into());
-                }
-                FileType::Symlink => {
-                    let t = img.read_link(inode).unwrap();
-                    e.insert("target".into(), String::from_utf8_lossy(&t).into());
-                }
-                FileType::CharDev | FileType::BlockDev => {
-                    e.insert("rdev_major".into(), inode.rdev_major().into());
-                    e.insert("rdev_minor".into(), inode.rdev_minor().into());
-                }
-                _ => {}
+    walk(img, |v| {
+        match v {
+            Visit::Problem { path, error } => {
+                panic!("{}: {error}", String::from_utf8_lossy(path))
             }
-            let mut x = Map::new();
-            for a in img.listed_xattrs(inode).unwrap() {
-                let name = String::from_utf8(a.name.clone()).unwrap();
-                assert_eq!(
-                    img.get_xattr(inode, &a.name).unwrap().as_deref(),
-                    Some(a.value.as_slice()),
-                    "{rel}: getxattr {name}"
+            Visit::Inode { path, inode, .. } => {
+                let rel = if path == b"/" {
+                    ".".to_string()
+                } else {
+                    String::from_utf8_lossy(&path[1..]).into_owned()
+                };
+                let mut e = Map::new();
+                let ft = inode.file_type();
+                e.insert("type".into(), ft.name().into());
+                e.insert("mode".into(), (inode.permissions() as u32).into());
+                e.insert("uid".into(), inode.uid.into());
+                e.insert("gid".into(), inode.gid.into());
+                e.insert(
+                    "mtime_ns".into(),
+                    (inode.mtime * 1_000_000_000 + inode.mtime_nsec as i64).into(),
                 );
-                x.insert(name, hex::encode(&a.value).into());
+                e.insert("nlink".into(), inode.nlink.into());
+                match ft {
+                    FileType::Reg => {
+                        e.insert("size".into(), inode.size.into());
+                        let c = content(img, inode);
+                        e.insert("sha256".into(), hex::encode(Sha256::digest(&c)).into());
+                    }
+                    FileType::Symlink => {
+                        let t = img.read_link(inode).unwrap();
+                        e.insert("target".into(), String::from_utf8_lossy(&t).into());
+                    }
+                    FileType::CharDev | FileType::BlockDev => {
+                        e.insert("rdev_major".into(), inode.rdev_major().into());
+                        e.insert("rdev_minor".into(), inode.rdev_minor().into());
+                    }
+                    _ => {}
+                }
+                let mut x = Map::new();
+                for a in img.listed_xattrs(inode).unwrap() {
+                    let name = String::from_utf8(a.name.clone()).unwrap();
+                    assert_eq!(
+                        img.get_xattr(inode, &a.name).unwrap().as_deref(),
+                        Some(a.value.as_slice()),
+                        "{rel}: getxattr {name}"
+                    );
+                    x.insert(name, hex::encode(&a.value).into());
+                }
+                e.insert("xattrs".into(), Value::Object(x));
+                m.insert(rel, Value::Object(e));
             }
-            e.insert("xattrs".into(), Value::Object(x));
-            m.insert(rel, Value::Object(e));
         }
+        ControlFlow::Continue(())
     });
     m
 }
@@ -135,6 +139,7 @@ fn fingerprints_are_sha256_of_content_and_filters_match_the_hash() {
             } else {
                 assert_eq!(fp, None, "{name}: {path:?}");
             }
+            ControlFlow::Continue(())
         });
         if has_fp {
             assert!(files > 100, "{name}: only {files} fingerprinted files");
