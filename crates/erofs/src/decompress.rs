@@ -105,10 +105,13 @@ impl Decoders {
     }
 }
 
+/// A decoded extent and when it was last used.
+type Entry = (Arc<Vec<u8>>, u64);
+
 #[derive(Debug, Default)]
 struct Lru {
     /// (nid, extent start) → decoded bytes and last use.
-    map: HashMap<(u64, u64), (Arc<Vec<u8>>, u64)>,
+    map: HashMap<(u64, u64), Entry>,
     bytes: usize,
     clock: u64,
 }
@@ -154,9 +157,16 @@ pub(crate) struct Cache {
     /// The last extent mapped per inode: sequential reads skip the map walk.
     last: Mutex<HashMap<u64, ZExtent>>,
     extents: Mutex<Lru>,
+    /// Pclusters decoded so far (a cache miss each).
+    decoded: std::sync::atomic::AtomicU64,
 }
 
 impl Cache {
+    /// How many pclusters were decoded since the image was opened.
+    pub fn pclusters_decoded(&self) -> u64 {
+        self.decoded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn decoders(&self, img: &Image) -> Result<&Decoders> {
         self.decoders
             .get_or_init(|| Decoders::load(img).map_err(|e| e.to_string()))
@@ -224,6 +234,9 @@ pub(crate) fn read(img: &Image, inode: &Inode, offset: u64, buf: &mut [u8]) -> R
                     Some(d) => d,
                     None => {
                         let d = Arc::new(decode(img, inode, &ext)?);
+                        cache
+                            .decoded
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         cache
                             .extents
                             .lock()
@@ -306,7 +319,11 @@ fn decode(img: &Image, inode: &Inode, ext: &ZExtent) -> Result<Vec<u8>> {
                 let bs = img.superblock().block_size();
                 let rest_of_block = (bs - ext.la % bs) as usize;
                 let from = raw.len().checked_sub(rest_of_block).ok_or_else(|| {
-                    bad(format!("interlaced pcluster of {plen} bytes is too short"))
+                    bad(format!(
+                        "the inode is marked INTERLACED but this plain pcluster has only \
+                         {plen} bytes: interlacing needs the {rest_of_block} bytes to the end \
+                         of its block (an inline tail stored unrotated?)"
+                    ))
                 })?;
                 let head = rest_of_block.min(llen);
                 out[..head].copy_from_slice(&raw[from..from + head]);

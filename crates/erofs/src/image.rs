@@ -108,6 +108,12 @@ impl Image {
         &self.zcache
     }
 
+    /// How many compressed pclusters were decoded since the image was opened (each cache
+    /// miss decodes one).
+    pub fn pclusters_decoded(&self) -> u64 {
+        self.zcache.pclusters_decoded()
+    }
+
     pub(crate) fn corrupt_nid(&self, nid: u64, what: String) -> Error {
         Error::Corrupt {
             image: self.name.clone(),

@@ -35,7 +35,7 @@ pub(crate) const MAX_EXTENT: u64 = 12 << 20;
 
 /// How a pcluster's bytes become file data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
+pub enum Format {
     /// Compressed with this algorithm.
     Codec(Algorithm),
     /// Stored plain: the extent's bytes from the pcluster's start.
@@ -47,7 +47,7 @@ pub(crate) enum Format {
 
 /// Where an extent's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Place {
+pub enum Place {
     /// A pcluster at this image byte offset, `plen` bytes long.
     Image { pa: u64, plen: u64 },
     /// The inline tail pcluster after the index, in the inode's metadata space.
@@ -60,7 +60,7 @@ pub(crate) enum Place {
 
 /// One extent of a compressed inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ZExtent {
+pub struct ZExtent {
     /// Logical start and length (the whole extent, up to the next head or EOF).
     pub la: u64,
     pub llen: u64,
@@ -852,4 +852,24 @@ impl ZMap {
         }
         Ok(ext)
     }
+}
+
+/// Every extent of a compressed inode in file order (for `inspect` and tests): at most
+/// `limit`; the bool says whether more exist.
+pub fn extents(img: &Image, inode: &Inode, limit: usize) -> Result<(Vec<ZExtent>, bool)> {
+    if !inode.is_compressed() {
+        return Err(img.corrupt_nid(inode.nid, "not a compressed inode".into()));
+    }
+    let z = ZMap::load(img, inode)?;
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < inode.size {
+        if out.len() == limit {
+            return Ok((out, true));
+        }
+        let e = z.map(img, pos)?;
+        pos = e.end();
+        out.push(e);
+    }
+    Ok((out, false))
 }
