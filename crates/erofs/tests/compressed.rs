@@ -147,7 +147,7 @@ fn sequential_small_reads_decode_each_pcluster_once() {
         return;
     }
     for name in ["lz4", "lz4hc-bigpcluster", "lzma", "zstd", "deflate"] {
-        let img = Image::open(testdata::image(&name)).unwrap();
+        let img = Image::open(testdata::image(name)).unwrap();
         let f = img.resolve("/big/text-800k.txt").unwrap();
         let (extents, more) = zmap::extents(&img, &f, 10_000).unwrap();
         assert!(!more);
