@@ -2,6 +2,7 @@
 //!
 //! No FUSE, no daemon: this crate is usable on its own.
 
+pub mod build;
 pub mod fingerprint;
 pub mod format;
 pub mod xattr_name;
