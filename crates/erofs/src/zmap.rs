@@ -370,6 +370,24 @@ impl ZMap {
                 plen: blocks << self.block_bits,
             }
         };
+        if let (lcluster::PLAIN, Place::Image { plen, .. }) = (head.ty, place) {
+            // The kernel maps a queried NONHEAD lcluster of a plain extent up to that
+            // lcluster's end, which must stay within the plain pcluster.
+            let last_nonhead = if end < self.size {
+                (end >> lcb).saturating_sub(1)
+            } else {
+                self.lclusters() - 1
+            };
+            if last_nonhead > head.lcn && ((last_nonhead + 1) << lcb) - start > plen {
+                return Err(self.bad(
+                    img,
+                    format!(
+                        "offset {la}: plain extent at {start} runs through lcluster \
+                         {last_nonhead}, past its {plen} byte pcluster"
+                    ),
+                ));
+            }
+        }
         let format = match head.ty {
             lcluster::PLAIN => {
                 if self.advise & zadvise::INTERLACED_PCLUSTER != 0 {

@@ -48,6 +48,16 @@ pub struct Args {
     /// `.wh..wh..opq` into `trusted.overlay.opaque=y` (the overlayfs form).
     #[arg(long)]
     pub oci_layer: bool,
+    /// Compress regular files: `lz4`, `lz4hc[,level=N]` (1-12, default 9),
+    /// `zstd[,level=N]` (1-22, default 3), `lzma[,level=N]` (0-9, default 6) or
+    /// `deflate[,level=N]` (0-12, default 6). Files that do not shrink stay uncompressed.
+    #[arg(short = 'z', long = "compress", value_name = "ALG[,level=N]")]
+    pub compress: Option<String>,
+    /// Largest physical cluster of compressed data in bytes (a multiple of the block size,
+    /// up to 1 MiB; default one block). Bigger clusters compress better and need
+    /// Linux 5.13+.
+    #[arg(long, value_name = "BYTES", requires = "compress")]
+    pub pcluster_size: Option<u32>,
     /// No progress bar and no summary line.
     #[arg(long, short)]
     pub quiet: bool,
@@ -137,7 +147,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|p| Pattern::new(p).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let compression = args
+        .compress
+        .as_deref()
+        .map(|spec| build::Compression::new(spec, args.pcluster_size, args.block_size))
+        .transpose()?;
     let opts = Options {
+        compression,
         block_size: args.block_size,
         fingerprint,
         inline: !args.no_inline,

@@ -101,6 +101,7 @@ pub fn store(
         blocks: at.blocks,
         inline_tail,
         fingerprint,
+        compressed: None,
     })
 }
 

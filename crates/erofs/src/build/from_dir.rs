@@ -162,6 +162,9 @@ fn store_files(
     img: &mut ImageFile,
     progress: &dyn Progress,
 ) -> Result<(), BuildError> {
+    if let Some(c) = &opts.compression {
+        return super::compress::store_dir_files(tree, opts, c, img, progress);
+    }
     let bs = img.block_size();
     let mut jobs: Vec<(NodeId, PathBuf, u64, Placement)> = Vec::new();
     let mut total = 0u64;

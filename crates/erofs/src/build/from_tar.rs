@@ -572,14 +572,30 @@ impl Builder<'_> {
                     e.size,
                     max_ibody_size(&e.xattrs, fp),
                 );
-                let at = file_data::place(img, e.size, inline);
                 let at_header = tar.header_at;
-                let stored = {
+                let err = |io: std::io::Error| BuildError::Tar {
+                    offset: at_header,
+                    msg: format!("{shown:?}: {io}"),
+                };
+                let stored = if let Some(c) = &self.opts.compression {
+                    // Compressed: the whole entry in memory, compressed in parallel segments.
+                    let mut data = Vec::with_capacity(e.size.min(1 << 30) as usize);
+                    (&mut tar.r)
+                        .take(e.size)
+                        .read_to_end(&mut data)
+                        .map_err(err)?;
+                    if data.len() as u64 != e.size {
+                        return Err(err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "archive ends inside this entry",
+                        )));
+                    }
+                    progress.advance(e.size);
+                    let p = super::compress::prepare(data, c, bs, fp)?;
+                    super::compress::store(img, p, inline, c)?
+                } else {
+                    let at = file_data::place(img, e.size, inline);
                     let mut data = (&mut tar.r).take(e.size);
-                    let err = |io: std::io::Error| BuildError::Tar {
-                        offset: at_header,
-                        msg: format!("{shown:?}: {io}"),
-                    };
                     file_data::store(img, &at, e.size, &mut data, fp, progress, &err)?
                 };
                 tar.pos += e.size;

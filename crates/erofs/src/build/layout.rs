@@ -1,17 +1,31 @@
 //! Where things go: the first data block, directory block splits, and the placement of
 //! inodes in the metadata area (which fixes their nids).
 
+use super::Options;
 use crate::fingerprint::XattrName;
 use crate::format::{DIRENT_SIZE, ISLOT_BITS, SUPER_OFFSET, SUPERBLOCK_SIZE};
 use std::ops::Range;
 
-/// Byte offset of the long xattr prefix table: right after the superblock.
-pub const PREFIX_TABLE_OFFSET: u64 = SUPER_OFFSET + SUPERBLOCK_SIZE as u64;
+/// Byte offset of the compression configs: right after the superblock (the kernel reads
+/// them there).
+pub const CONFIGS_OFFSET: u64 = SUPER_OFFSET + SUPERBLOCK_SIZE as u64;
 
-/// First block after the superblock and the prefix table.
-pub fn first_data_block(blkszbits: u8, fingerprint: Option<&XattrName>) -> u64 {
-    let end = PREFIX_TABLE_OFFSET
-        + fingerprint.map_or(0, |n| super::xattrs::prefix_record(n).len() as u64);
+/// Byte offset of the long xattr prefix table: after the superblock and the compression
+/// configs.
+pub fn prefix_table_offset(blkszbits: u8, opts: &Options) -> u64 {
+    let configs = opts
+        .compression
+        .as_ref()
+        .map_or(0, |c| c.configs(1 << blkszbits).len() as u64);
+    CONFIGS_OFFSET + configs
+}
+
+/// First block after the superblock, the compression configs and the prefix table.
+pub fn first_data_block(blkszbits: u8, opts: &Options) -> u64 {
+    let end = prefix_table_offset(blkszbits, opts)
+        + opts.fingerprint.as_ref().map_or(0, |n: &XattrName| {
+            super::xattrs::prefix_record(n).len() as u64
+        });
     end.div_ceil(1 << blkszbits)
 }
 

@@ -13,6 +13,7 @@
 //! when the image is complete, so a failed build never clobbers an existing image.
 
 pub mod acl;
+pub mod compress;
 pub mod exclude;
 pub mod file_data;
 pub mod from_dir;
@@ -27,6 +28,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+pub use compress::Compression;
 pub use exclude::Pattern;
 
 /// What a build failed on.
@@ -79,6 +81,8 @@ pub struct Options {
     /// Tar input is an OCI layer: convert `.wh.NAME` and `.wh..wh..opq` whiteouts to the
     /// overlayfs form.
     pub oci_layer: bool,
+    /// Compress regular files, if set.
+    pub compression: Option<Compression>,
 }
 
 impl Default for Options {
@@ -93,6 +97,7 @@ impl Default for Options {
             uid: None,
             gid: None,
             oci_layer: false,
+            compression: None,
         }
     }
 }
@@ -204,7 +209,7 @@ pub fn build(
         .tempfile_in(&parent)
         .map_err(BuildError::io(&parent))?;
     let file = tmp.as_file().try_clone().map_err(BuildError::Write)?;
-    let first_data_block = layout::first_data_block(blkszbits, opts.fingerprint.as_ref());
+    let first_data_block = layout::first_data_block(blkszbits, opts);
     let mut img = ImageFile {
         file,
         blkszbits,

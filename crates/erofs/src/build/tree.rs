@@ -30,6 +30,18 @@ pub struct Stored {
     pub inline_tail: Option<Vec<u8>>,
     /// The fingerprint xattr value, when fingerprints are on and the file is not empty.
     pub fingerprint: Option<crate::fingerprint::Value>,
+    /// Compressed content: its blocks are in the data area, its map goes after the inode.
+    pub compressed: Option<CompressedMap>,
+}
+
+/// The extent map of a compressed file (COMPRESSED_FULL), written after its inode and xattrs
+/// at the next 8-byte boundary.
+#[derive(Debug, Clone, Default)]
+pub struct CompressedMap {
+    /// Blocks of compressed data (`i_u`).
+    pub blocks: u64,
+    /// Map header, reserved bytes and lcluster indexes.
+    pub map: Vec<u8>,
 }
 
 /// What kind of inode a node is, with its type-specific payload.

@@ -1,7 +1,7 @@
 //! Serialising the laid-out tree: inodes (compact where lossless), xattr bodies, directory
 //! blocks, symlink targets, the shared xattr area, the prefix table and the superblock.
 
-use super::layout::{self, MetaAllocator, PREFIX_TABLE_OFFSET};
+use super::layout::{self, CONFIGS_OFFSET, MetaAllocator};
 use super::tree::{Content, Kind, NodeId, Tree};
 use super::xattrs::{self, FingerprintPrefix, SharedXattrs};
 use super::{BuildError, ImageFile, Options, Summary};
@@ -29,6 +29,8 @@ struct Planned {
     /// Data for the blocks of a directory or symlink (files are already written).
     blocks_at: Option<u64>,
     inline_len: usize,
+    /// The inline part may cross blocks (a compressed file's map, unlike inline tails).
+    inline_may_cross: bool,
     offset: u64,
 }
 
@@ -107,6 +109,7 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
             size,
             blocks_at: None,
             inline_len: 0,
+            inline_may_cross: false,
             offset: 0,
         };
         match &n.kind {
@@ -116,7 +119,12 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
                 };
                 summary.content_bytes += size;
                 p.i_u = start_addr(s.start_block)?;
-                if let Some(t) = &s.inline_tail {
+                if let Some(z) = &s.compressed {
+                    p.datalayout = format::layout::COMPRESSED_FULL;
+                    p.i_u = u32::try_from(z.blocks).map_err(|_| BuildError::TooMany("blocks"))?;
+                    p.inline_len = map_padding(p.isize() + p.xattr.len()) + z.map.len();
+                    p.inline_may_cross = true;
+                } else if let Some(t) = &s.inline_tail {
                     p.datalayout = format::layout::FLAT_INLINE;
                     p.inline_len = t.len();
                 }
@@ -151,7 +159,7 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     let mut nid_of = vec![u64::MAX; tree.nodes.len()];
     for p in &mut plans {
         let len = (p.isize() + p.xattr.len() + p.inline_len) as u64;
-        p.offset = alloc.place(len, p.inline_len > 0);
+        p.offset = alloc.place(len, p.inline_len > 0 && !p.inline_may_cross);
         nid_of[p.node] = p.offset >> format::ISLOT_BITS;
     }
     let root_nid = u16::try_from(nid_of[0]).map_err(|_| BuildError::TooMany("shared xattrs"))?;
@@ -208,7 +216,14 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
             Kind::File {
                 content: Content::Stored(s),
                 ..
-            } => s.inline_tail.as_deref().map(Into::into),
+            } => match &s.compressed {
+                Some(z) => {
+                    let mut v = vec![0u8; map_padding(p.isize() + p.xattr.len())];
+                    v.extend_from_slice(&z.map);
+                    Some(v.into())
+                }
+                None => s.inline_tail.as_deref().map(Into::into),
+            },
             Kind::Dir(entries) => {
                 let d = dir_data(entries, p.node, p.parent, tree, &nid_of, bs);
                 debug_assert_eq!(d.len() as u64, p.size);
@@ -239,13 +254,19 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     sb.magic = EROFS_MAGIC.into();
     let mut compat_bits = compat::SB_CHKSUM | compat::MTIME | compat::XATTR_FILTER;
     let mut incompat_bits = 0;
+    if let Some(c) = &opts.compression {
+        incompat_bits |= c.incompat(bs);
+        sb.available_compr_algs = c.algs_field(bs).into();
+        img.write_at(&c.configs(bs), CONFIGS_OFFSET)?;
+    }
     if let Some(fp) = &fp_prefix {
+        let table = layout::prefix_table_offset(img.blkszbits, opts);
         compat_bits |= compat::PLAIN_XATTR_PFX | compat::ISHARE_XATTRS;
         incompat_bits |= incompat::XATTR_PREFIXES;
         sb.xattr_prefix_count = 1;
-        sb.xattr_prefix_start = ((PREFIX_TABLE_OFFSET / 4) as u32).into();
+        sb.xattr_prefix_start = ((table / 4) as u32).into();
         sb.ishare_xattr_prefix_id = fp.id;
-        img.write_at(&xattrs::prefix_record(&fp.name), PREFIX_TABLE_OFFSET)?;
+        img.write_at(&xattrs::prefix_record(&fp.name), table)?;
     }
     sb.feature_compat = compat_bits.into();
     sb.feature_incompat = incompat_bits.into();
@@ -269,6 +290,12 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     summary.blocks = blocks;
     summary.image_bytes = blocks * bs;
     Ok(summary)
+}
+
+/// Zeros between an inode's xattrs and its compressed map: the map starts 8-byte aligned
+/// (records start 32-byte aligned, so the record-relative length decides).
+fn map_padding(inode_and_xattrs: usize) -> usize {
+    inode_and_xattrs.next_multiple_of(8) - inode_and_xattrs
 }
 
 fn start_addr(block: Option<u64>) -> Result<u32, BuildError> {

@@ -70,6 +70,13 @@ impl Codec for Deflate {
         Ok(fill)
     }
 
+    fn config(&self, _max_pcluster_blocks: u16) -> Vec<u8> {
+        // Window bits: libdeflate uses the full 32 KiB window.
+        let mut c = vec![0u8; crate::format::compr_cfg::DEFLATE_SIZE];
+        c[0] = 15;
+        c
+    }
+
     fn decompress(&self, stream: &[u8], dst: &mut [u8], partial: bool) -> Result<(), CodecError> {
         let expected = dst.len();
         let mut inflater = flate2::Decompress::new(false);

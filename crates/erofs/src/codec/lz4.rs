@@ -64,6 +64,13 @@ impl Codec for Lz4 {
         }
     }
 
+    fn config(&self, max_pcluster_blocks: u16) -> Vec<u8> {
+        // max_distance 0: the default window; then the largest pcluster in blocks.
+        let mut c = vec![0u8; crate::format::compr_cfg::LZ4_SIZE];
+        c[2..4].copy_from_slice(&max_pcluster_blocks.to_le_bytes());
+        c
+    }
+
     fn decompress(&self, stream: &[u8], dst: &mut [u8], partial: bool) -> Result<(), CodecError> {
         let expected = dst.len();
         let result = if partial {

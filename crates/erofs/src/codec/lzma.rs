@@ -136,6 +136,13 @@ impl Codec for Lzma {
         Ok(Fill { consumed, written })
     }
 
+    fn config(&self, _max_pcluster_blocks: u16) -> Vec<u8> {
+        // dict_size, then format 0 (MicroLZMA).
+        let mut c = vec![0u8; crate::format::compr_cfg::LZMA_SIZE];
+        c[..4].copy_from_slice(&self.dict_size.to_le_bytes());
+        c
+    }
+
     fn decompress(&self, stream: &[u8], dst: &mut [u8], partial: bool) -> Result<(), CodecError> {
         let corrupt = |detail: String| CodecError::Corrupt {
             codec: Algorithm::Lzma,

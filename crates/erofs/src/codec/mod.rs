@@ -113,6 +113,10 @@ pub trait Codec: Send + Sync + fmt::Debug {
     /// more than `dst` (a partially referenced pcluster) and decoding stops when `dst` is full;
     /// otherwise the stream must decode to exactly `dst.len()` bytes.
     fn decompress(&self, stream: &[u8], dst: &mut [u8], partial: bool) -> Result<(), CodecError>;
+
+    /// The payload of this algorithm's config record after the superblock (COMPR_CFGS),
+    /// for images whose physical clusters are at most `max_pcluster_blocks` blocks.
+    fn config(&self, max_pcluster_blocks: u16) -> Vec<u8>;
 }
 
 /// Where the compressed stream starts in a pcluster with zero padding: the first non-zero byte
@@ -128,6 +132,13 @@ pub fn stream_start(alg: Algorithm, pcluster: &[u8], page: usize) -> Result<usiz
 /// A codec with its level, as named on the mkfs command line: `lz4`, `lz4hc[,level=N]`,
 /// `zstd[,level=N]`, `lzma[,level=N]`, `deflate[,level=N]`.
 pub fn parse_spec(spec: &str) -> Result<Box<dyn Codec>, String> {
+    parse_spec_for(spec, 1 << 20)
+}
+
+/// As [`parse_spec`], for writing pclusters of at most `pcluster_size` bytes: the LZMA
+/// dictionary is 8 × that (a power of two, at most the kernel's 8 MiB), as readers allocate
+/// what the image's config announces.
+pub fn parse_spec_for(spec: &str, pcluster_size: u32) -> Result<Box<dyn Codec>, String> {
     let mut parts = spec.split(',');
     let name = parts.next().unwrap_or_default().trim();
     let mut level = None;
@@ -154,7 +165,9 @@ pub fn parse_spec(spec: &str) -> Result<Box<dyn Codec>, String> {
         "lz4hc" => Box::new(Lz4::hc(level.unwrap_or(Lz4::HC_DEFAULT_LEVEL))?),
         "lzma" => Box::new(Lzma::new(
             level.unwrap_or(Lzma::DEFAULT_LEVEL),
-            Lzma::MAX_DICT_SIZE,
+            (pcluster_size.saturating_mul(8))
+                .next_power_of_two()
+                .clamp(1 << 16, Lzma::MAX_DICT_SIZE),
         )?),
         "deflate" => Box::new(Deflate::new(level.unwrap_or(Deflate::DEFAULT_LEVEL))?),
         "zstd" => Box::new(Zstd::new(

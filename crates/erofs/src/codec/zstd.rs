@@ -83,6 +83,13 @@ impl Codec for Zstd {
         })
     }
 
+    fn config(&self, _max_pcluster_blocks: u16) -> Vec<u8> {
+        // Format 0, then the window log above zstd's minimum of 10.
+        let mut c = vec![0u8; crate::format::compr_cfg::ZSTD_SIZE];
+        c[1] = (self.window_log - 10) as u8;
+        c
+    }
+
     fn decompress(&self, stream: &[u8], dst: &mut [u8], partial: bool) -> Result<(), CodecError> {
         use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
         let corrupt = |detail: String| CodecError::Corrupt {

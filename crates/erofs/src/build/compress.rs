@@ -1,0 +1,417 @@
+//! Compressed file data for mkfs.
+//!
+//! A file is cut into fixed 4 MiB segments compressed in parallel (so big files use every
+//! core and the result does not depend on the thread count). Within a segment, physical
+//! clusters are filled greedily: the codec compresses as much input as fits in one pcluster
+//! ([`Codec::compress_fill`]); when that does not save space the next block of input is
+//! stored plain instead. Compressed data sits at the end of its blocks with zeros before it
+//! (ZERO_PADDING), which is how readers find where the stream starts.
+//!
+//! The map is written as full lcluster indexes (COMPRESSED_FULL, one 8-byte index per
+//! block of the file): every kernel since 5.3 and every erofs-utils reads it. A file whose
+//! compressed form saves no block is stored uncompressed, so small files keep their inline
+//! tails.
+
+use super::tree::Stored;
+use super::{BuildError, ImageFile};
+use crate::codec::{self, Codec};
+use crate::format::{ZMAP_HEADER_SIZE, incompat, lcluster, zadvise};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// Input per parallel segment.
+const SEGMENT: usize = 4 << 20;
+/// Most input one pcluster may hold: keeps decoded extents far below the kernel's 12 MiB.
+const MAX_EXTENT_INPUT: usize = 1 << 20;
+/// Largest pcluster the kernel reads (`Z_EROFS_PCLUSTER_MAX_SIZE`).
+pub const MAX_PCLUSTER_SIZE: u32 = 1 << 20;
+
+/// How mkfs compresses files.
+#[derive(Debug, Clone)]
+pub struct Compression {
+    /// The codec and its level, as named on the command line.
+    pub spec: String,
+    pub codec: Arc<dyn Codec>,
+    /// Largest physical cluster in bytes (a multiple of the block size).
+    pub pcluster_size: u32,
+}
+
+impl Compression {
+    /// `spec` as `lz4hc,level=9`; `pcluster_size` in bytes (`None`: one block).
+    pub fn new(
+        spec: &str,
+        pcluster_size: Option<u32>,
+        block_size: u32,
+    ) -> Result<Self, BuildError> {
+        let pcluster_size = pcluster_size.unwrap_or(block_size);
+        if pcluster_size < block_size
+            || !pcluster_size.is_multiple_of(block_size)
+            || pcluster_size > MAX_PCLUSTER_SIZE
+            || pcluster_size / block_size >= lcluster::D0_CBLKCNT as u32
+        {
+            return Err(BuildError::Option(format!(
+                "pcluster size {pcluster_size} must be a multiple of the {block_size} byte block \
+                 size, at most {MAX_PCLUSTER_SIZE} bytes and fewer than 2048 blocks"
+            )));
+        }
+        let codec = codec::parse_spec_for(spec, pcluster_size).map_err(BuildError::Option)?;
+        Ok(Compression {
+            spec: spec.to_string(),
+            codec: Arc::from(codec),
+            pcluster_size,
+        })
+    }
+
+    fn big(&self, bs: u64) -> bool {
+        self.pcluster_size as u64 > bs
+    }
+
+    /// Incompat feature bits an image written this way needs.
+    pub fn incompat(&self, bs: u64) -> u32 {
+        let mut bits = incompat::ZERO_PADDING;
+        if self.needs_configs(bs) {
+            bits |= incompat::COMPR_CFGS;
+        }
+        if self.big(bs) {
+            bits |= incompat::BIG_PCLUSTER;
+        }
+        bits
+    }
+
+    /// Per-algorithm configs are needed for anything but LZ4 with one-block pclusters (the
+    /// layout every kernel reads).
+    fn needs_configs(&self, bs: u64) -> bool {
+        self.codec.algorithm() != codec::Algorithm::Lz4 || self.big(bs)
+    }
+
+    /// The superblock's `available_compr_algs` (with configs) or LZ4 max distance (0).
+    pub fn algs_field(&self, bs: u64) -> u16 {
+        if self.needs_configs(bs) {
+            1 << self.codec.algorithm().id()
+        } else {
+            0
+        }
+    }
+
+    /// The config records that follow the superblock (each `le16 size` + payload, 4-byte
+    /// aligned), empty when none are needed.
+    pub fn configs(&self, bs: u64) -> Vec<u8> {
+        if !self.needs_configs(bs) {
+            return Vec::new();
+        }
+        let payload = self.codec.config((self.pcluster_size as u64 / bs) as u16);
+        let mut out = (payload.len() as u16).to_le_bytes().to_vec();
+        out.extend_from_slice(&payload);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out
+    }
+}
+
+/// One physical cluster of a file.
+#[derive(Debug)]
+pub struct Pcluster {
+    /// Logical start and decoded length.
+    pub la: u64,
+    pub llen: u64,
+    /// Stored plain (shifted) rather than compressed.
+    pub plain: bool,
+    /// Whole blocks: compressed data at the end with zeros before it, or plain data.
+    pub data: Vec<u8>,
+}
+
+/// Compress `data` into pclusters. `None` when that would save no block.
+pub fn compress(
+    data: &[u8],
+    c: &Compression,
+    bs: u64,
+) -> Result<Option<Vec<Pcluster>>, BuildError> {
+    if data.len() as u64 <= bs {
+        return Ok(None);
+    }
+    let parts = data
+        .par_chunks(SEGMENT)
+        .enumerate()
+        .map(|(i, seg)| segment(seg, (i * SEGMENT) as u64, c, bs))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pclusters: Vec<Pcluster> = parts.into_iter().flatten().collect();
+    let blocks: u64 = pclusters.iter().map(|p| p.data.len() as u64 / bs).sum();
+    if blocks >= (data.len() as u64).div_ceil(bs) {
+        return Ok(None);
+    }
+    Ok(Some(pclusters))
+}
+
+fn segment(seg: &[u8], base: u64, c: &Compression, bs: u64) -> Result<Vec<Pcluster>, BuildError> {
+    let bsz = bs as usize;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; c.pcluster_size as usize];
+    let mut pos = 0usize;
+    while pos < seg.len() {
+        let window = &seg[pos..seg.len().min(pos + MAX_EXTENT_INPUT)];
+        let fill = c
+            .codec
+            .compress_fill(window, &mut buf)
+            .map_err(|e| BuildError::Source(e.to_string()))?;
+        let blocks = fill.written.div_ceil(bsz).max(1);
+        if fill.consumed > blocks * bsz && fill.written > 0 {
+            let mut data = vec![0u8; blocks * bsz];
+            data[blocks * bsz - fill.written..].copy_from_slice(&buf[..fill.written]);
+            out.push(Pcluster {
+                la: base + pos as u64,
+                llen: fill.consumed as u64,
+                plain: false,
+                data,
+            });
+            pos += fill.consumed;
+        } else {
+            // Does not shrink: one block of it, stored as is. A plain extent must not reach
+            // past the lcluster after its head unless another head follows there: at EOF
+            // stop at the lcluster boundary and let a last plain extent hold the rest
+            // (the kernel counts a queried lcluster in full: 8192 − ofs > one block).
+            let mut n = bsz.min(seg.len() - pos);
+            let ofs = (base as usize + pos) % bsz;
+            if pos + n == seg.len() && ofs + n > bsz {
+                n = bsz - ofs;
+            }
+            let mut data = vec![0u8; bsz];
+            data[..n].copy_from_slice(&seg[pos..pos + n]);
+            out.push(Pcluster {
+                la: base + pos as u64,
+                llen: n as u64,
+                plain: true,
+                data,
+            });
+            pos += n;
+        }
+    }
+    Ok(out)
+}
+
+/// The map of a compressed file: header, 8 reserved bytes, then one full lcluster index per
+/// block of the file. `pblks[i]` is where pcluster `i` was written.
+pub fn full_index(
+    pcls: &[Pcluster],
+    pblks: &[u64],
+    size: u64,
+    c: &Compression,
+    bs: u64,
+) -> Result<Vec<u8>, BuildError> {
+    let lcb = bs.trailing_zeros();
+    let n = size.div_ceil(bs) as usize;
+    let mut idx = vec![[0u8; 8]; n];
+    let heads: Vec<usize> = pcls.iter().map(|p| (p.la >> lcb) as usize).collect();
+    for (k, p) in pcls.iter().enumerate() {
+        let h = heads[k];
+        let next = heads.get(k + 1).copied().unwrap_or(n);
+        if next <= h && k + 1 < pcls.len() {
+            return Err(BuildError::Source(format!(
+                "internal: two extents start in lcluster {h}"
+            )));
+        }
+        let ty = if p.plain {
+            lcluster::PLAIN
+        } else {
+            lcluster::HEAD1
+        } as u16;
+        let blkaddr = u32::try_from(pblks[k]).map_err(|_| BuildError::TooMany("blocks"))?;
+        let e = &mut idx[h];
+        e[..2].copy_from_slice(&ty.to_le_bytes());
+        e[2..4].copy_from_slice(&((p.la & (bs - 1)) as u16).to_le_bytes());
+        e[4..8].copy_from_slice(&blkaddr.to_le_bytes());
+        let blocks = p.data.len() as u64 / bs;
+        for (lcn, e) in idx.iter_mut().enumerate().take(next).skip(h + 1) {
+            let mut d0 = (lcn - h) as u16;
+            if lcn == h + 1 && c.big(bs) && !p.plain {
+                d0 = lcluster::D0_CBLKCNT | blocks as u16;
+            }
+            let d1 = (next - lcn) as u16;
+            e[..2].copy_from_slice(&(lcluster::NONHEAD as u16).to_le_bytes());
+            e[2..4].fill(0);
+            e[4..6].copy_from_slice(&d0.to_le_bytes());
+            e[6..8].copy_from_slice(&d1.to_le_bytes());
+        }
+    }
+    let mut out = vec![0u8; ZMAP_HEADER_SIZE + 8];
+    let advise = if c.big(bs) {
+        zadvise::BIG_PCLUSTER_1
+    } else {
+        0
+    };
+    out[4..6].copy_from_slice(&advise.to_le_bytes());
+    out[6] = c.codec.algorithm().id();
+    out[7] = 0; // lcluster = block
+    for e in idx {
+        out.extend_from_slice(&e);
+    }
+    Ok(out)
+}
+
+/// Write a compressed file's pclusters to consecutive new blocks and describe it.
+pub fn commit(
+    img: &mut ImageFile,
+    pcls: &[Pcluster],
+    size: u64,
+    c: &Compression,
+    fingerprint: Option<crate::fingerprint::Value>,
+) -> Result<Stored, BuildError> {
+    let bs = img.block_size();
+    let total: u64 = pcls.iter().map(|p| p.data.len() as u64 / bs).sum();
+    let first = img.alloc(total);
+    let mut pblks = Vec::with_capacity(pcls.len());
+    let mut at = first;
+    let mut run: Vec<u8> = Vec::new();
+    for p in pcls {
+        pblks.push(at);
+        at += p.data.len() as u64 / bs;
+        run.extend_from_slice(&p.data);
+        if run.len() >= 1 << 20 {
+            let start = at * bs - run.len() as u64;
+            img.write_at(&run, start)?;
+            run.clear();
+        }
+    }
+    if !run.is_empty() {
+        img.write_at(&run, at * bs - run.len() as u64)?;
+    }
+    let map = full_index(pcls, &pblks, size, c, bs)?;
+    Ok(Stored {
+        start_block: None,
+        blocks: total,
+        inline_tail: None,
+        fingerprint,
+        compressed: Some(super::tree::CompressedMap { blocks: total, map }),
+    })
+}
+
+/// A file read (and compressed, when that helps), waiting for its blocks.
+#[derive(Debug)]
+pub struct Prepared {
+    data: Vec<u8>,
+    pcls: Option<Vec<Pcluster>>,
+    fingerprint: Option<crate::fingerprint::Value>,
+}
+
+/// Compress a file's content and compute its fingerprint (over the uncompressed bytes).
+pub fn prepare(
+    data: Vec<u8>,
+    c: &Compression,
+    bs: u64,
+    hash: bool,
+) -> Result<Prepared, BuildError> {
+    let fingerprint = (hash && !data.is_empty()).then(|| {
+        use sha2::{Digest, Sha256};
+        crate::fingerprint::value_of_digest(&Sha256::digest(&data).into())
+    });
+    let pcls = compress(&data, c, bs)?;
+    Ok(Prepared {
+        data,
+        pcls,
+        fingerprint,
+    })
+}
+
+/// Give a prepared file its blocks: compressed, or plain (with an inline tail when
+/// `inline`) when compression saves nothing.
+pub fn store(
+    img: &mut ImageFile,
+    p: Prepared,
+    inline: bool,
+    c: &Compression,
+) -> Result<Stored, BuildError> {
+    let size = p.data.len() as u64;
+    match p.pcls {
+        Some(pcls) => commit(img, &pcls, size, c, p.fingerprint),
+        None => {
+            let at = super::file_data::place(img, size, inline);
+            let err = |e: std::io::Error| BuildError::Source(e.to_string());
+            let mut s = super::file_data::store(
+                img,
+                &at,
+                size,
+                &mut &p.data[..],
+                false,
+                &super::NoProgress,
+                &err,
+            )?;
+            s.fingerprint = p.fingerprint;
+            Ok(s)
+        }
+    }
+}
+
+/// Input of one parallel batch: files are read and compressed in parallel, then given
+/// blocks in tree order (so the image does not depend on the thread count).
+const BATCH_BYTES: u64 = 64 << 20;
+
+/// Directory input: read, compress and store every regular file.
+pub fn store_dir_files(
+    tree: &mut super::tree::Tree,
+    opts: &super::Options,
+    c: &Compression,
+    img: &mut ImageFile,
+    progress: &dyn super::Progress,
+) -> Result<(), BuildError> {
+    use super::tree::{Content, Kind};
+    use std::io::Read;
+    let bs = img.block_size();
+    let hash = opts.fingerprint.is_some();
+    let mut jobs = Vec::new();
+    let mut total = 0;
+    for (id, _) in tree.bfs() {
+        let n = &tree.nodes[id];
+        if let Kind::File {
+            size,
+            content: Content::Path(path),
+        } = &n.kind
+        {
+            let fp = hash && *size > 0;
+            let max_ibody = super::xattrs::max_ibody_size(&n.xattrs, fp);
+            let inline = super::file_data::can_inline(opts.inline, bs, *size, max_ibody);
+            total += size;
+            jobs.push((id, path.clone(), *size, inline));
+        }
+    }
+    progress.set_total(total);
+    let mut start = 0;
+    while start < jobs.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < jobs.len() && (end == start || bytes + jobs[end].2 <= BATCH_BYTES) {
+            bytes += jobs[end].2;
+            end += 1;
+        }
+        let prepared: Vec<Prepared> = jobs[start..end]
+            .par_iter()
+            .map(|(_, path, size, _)| {
+                let err = |e: std::io::Error| BuildError::Io {
+                    path: path.clone(),
+                    source: e,
+                };
+                let mut f = std::fs::File::open(path).map_err(err)?;
+                let mut data = Vec::with_capacity(*size as usize);
+                (&mut f).take(*size).read_to_end(&mut data).map_err(err)?;
+                if data.len() as u64 != *size {
+                    return Err(err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "content ends before its recorded size (file truncated or changed while reading)",
+                    )));
+                }
+                let mut extra = [0u8; 1];
+                if f.read(&mut extra).map_err(err)? != 0 {
+                    return Err(err(std::io::Error::other("file grew while it was read")));
+                }
+                let p = prepare(data, c, bs, hash)?;
+                progress.advance(*size);
+                Ok(p)
+            })
+            .collect::<Result<_, BuildError>>()?;
+        for (p, (id, _, _, inline)) in prepared.into_iter().zip(&jobs[start..end]) {
+            let s = store(img, p, *inline, c)?;
+            if let Kind::File { content, .. } = &mut tree.nodes[*id].kind {
+                *content = Content::Stored(s);
+            }
+        }
+        start = end;
+    }
+    Ok(())
+}
