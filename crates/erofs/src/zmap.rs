@@ -324,7 +324,7 @@ impl ZMap {
         let m = self.load_lcluster(img, la >> lcb, false)?;
         let head = self.head_of(img, m, la)?;
         let start = head.lcn << lcb | head.clusterofs;
-        let end = self.extent_end(img, &head)?;
+        let (end, next_head) = self.extent_end(img, &head)?;
         if end <= start {
             return Err(self.bad(
                 img,
@@ -373,11 +373,7 @@ impl ZMap {
         if let (lcluster::PLAIN, Place::Image { plen, .. }) = (head.ty, place) {
             // The kernel maps a queried NONHEAD lcluster of a plain extent up to that
             // lcluster's end, which must stay within the plain pcluster.
-            let last_nonhead = if end < self.size {
-                (end >> lcb).saturating_sub(1)
-            } else {
-                self.lclusters() - 1
-            };
+            let last_nonhead = next_head.map_or(self.lclusters() - 1, |h| h - 1);
             if last_nonhead > head.lcn && ((last_nonhead + 1) << lcb) - start > plen {
                 return Err(self.bad(
                     img,
@@ -448,19 +444,21 @@ impl ZMap {
         }
     }
 
-    /// Where the extent starting at `head` ends: the next head's start, or EOF.
-    fn extent_end(&self, img: &Image, head: &Lcluster) -> Result<u64> {
+    /// Where the extent starting at `head` ends (the next head's start, or EOF), and the
+    /// lcluster of that next head if there is one (its start may be at or past EOF: mkfs
+    /// ends a plain tail that way).
+    fn extent_end(&self, img: &Image, head: &Lcluster) -> Result<(u64, Option<u64>)> {
         let lcb = self.lclusterbits;
         let mut lcn = head.lcn + 1;
         while lcn < self.lclusters() {
             let m = self.load_lcluster(img, lcn, true)?;
             if m.ty != lcluster::NONHEAD {
-                return Ok((lcn << lcb | m.clusterofs).min(self.size));
+                return Ok(((lcn << lcb | m.clusterofs).min(self.size), Some(lcn)));
             }
             // delta[1] = 0 was written by pre-1.0 mkfs: step one lcluster.
             lcn += m.delta[1].max(1);
         }
-        Ok(self.size)
+        Ok((self.size, None))
     }
 
     /// Size in blocks of the pcluster of `head`.

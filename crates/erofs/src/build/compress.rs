@@ -164,15 +164,8 @@ fn segment(seg: &[u8], base: u64, c: &Compression, bs: u64) -> Result<Vec<Pclust
             });
             pos += fill.consumed;
         } else {
-            // Does not shrink: one block of it, stored as is. A plain extent must not reach
-            // past the lcluster after its head unless another head follows there: at EOF
-            // stop at the lcluster boundary and let a last plain extent hold the rest
-            // (the kernel counts a queried lcluster in full: 8192 − ofs > one block).
-            let mut n = bsz.min(seg.len() - pos);
-            let ofs = (base as usize + pos) % bsz;
-            if pos + n == seg.len() && ofs + n > bsz {
-                n = bsz - ofs;
-            }
+            // Does not shrink: one block of it, stored as is.
+            let n = bsz.min(seg.len() - pos);
             let mut data = vec![0u8; bsz];
             data[..n].copy_from_slice(&seg[pos..pos + n]);
             out.push(Pcluster {
@@ -230,6 +223,20 @@ pub fn full_index(
             e[4..6].copy_from_slice(&d0.to_le_bytes());
             e[6..8].copy_from_slice(&d1.to_le_bytes());
         }
+    }
+    // A plain last extent reaching into the last lcluster: the kernel maps a queried
+    // NONHEAD lcluster of a plain extent up to that lcluster's end, past the one-block
+    // pcluster. End the extent with a head at EOF instead (as upstream mkfs does): its
+    // cluster offset is past every byte of the file in that lcluster, so it maps nothing.
+    if let Some(last) = pcls.last()
+        && last.plain
+        && n >= 1
+        && (last.la >> lcb) < (n - 1) as u64
+    {
+        let e = &mut idx[n - 1];
+        e[..2].copy_from_slice(&(lcluster::PLAIN as u16).to_le_bytes());
+        e[2..4].copy_from_slice(&((size & (bs - 1)) as u16).to_le_bytes());
+        e[4..8].copy_from_slice(&(*pblks.last().expect("non-empty") as u32).to_le_bytes());
     }
     let mut out = vec![0u8; ZMAP_HEADER_SIZE + 8];
     let advise = if c.big(bs) {
