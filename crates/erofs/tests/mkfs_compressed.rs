@@ -93,10 +93,48 @@ fn kernel_shows_the_source_tree_for_every_codec() {
         // Compressible files are compressed, random data is not.
         let text = image.resolve("/big/text-800k.txt").unwrap();
         assert_eq!(text.layout, layout::COMPRESSED_FULL, "{what}");
+        // Small compressed tails are inline after their maps (ztailpacking); with big
+        // pclusters few tails are small enough.
+        assert!(
+            pcluster.is_some()
+                || image
+                    .superblock()
+                    .has_incompat(erofs::format::incompat::ZTAILPACKING),
+            "{what}"
+        );
         let random = image.resolve("/big/random-300k.bin").unwrap();
         assert_ne!(random.layout, layout::COMPRESSED_FULL, "{what}");
         assert_eq!(random.file_type(), FileType::Reg);
     }
+}
+
+#[test]
+fn without_inline_there_is_no_ztailpacking_and_the_kernel_still_agrees() {
+    if !require(
+        "without_inline_there_is_no_ztailpacking_and_the_kernel_still_agrees",
+        &[Need::Testdata, Need::KernelErofs],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Options {
+        inline: false,
+        ..opts("lz4hc", None)
+    };
+    let img = build_to(tmp.path(), "noinline.erofs", &o);
+    let image = Image::open(&img).unwrap();
+    assert!(
+        !image
+            .superblock()
+            .has_incompat(erofs::format::incompat::ZTAILPACKING)
+    );
+    let m = LoopMount::new(&img).unwrap();
+    let got = manifest::of_tree(m.path()).unwrap();
+    manifest::assert_same(
+        &manifest::load(&testdata::source_manifest()),
+        &got,
+        "lz4hc without inline tails",
+    );
 }
 
 #[test]

@@ -117,9 +117,24 @@ pub struct Pcluster {
     pub plain: bool,
     /// Whole blocks: compressed data at the end with zeros before it, or plain data.
     pub data: Vec<u8>,
+    /// Bytes of compressed stream (or plain data) at the end (start) of `data`.
+    pub stream_len: usize,
 }
 
-/// Compress `data` into pclusters. `None` when that would save no block.
+impl Pcluster {
+    /// The bytes an inline (ztailpacking) copy of this pcluster holds: the compressed
+    /// stream exactly, or the plain data.
+    fn inline_bytes(&self) -> &[u8] {
+        if self.plain {
+            &self.data[..self.stream_len]
+        } else {
+            &self.data[self.data.len() - self.stream_len..]
+        }
+    }
+}
+
+/// Compress `data` into pclusters (`None` for files of at most one block: compression
+/// cannot save a block there).
 pub fn compress(
     data: &[u8],
     c: &Compression,
@@ -133,12 +148,26 @@ pub fn compress(
         .enumerate()
         .map(|(i, seg)| segment(seg, (i * SEGMENT) as u64, c, bs))
         .collect::<Result<Vec<_>, _>>()?;
-    let pclusters: Vec<Pcluster> = parts.into_iter().flatten().collect();
-    let blocks: u64 = pclusters.iter().map(|p| p.data.len() as u64 / bs).sum();
-    if blocks >= (data.len() as u64).div_ceil(bs) {
-        return Ok(None);
-    }
-    Ok(Some(pclusters))
+    Ok(Some(parts.into_iter().flatten().collect()))
+}
+
+/// Whether the last pcluster can go inline after the map (ztailpacking): `budget` bytes are
+/// left in the inode's block. A plain tail must start in the last lcluster (the kernel
+/// checks a plain extent's mapped length against the inline size).
+fn inline_tail(pcls: &[Pcluster], size: u64, bs: u64, budget: Option<usize>) -> bool {
+    let (Some(last), Some(budget)) = (pcls.last(), budget) else {
+        return false;
+    };
+    let last_lcn = (size - 1) / bs;
+    last.inline_bytes().len() <= budget && (!last.plain || last.la / bs == last_lcn)
+}
+
+/// Bytes left for an inline tail in the block of an inode whose xattrs take at most
+/// `max_xattr` bytes, after its compressed map (`inline`: tails may be inlined at all).
+pub fn tail_budget(inline: bool, size: u64, bs: u64, max_xattr: usize) -> Option<usize> {
+    let map = ZMAP_HEADER_SIZE as u64 + 8 + size.div_ceil(bs) * 8;
+    let fixed = 64 + max_xattr as u64 + 4 + map;
+    (inline && fixed < bs).then(|| (bs - fixed) as usize)
 }
 
 fn segment(seg: &[u8], base: u64, c: &Compression, bs: u64) -> Result<Vec<Pcluster>, BuildError> {
@@ -161,6 +190,7 @@ fn segment(seg: &[u8], base: u64, c: &Compression, bs: u64) -> Result<Vec<Pclust
                 llen: fill.consumed as u64,
                 plain: false,
                 data,
+                stream_len: fill.written,
             });
             pos += fill.consumed;
         } else {
@@ -173,6 +203,7 @@ fn segment(seg: &[u8], base: u64, c: &Compression, bs: u64) -> Result<Vec<Pclust
                 llen: n as u64,
                 plain: true,
                 data,
+                stream_len: n,
             });
             pos += n;
         }
@@ -188,6 +219,7 @@ pub fn full_index(
     size: u64,
     c: &Compression,
     bs: u64,
+    inline_tail: bool,
 ) -> Result<Vec<u8>, BuildError> {
     let lcb = bs.trailing_zeros();
     let n = size.div_ceil(bs) as usize;
@@ -230,6 +262,7 @@ pub fn full_index(
     // cluster offset is past every byte of the file in that lcluster, so it maps nothing.
     if let Some(last) = pcls.last()
         && last.plain
+        && !inline_tail
         && n >= 1
         && (last.la >> lcb) < (n - 1) as u64
     {
@@ -239,54 +272,76 @@ pub fn full_index(
         e[4..8].copy_from_slice(&(*pblks.last().expect("non-empty") as u32).to_le_bytes());
     }
     let mut out = vec![0u8; ZMAP_HEADER_SIZE + 8];
-    let advise = if c.big(bs) {
+    let mut advise = if c.big(bs) {
         zadvise::BIG_PCLUSTER_1
     } else {
         0
     };
+    if inline_tail {
+        // The last pcluster follows the index (where the index of the last lcluster ends).
+        advise |= zadvise::INLINE_PCLUSTER;
+        let len = pcls.last().expect("a tail").inline_bytes().len() as u16;
+        out[2..4].copy_from_slice(&len.to_le_bytes());
+    }
     out[4..6].copy_from_slice(&advise.to_le_bytes());
     out[6] = c.codec.algorithm().id();
     out[7] = 0; // lcluster = block
     for e in idx {
         out.extend_from_slice(&e);
     }
+    if inline_tail {
+        out.extend_from_slice(pcls.last().expect("a tail").inline_bytes());
+    }
     Ok(out)
 }
 
-/// Write a compressed file's pclusters to consecutive new blocks and describe it.
+/// Write a compressed file's pclusters to consecutive new blocks (all but an inline tail)
+/// and describe it.
 pub fn commit(
     img: &mut ImageFile,
     pcls: &[Pcluster],
     size: u64,
     c: &Compression,
+    inline_tail: bool,
     fingerprint: Option<crate::fingerprint::Value>,
 ) -> Result<Stored, BuildError> {
     let bs = img.block_size();
-    let total: u64 = pcls.iter().map(|p| p.data.len() as u64 / bs).sum();
+    let stored = if inline_tail {
+        &pcls[..pcls.len() - 1]
+    } else {
+        pcls
+    };
+    let total: u64 = stored.iter().map(|p| p.data.len() as u64 / bs).sum();
     let first = img.alloc(total);
     let mut pblks = Vec::with_capacity(pcls.len());
     let mut at = first;
     let mut run: Vec<u8> = Vec::new();
-    for p in pcls {
+    for p in stored {
         pblks.push(at);
         at += p.data.len() as u64 / bs;
         run.extend_from_slice(&p.data);
         if run.len() >= 1 << 20 {
-            let start = at * bs - run.len() as u64;
-            img.write_at(&run, start)?;
+            img.write_at(&run, at * bs - run.len() as u64)?;
             run.clear();
         }
     }
     if !run.is_empty() {
         img.write_at(&run, at * bs - run.len() as u64)?;
     }
-    let map = full_index(pcls, &pblks, size, c, bs)?;
+    if inline_tail {
+        pblks.push(0); // not a block: the tail is inline
+    }
+    let map = full_index(pcls, &pblks, size, c, bs, inline_tail)?;
     Ok(Stored {
         start_block: None,
         blocks: total,
         inline_tail: None,
         fingerprint,
-        compressed: Some(super::tree::CompressedMap { blocks: total, map }),
+        compressed: Some(super::tree::CompressedMap {
+            blocks: total,
+            map,
+            tail_inline: inline_tail,
+        }),
     })
 }
 
@@ -317,17 +372,29 @@ pub fn prepare(
     })
 }
 
-/// Give a prepared file its blocks: compressed, or plain (with an inline tail when
-/// `inline`) when compression saves nothing.
+/// Give a prepared file its blocks: compressed (its last pcluster inline when
+/// `tail_budget` allows), or plain (with an inline tail when `inline`) when compression
+/// saves no block.
 pub fn store(
     img: &mut ImageFile,
     p: Prepared,
     inline: bool,
+    tail_budget: Option<usize>,
     c: &Compression,
 ) -> Result<Stored, BuildError> {
     let size = p.data.len() as u64;
-    match p.pcls {
-        Some(pcls) => commit(img, &pcls, size, c, p.fingerprint),
+    let bs = img.block_size();
+    let plain_blocks = if inline { size / bs } else { size.div_ceil(bs) };
+    let chosen = p.pcls.and_then(|pcls| {
+        let tail = inline_tail(&pcls, size, bs, tail_budget);
+        let blocks: u64 = pcls[..pcls.len() - tail as usize]
+            .iter()
+            .map(|p| p.data.len() as u64 / bs)
+            .sum();
+        (blocks < plain_blocks).then_some((pcls, tail))
+    });
+    match chosen {
+        Some((pcls, tail)) => commit(img, &pcls, size, c, tail, p.fingerprint),
         None => {
             let at = super::file_data::place(img, size, inline);
             let err = |e: std::io::Error| BuildError::Source(e.to_string());
@@ -374,8 +441,9 @@ pub fn store_dir_files(
             let fp = hash && *size > 0;
             let max_ibody = super::xattrs::max_ibody_size(&n.xattrs, fp);
             let inline = super::file_data::can_inline(opts.inline, bs, *size, max_ibody);
+            let budget = tail_budget(opts.inline, *size, bs, max_ibody);
             total += size;
-            jobs.push((id, path.clone(), *size, inline));
+            jobs.push((id, path.clone(), *size, inline, budget));
         }
     }
     progress.set_total(total);
@@ -389,7 +457,7 @@ pub fn store_dir_files(
         }
         let prepared: Vec<Prepared> = jobs[start..end]
             .par_iter()
-            .map(|(_, path, size, _)| {
+            .map(|(_, path, size, _, _)| {
                 let err = |e: std::io::Error| BuildError::Io {
                     path: path.clone(),
                     source: e,
@@ -412,8 +480,8 @@ pub fn store_dir_files(
                 Ok(p)
             })
             .collect::<Result<_, BuildError>>()?;
-        for (p, (id, _, _, inline)) in prepared.into_iter().zip(&jobs[start..end]) {
-            let s = store(img, p, *inline, c)?;
+        for (p, (id, _, _, inline, budget)) in prepared.into_iter().zip(&jobs[start..end]) {
+            let s = store(img, p, *inline, *budget, c)?;
             if let Kind::File { content, .. } = &mut tree.nodes[*id].kind {
                 *content = Content::Stored(s);
             }

@@ -592,7 +592,13 @@ impl Builder<'_> {
                     }
                     progress.advance(e.size);
                     let p = super::compress::prepare(data, c, bs, fp)?;
-                    super::compress::store(img, p, inline, c)?
+                    let budget = super::compress::tail_budget(
+                        self.opts.inline,
+                        e.size,
+                        bs,
+                        max_ibody_size(&e.xattrs, fp),
+                    );
+                    super::compress::store(img, p, inline, budget, c)?
                 } else {
                     let at = file_data::place(img, e.size, inline);
                     let mut data = (&mut tar.r).take(e.size);

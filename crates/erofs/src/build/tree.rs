@@ -40,8 +40,11 @@ pub struct Stored {
 pub struct CompressedMap {
     /// Blocks of compressed data (`i_u`).
     pub blocks: u64,
-    /// Map header, reserved bytes and lcluster indexes.
+    /// Map header, reserved bytes, lcluster indexes and the inline tail pcluster.
     pub map: Vec<u8>,
+    /// The last pcluster is inline after the indexes (ztailpacking): the record must then
+    /// stay within one block.
+    pub tail_inline: bool,
 }
 
 /// What kind of inode a node is, with its type-specific payload.

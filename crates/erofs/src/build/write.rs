@@ -71,6 +71,7 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
 
     // Sizes, inode versions and data blocks of directories and symlinks.
     let mut plans = Vec::with_capacity(order.len());
+    let mut ztailpacking = false;
     for &(id, parent) in &order {
         let n = &tree.nodes[id];
         let fingerprint = match &n.kind {
@@ -123,7 +124,8 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
                     p.datalayout = format::layout::COMPRESSED_FULL;
                     p.i_u = u32::try_from(z.blocks).map_err(|_| BuildError::TooMany("blocks"))?;
                     p.inline_len = map_padding(p.isize() + p.xattr.len()) + z.map.len();
-                    p.inline_may_cross = true;
+                    p.inline_may_cross = !z.tail_inline;
+                    ztailpacking |= z.tail_inline;
                 } else if let Some(t) = &s.inline_tail {
                     p.datalayout = format::layout::FLAT_INLINE;
                     p.inline_len = t.len();
@@ -256,6 +258,9 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     let mut incompat_bits = 0;
     if let Some(c) = &opts.compression {
         incompat_bits |= c.incompat(bs);
+        if ztailpacking {
+            incompat_bits |= incompat::ZTAILPACKING;
+        }
         sb.available_compr_algs = c.algs_field(bs).into();
         img.write_at(&c.configs(bs), CONFIGS_OFFSET)?;
     }
