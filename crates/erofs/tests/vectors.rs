@@ -246,7 +246,7 @@ fn lookup_finds_every_entry_and_nothing_else() {
         return;
     }
     for name in ["plain-b512-fp", "plain-fp", "chunked-4k-fp"] {
-        let img = Image::open(testdata::image(&name)).unwrap();
+        let img = Image::open(testdata::image(name)).unwrap();
         let mut dirs = 0;
         walk(&img, |v| {
             if let Visit::Inode { inode, .. } = v
