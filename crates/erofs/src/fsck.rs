@@ -310,6 +310,10 @@ impl Checker<'_> {
     }
 
     fn finish(mut self) -> FsckReport {
+        // Link counts only mean something when the whole tree could be walked.
+        if self.report.problem_count > 0 {
+            return self.report;
+        }
         let mut bad: Vec<(Vec<u8>, String)> = Vec::new();
         for (found, nlink, path) in self.links.values() {
             if found != nlink {

@@ -67,11 +67,11 @@ fn corrupt(image: &str, what: String) -> Error {
 }
 
 fn read(src: &dyn ReadAt, image: &str, buf: &mut [u8], offset: u64) -> Result<()> {
-    src.read_exact_at(buf, offset).map_err(|source| Error::Io {
+    src.read_exact_at(buf, offset).map_err(|cause| Error::Io {
         image: image.to_string(),
         offset,
         len: buf.len(),
-        source,
+        cause,
     })
 }
 
@@ -95,11 +95,9 @@ pub fn checksum_len(block_bits: u8) -> usize {
 impl Superblock {
     /// Read and validate the superblock of `src`.
     pub fn read(src: &dyn ReadAt, image: &str) -> Result<Superblock> {
-        let len = src.len().map_err(|source| Error::Io {
+        let len = src.len().map_err(|cause| Error::Open {
             image: image.to_string(),
-            offset: 0,
-            len: 0,
-            source,
+            cause,
         })?;
         if len < SUPER_OFFSET + SUPERBLOCK_SIZE as u64 {
             return Err(Error::NotErofs {
