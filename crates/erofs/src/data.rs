@@ -29,10 +29,15 @@ pub struct Extent {
     pub phys: Phys,
 }
 
-/// The extent containing `offset` (which must be below the file size) of an uncompressed
-/// inode.
+/// The extent containing `offset` (below the file size) of an uncompressed inode.
 pub fn map(img: &Image, inode: &Inode, offset: u64) -> Result<Extent> {
-    debug_assert!(offset < inode.size);
+    if offset >= inode.size {
+        return Err(Error::WrongType {
+            image: img.name().into(),
+            nid: inode.nid,
+            what: "no data mapped at or past the end of the file",
+        });
+    }
     match inode.layout {
         layout::FLAT_PLAIN | layout::FLAT_INLINE => map_flat(img, inode, offset),
         layout::CHUNK_BASED => map_chunk(img, inode, offset),
