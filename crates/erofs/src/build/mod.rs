@@ -236,7 +236,8 @@ pub fn build(
     };
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o666 & !(mask as u32));
     img.file.set_permissions(perms).map_err(BuildError::Write)?;
-    img.file.sync_all().map_err(BuildError::Write)?;
+    // No fsync, like mkfs.erofs: the rename protects the destination from failed builds;
+    // callers that need durability sync the image themselves.
     tmp.persist(dst).map_err(|e| BuildError::io(dst)(e.error))?;
     Ok(summary)
 }
