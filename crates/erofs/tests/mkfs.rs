@@ -571,3 +571,186 @@ fn bad_options_are_refused() {
         assert!(err.contains("block size"), "{err}");
     }
 }
+
+// ---- a directory tree with the format's edge cases ----
+
+fn set_mtime(path: &Path, sec: i64, nsec: i64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let ts = [
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+    ];
+    // SAFETY: c is NUL-terminated and ts points to two timespecs.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(r, 0, "utimensat {}", path.display());
+}
+
+fn lchown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+}
+
+fn setxattr(path: &Path, name: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: both strings are NUL-terminated; value is valid for its length.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {name} on {}", path.display());
+}
+
+/// A tree of edge cases: 40-deep nesting, a 1500-entry directory, 255-byte names, sizes
+/// around block boundaries, a tail that cannot be inlined beside a 3000-byte xattr, large
+/// ids, nanosecond and pre-1970 mtimes, hardlinks, a long symlink, special files.
+fn edge_tree(root: &Path) {
+    use std::fs;
+    let mut d = root.join("deep");
+    for i in 0..40 {
+        d = d.join(format!("d{i:02}"));
+    }
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join("bottom"), b"bottom\n").unwrap();
+    let many = root.join("many");
+    fs::create_dir(&many).unwrap();
+    for i in 0..1500 {
+        let len = 1 + (i * 37) % 255;
+        let name: String = format!("{i:04}")
+            .chars()
+            .chain(std::iter::repeat('n'))
+            .take(len.max(4))
+            .collect();
+        fs::write(many.join(name), []).unwrap();
+    }
+    fs::write(many.join("x".repeat(255)), b"long name").unwrap();
+    let sizes = root.join("sizes");
+    fs::create_dir(&sizes).unwrap();
+    for s in [
+        1usize, 511, 512, 513, 4031, 4032, 4033, 4095, 4096, 4097, 8191, 12288, 70000,
+    ] {
+        let data: Vec<u8> = (0..s).map(|i| (i * 7 + s) as u8).collect();
+        fs::write(sizes.join(format!("s{s}")), data).unwrap();
+    }
+    let x = sizes.join("xattr-heavy");
+    fs::write(&x, vec![b'x'; 4000]).unwrap();
+    setxattr(&x, "user.big", &[b'v'; 3000]);
+    setxattr(&x, "trusted.t", b"1");
+    let ids = root.join("ids");
+    fs::create_dir(&ids).unwrap();
+    let big = ids.join("big-ids");
+    fs::write(&big, b"ids").unwrap();
+    lchown(&big, 100_000, 4_000_000_000);
+    let small = ids.join("small-ids");
+    fs::write(&small, b"ids").unwrap();
+    lchown(&small, 1000, 1000);
+    let links = root.join("links");
+    fs::create_dir(&links).unwrap();
+    fs::write(links.join("a"), b"linked").unwrap();
+    fs::hard_link(links.join("a"), links.join("b")).unwrap();
+    fs::hard_link(links.join("a"), root.join("c")).unwrap();
+    std::os::unix::fs::symlink("t".repeat(4000), links.join("long-symlink")).unwrap();
+    std::os::unix::fs::symlink("a", links.join("short-symlink")).unwrap();
+    let special = root.join("special");
+    fs::create_dir(&special).unwrap();
+    let c = std::ffi::CString::new(special.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: c is NUL-terminated.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
+    let c = std::ffi::CString::new(special.join("chr").to_str().unwrap()).unwrap();
+    let dev = libc::makedev(300, 70000);
+    // SAFETY: c is NUL-terminated.
+    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, dev) };
+    assert_eq!(r, 0);
+    let _sock = std::os::unix::net::UnixListener::bind(special.join("sock")).unwrap();
+    fs::write(root.join("skip.o"), b"excluded").unwrap();
+    // mtimes last, deepest first, so creating children does not change them again.
+    let mut all: Vec<PathBuf> = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() && !p.is_symlink() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+        all.push(p);
+    }
+    all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for (i, p) in all.iter().enumerate() {
+        let (sec, nsec) = match i % 4 {
+            0 => (1_600_000_000 + i as i64, 0),
+            1 => (1_650_000_000 + i as i64, 123_456_789),
+            2 => (-86_400 - i as i64, 500),
+            _ => (1_700_000_000, 0),
+        };
+        set_mtime(p, sec, nsec);
+    }
+}
+
+#[test]
+fn kernel_shows_an_edge_case_directory_exactly() {
+    if !require(
+        "kernel_shows_an_edge_case_directory_exactly",
+        &[Need::KernelErofs],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    edge_tree(&src);
+    let mut expected = manifest::of_tree(&src).unwrap();
+    expected.remove("skip.o");
+    let o = Options {
+        exclude: vec![build::Pattern::new("*.o").unwrap()],
+        ..opts()
+    };
+    for (bs, inline) in [(4096, true), (512, true), (1024, false)] {
+        let o = Options {
+            block_size: bs,
+            inline,
+            ..o.clone()
+        };
+        let img = build_to(
+            tmp.path(),
+            &format!("edge-{bs}.erofs"),
+            Source::Dir(src.clone()),
+            &o,
+        );
+        assert_kernel_shows(
+            &img,
+            &expected,
+            &format!("edge tree, block size {bs}, inline {inline}"),
+        );
+    }
+    // Owner overrides apply to every inode.
+    let o = Options {
+        uid: Some(5),
+        gid: Some(70_000),
+        ..o
+    };
+    let img = build_to(tmp.path(), "edge-ids.erofs", Source::Dir(src.clone()), &o);
+    for e in expected.values_mut() {
+        e["uid"] = 5.into();
+        e["gid"] = 70_000.into();
+    }
+    assert_kernel_shows(&img, &expected, "edge tree with --uid/--gid");
+}
