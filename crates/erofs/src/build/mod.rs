@@ -66,7 +66,8 @@ pub struct Options {
     pub fingerprint: Option<XattrName>,
     /// Inline the tails of files, directories and symlinks after their inodes.
     pub inline: bool,
-    /// Build time in seconds since the epoch (the superblock epoch is never later).
+    /// Build time in seconds since 1970: the mtime of directories a tar implies without a
+    /// header of their own (file mtimes are kept as they are).
     pub build_time: u64,
     /// Volume uuid.
     pub uuid: [u8; 16],
