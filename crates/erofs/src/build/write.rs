@@ -1,7 +1,7 @@
 //! Serialising the laid-out tree: inodes (compact where lossless), xattr bodies, directory
 //! blocks, symlink targets, the shared xattr area, the prefix table and the superblock.
 
-use super::layout::{self, MetaAllocator, PREFIX_TABLE_OFFSET};
+use super::layout::{self, PREFIX_TABLE_OFFSET};
 use super::tree::{Content, Kind, NodeId, Tree};
 use super::xattrs::{self, FingerprintPrefix, SharedXattrs};
 use super::{BuildError, ImageFile, Options, Summary};
@@ -157,15 +157,18 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     } else {
         (xattr_blkaddr + (shared.bytes.len() as u64).div_ceil(bs), 0)
     };
-    let mut alloc = MetaAllocator::new(bs, meta_start);
+    let sizes: Vec<u64> = plans
+        .iter()
+        .map(|p| (p.isize() + p.xattr.len() + p.inline_len) as u64)
+        .collect();
+    let (offsets, meta_end) = layout::pack(bs, meta_start, &sizes);
     let mut nid_of = vec![u64::MAX; tree.nodes.len()];
-    for p in &mut plans {
-        let len = (p.isize() + p.xattr.len() + p.inline_len) as u64;
-        p.offset = alloc.place(len, p.inline_len > 0);
-        nid_of[p.node] = p.offset >> format::ISLOT_BITS;
+    for (p, off) in plans.iter_mut().zip(offsets) {
+        p.offset = off;
+        nid_of[p.node] = off >> format::ISLOT_BITS;
     }
     let root_nid = u16::try_from(nid_of[0]).map_err(|_| BuildError::TooMany("shared xattrs"))?;
-    let meta_len = alloc.end().next_multiple_of(bs);
+    let meta_len = meta_end.next_multiple_of(bs);
     let mut meta = vec![0u8; meta_len as usize];
     if meta_blkaddr == xattr_blkaddr {
         meta[..shared.bytes.len()].copy_from_slice(&shared.bytes);
