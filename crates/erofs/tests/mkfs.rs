@@ -754,3 +754,27 @@ fn kernel_shows_an_edge_case_directory_exactly() {
     }
     assert_kernel_shows(&img, &expected, "edge tree with --uid/--gid");
 }
+
+#[test]
+fn tar_excludes_cover_whole_subtrees_and_their_hardlinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Vec::new();
+    member(&mut t, "keep/a", b'0', b"a", "", &[]);
+    member(&mut t, "cache/x", b'0', b"x", "", &[]);
+    member(&mut t, "cache/sub/y", b'0', b"y", "", &[]);
+    member(&mut t, "keep/l", b'1', b"", "cache/x", &[]);
+    member(&mut t, "keep/b.o", b'0', b"o", "", &[]);
+    end(&mut t);
+    let o = Options {
+        exclude: vec![
+            build::Pattern::new("cache").unwrap(),
+            build::Pattern::new("*.o").unwrap(),
+        ],
+        ..opts()
+    };
+    let img = build_tar(tmp.path(), t, &o).unwrap();
+    let bytes = std::fs::read(&img).unwrap();
+    let w = common::Image::new(&bytes).walk();
+    assert_eq!(w.keys().collect::<Vec<_>>(), vec![".", "keep", "keep/a"]);
+    assert_eq!(common::Image::new(&bytes).data(w["keep/a"].nid), b"a");
+}

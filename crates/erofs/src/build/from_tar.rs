@@ -518,7 +518,7 @@ impl Builder<'_> {
         let src = |m: String| BuildError::Source(m);
         let mut comps = components(&e.path).map_err(src)?;
         let shown = String::from_utf8_lossy(&e.path).into_owned();
-        if !comps.is_empty() && super::exclude::excluded(&self.opts.exclude, &comps.join(&b'/')) {
+        if super::exclude::excluded_or_under(&self.opts.exclude, &comps) {
             return Ok(());
         }
         let mut typeflag = e.typeflag;
@@ -591,6 +591,10 @@ impl Builder<'_> {
             }
             b'1' => {
                 let target = components(&e.link).map_err(src)?;
+                if super::exclude::excluded_or_under(&self.opts.exclude, &target) {
+                    // The file it names was left out: so is this name.
+                    return Ok(());
+                }
                 let id = self.lookup(&target).ok_or_else(|| {
                     src(format!(
                         "hardlink {shown:?} to {:?}, which is not in the archive before it",
