@@ -178,3 +178,29 @@ fn failures_are_clear_and_keep_the_destination() {
         "temp files left"
     );
 }
+
+#[test]
+fn an_image_written_inside_its_source_is_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    small_tree(&src);
+    let img = src.join("img.erofs");
+    let out = run(bin().arg("mkfs").arg(&img).arg(&src));
+    ok(&out, "mkfs into its own source");
+    let again = run(bin().arg("mkfs").arg(&img).arg(&src));
+    ok(&again, "mkfs over an image inside its source");
+    // The first build leaves out its own temporary file; the second one includes the first
+    // image (an ordinary file by then) but again not its own temporary file.
+    let count = |o: &Output| {
+        let s = String::from_utf8_lossy(&o.stderr).into_owned();
+        s.split(": ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    assert_eq!(count(&out) + 1, count(&again));
+}

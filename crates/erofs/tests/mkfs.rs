@@ -778,3 +778,79 @@ fn tar_excludes_cover_whole_subtrees_and_their_hardlinks() {
     assert_eq!(w.keys().collect::<Vec<_>>(), vec![".", "keep", "keep/a"]);
     assert_eq!(common::Image::new(&bytes).data(w["keep/a"].nid), b"a");
 }
+
+#[test]
+fn gnu_ustar_and_pax_tars_of_one_tree_show_it() {
+    if !require(
+        "gnu_ustar_and_pax_tars_of_one_tree_show_it",
+        &[Need::KernelErofs],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    // Paths over 100 bytes (GNU long names, ustar prefix), a long symlink target (GNU long
+    // link), a hardlink, a device.
+    let long_dir = src.join("d".repeat(60)).join("e".repeat(60));
+    std::fs::create_dir_all(&long_dir).unwrap();
+    std::fs::write(long_dir.join("f".repeat(90)), b"deep").unwrap();
+    std::os::unix::fs::symlink("t".repeat(300), src.join("longlink")).unwrap();
+    std::fs::hard_link(long_dir.join("f".repeat(90)), src.join("hard")).unwrap();
+    let c = std::ffi::CString::new(src.join("blk").to_str().unwrap()).unwrap();
+    let dev = libc::makedev(8, 3);
+    // SAFETY: c is NUL-terminated.
+    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o660, dev) };
+    assert_eq!(r, 0);
+    set_mtime(&src, 1_700_000_000, 0);
+    let expected = manifest::of_tree(&src).unwrap();
+    for (format, owner) in [
+        ("gnu", "4000000000"),
+        ("ustar", "1000"),
+        ("posix", "4000000000"),
+    ] {
+        let tar = tmp.path().join(format!("{format}.tar"));
+        // ustar holds no link target over 100 bytes: leave out the long symlink and the
+        // hardlink to the long path.
+        let skip: &[&str] = if format == "ustar" {
+            &["--exclude=./longlink", "--exclude=./hard"]
+        } else {
+            &[]
+        };
+        let st = Command::new("tar")
+            .args(skip)
+            .arg(format!("--format={format}"))
+            .arg(format!("--owner=:{owner}"))
+            .arg(format!("--group=:{owner}"))
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success(), "tar --format={format}");
+        let img = build_to(
+            tmp.path(),
+            &format!("{format}.erofs"),
+            Source::Tar(Box::new(std::fs::File::open(&tar).unwrap())),
+            &opts(),
+        );
+        let mut want = expected.clone();
+        if format == "ustar" {
+            want.remove("longlink");
+            want.remove("hard");
+            let deep = format!("{}/{}/{}", "d".repeat(60), "e".repeat(60), "f".repeat(90));
+            want.get_mut(&deep).unwrap()["nlink"] = 1.into();
+        }
+        for e in want.values_mut() {
+            e["uid"] = owner.parse::<u64>().unwrap().into();
+            e["gid"] = owner.parse::<u64>().unwrap().into();
+            if format != "posix" {
+                // Only PAX headers carry nanoseconds.
+                let ns = e["mtime_ns"].as_i64().unwrap();
+                e["mtime_ns"] = (ns - ns.rem_euclid(1_000_000_000)).into();
+            }
+        }
+        assert_kernel_shows(&img, &want, &format!("tar --format={format}"));
+    }
+}
