@@ -466,6 +466,29 @@ fn hostile_tars_fail_with_clear_errors_and_keep_the_destination() {
     set_checksum(&mut h);
     t[n - 512..].copy_from_slice(&h);
     cases.push(("declared 8 GiB, nothing there", t, "truncated"));
+    let mut t = Vec::new();
+    let long = format!("user.{}", "n".repeat(300));
+    member(
+        &mut t,
+        "x",
+        b'0',
+        b"",
+        "",
+        &[(&format!("SCHILY.xattr.{long}"), b"v")],
+    );
+    end(&mut t);
+    cases.push(("xattr name too long", t, "longer than 255 bytes"));
+    let mut t = Vec::new();
+    member(
+        &mut t,
+        "x",
+        b'0',
+        b"",
+        "",
+        &[("SCHILY.acl.access", b"user:bob:rwx")],
+    );
+    end(&mut t);
+    cases.push(("ACL with a user name", t, "not a numeric"));
     cases.push(("garbage", vec![0x55; 4096], "checksum"));
     cases.push(("empty", Vec::new(), "end-of-archive"));
     for (what, tar, want) in cases {

@@ -108,6 +108,8 @@ fn node_of(path: &Path, md: &std::fs::Metadata) -> Result<Node, BuildError> {
     n.mtime = md.mtime();
     n.mtime_nsec = md.mtime_nsec() as u32;
     n.xattrs = xattrs_of(path).map_err(BuildError::io(path))?;
+    super::xattrs::validate(&n.xattrs)
+        .map_err(|m| BuildError::Source(format!("{}: {m}", path.display())))?;
     Ok(n)
 }
 

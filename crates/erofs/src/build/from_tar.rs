@@ -544,6 +544,7 @@ impl Builder<'_> {
             typeflag = b'3';
             devmajor_minor = (0, 0);
         }
+        super::xattrs::validate(&e.xattrs).map_err(|m| src(format!("{shown:?}: {m}")))?;
         let perm = (e.mode & 0o7777) as u16;
         let uid =
             u32::try_from(e.uid).map_err(|_| src(format!("{shown:?}: uid {} too large", e.uid)))?;
