@@ -195,6 +195,15 @@ fn compare_fingerprints_with(vector: &str, name: Option<&str>) {
     assert!(prefix_is_plain(&ours) && prefix_is_plain(&theirs));
 
     let (wa, wb) = (ours.walk(), theirs.walk());
+    // tiny.txt carries only the fingerprint: its filter in upstream's image is exactly our
+    // hash of the fingerprint name.
+    let fp_name = o.fingerprint.as_ref().unwrap();
+    let bit = erofs::xattr_name::filter_bit(fp_name.base_index, &fp_name.infix);
+    assert_eq!(
+        wb["tiny.txt"].filter,
+        Some(!(1u32 << bit)),
+        "upstream filter of tiny.txt"
+    );
     assert_eq!(
         wa.keys().collect::<Vec<_>>(),
         wb.keys().collect::<Vec<_>>(),
