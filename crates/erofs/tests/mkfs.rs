@@ -498,6 +498,17 @@ fn hostile_tars_fail_with_clear_errors_and_keep_the_destination() {
     );
     end(&mut t);
     cases.push(("ACL with a user name", t, "not a numeric"));
+    let mut t = Vec::new();
+    member(
+        &mut t,
+        "s",
+        b'2',
+        b"",
+        "",
+        &[("linkpath", "x".repeat(5000).as_bytes())],
+    );
+    end(&mut t);
+    cases.push(("symlink target too long", t, "1 to 4095"));
     cases.push(("garbage", vec![0x55; 4096], "checksum"));
     cases.push(("empty", Vec::new(), "end-of-archive"));
     for (what, tar, want) in cases {

@@ -630,9 +630,12 @@ impl Builder<'_> {
             }
         };
         if let Kind::Symlink(t) = &kind
-            && t.is_empty()
+            && (t.is_empty() || t.len() >= 4096)
         {
-            return Err(src(format!("symlink {shown:?} has an empty target")));
+            return Err(src(format!(
+                "symlink {shown:?} has a target of {} bytes (1 to 4095 allowed)",
+                t.len()
+            )));
         }
         let mut node = Node::new(kind, perm);
         node.uid = uid;
