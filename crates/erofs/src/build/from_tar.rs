@@ -518,7 +518,7 @@ impl Builder<'_> {
         let src = |m: String| BuildError::Source(m);
         let mut comps = components(&e.path).map_err(src)?;
         let shown = String::from_utf8_lossy(&e.path).into_owned();
-        if !comps.is_empty() && super::exclude::excluded(&self.opts.exclude, &comps.join(&b'/')) {
+        if super::exclude::excluded_or_under(&self.opts.exclude, &comps) {
             return Ok(());
         }
         let mut typeflag = e.typeflag;
@@ -544,6 +544,7 @@ impl Builder<'_> {
             typeflag = b'3';
             devmajor_minor = (0, 0);
         }
+        super::xattrs::validate(&e.xattrs).map_err(|m| src(format!("{shown:?}: {m}")))?;
         let perm = (e.mode & 0o7777) as u16;
         let uid =
             u32::try_from(e.uid).map_err(|_| src(format!("{shown:?}: uid {} too large", e.uid)))?;
@@ -613,6 +614,10 @@ impl Builder<'_> {
             }
             b'1' => {
                 let target = components(&e.link).map_err(src)?;
+                if super::exclude::excluded_or_under(&self.opts.exclude, &target) {
+                    // The file it names was left out: so is this name.
+                    return Ok(());
+                }
                 let id = self.lookup(&target).ok_or_else(|| {
                     src(format!(
                         "hardlink {shown:?} to {:?}, which is not in the archive before it",
@@ -647,9 +652,12 @@ impl Builder<'_> {
             }
         };
         if let Kind::Symlink(t) = &kind
-            && t.is_empty()
+            && (t.is_empty() || t.len() >= 4096)
         {
-            return Err(src(format!("symlink {shown:?} has an empty target")));
+            return Err(src(format!(
+                "symlink {shown:?} has a target of {} bytes (1 to 4095 allowed)",
+                t.len()
+            )));
         }
         let mut node = Node::new(kind, perm);
         node.uid = uid;
