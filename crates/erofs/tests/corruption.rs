@@ -4,12 +4,14 @@
 //! fingerprints, extents and fsck. No case may panic or exceed its time bound.
 //!
 //! Mutations aim mostly at metadata (superblock, inodes with their xattrs and inline data,
-//! chunk indexes, directory blocks, the prefix table), found by a clean walk first; half of
+//! chunk indexes, compressed maps and pclusters, directory blocks, the prefix table), found
+//! by a clean walk first; half of
 //! the cases re-seal the superblock checksum so they get past it, as an attacker would.
 
 use erofs::data::{self, Phys};
 use erofs::fsck::{FsckOptions, fsck};
 use erofs::walk::{Visit, walk};
+use erofs::zmap::Place;
 use erofs::{FileType, Image};
 use std::ops::ControlFlow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -68,6 +70,20 @@ fn metadata_regions(img: &Image) -> Vec<(u64, u64)> {
             }
             if inode.layout == erofs::format::layout::CHUNK_BASED {
                 len += 64;
+            }
+            if inode.is_compressed() {
+                // The map header, the lcluster indexes (or extent records) and an inline
+                // tail pcluster; then the first pclusters themselves.
+                len += 8 + 16 + inode.size.div_ceil(bs).min(64) * 8;
+                if let Ok((ext, _)) = erofs::zmap::extents(img, inode, 4) {
+                    for e in ext {
+                        match e.place {
+                            Place::Image { pa, plen } => out.push((pa, plen.min(2 * bs))),
+                            Place::Inline { pos, plen } => out.push((pos, plen)),
+                            _ => {}
+                        }
+                    }
+                }
             }
             out.push((pos, len.min(2 * bs)));
             if inode.is_dir()
@@ -217,7 +233,9 @@ fn drive(img: &Image) -> (usize, bool) {
         }
         match inode.file_type() {
             FileType::Reg | FileType::Dir => {
-                if !inode.is_compressed() {
+                if inode.is_compressed() {
+                    let _ = erofs::zmap::extents(img, inode, 1024);
+                } else {
                     let _ = data::extents(img, inode, 1024);
                 }
                 let mut off = 0u64;

@@ -186,7 +186,12 @@ fn lookup_finds_every_entry_and_nothing_else() {
     ) {
         return;
     }
-    for name in ["plain-b512-fp", "plain-fp", "chunked-4k-fp", "lz4hc-compressed-dirs"] {
+    for name in [
+        "plain-b512-fp",
+        "plain-fp",
+        "chunked-4k-fp",
+        "lz4hc-compressed-dirs",
+    ] {
         let img = Image::open(testdata::image(name)).unwrap();
         let mut dirs = 0;
         walk(&img, |v| {
