@@ -138,6 +138,52 @@ fn without_inline_there_is_no_ztailpacking_and_the_kernel_still_agrees() {
 }
 
 #[test]
+fn dedupe_shares_identical_files_and_the_kernel_agrees() {
+    if !require(
+        "dedupe_shares_identical_files_and_the_kernel_agrees",
+        &[Need::Testdata, Need::KernelErofs],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = build_to(tmp.path(), "nodedupe.erofs", &opts("lz4hc", None));
+    let mut o = opts("lz4hc", None);
+    o.compression.as_mut().unwrap().dedupe = true;
+    let img = build_to(tmp.path(), "dedupe.erofs", &o);
+    let (a, b) = (
+        std::fs::metadata(&plain).unwrap().len(),
+        std::fs::metadata(&img).unwrap().len(),
+    );
+    assert!(b < a, "dedupe {b} bytes, without {a}");
+    let image = Image::open(&img).unwrap();
+    // The copies (random data, so stored uncompressed) share their blocks.
+    let blocks = |p: &str| {
+        let i = image.resolve(p).unwrap();
+        assert!(i.start_block.is_some(), "{p}: {i:?}");
+        (i.layout, i.start_block)
+    };
+    let first = blocks("/dup/a/same.bin");
+    assert_eq!(first, blocks("/dup/b/same.bin"));
+    assert_eq!(first, blocks("/dup/c/deep/same.bin"));
+    let m = LoopMount::new(&img).unwrap();
+    let got = manifest::of_tree(m.path()).unwrap();
+    manifest::assert_same(
+        &manifest::load(&testdata::source_manifest()),
+        &got,
+        "lz4hc with dedupe",
+    );
+    drop(m);
+    let r = fsck(
+        &image,
+        &FsckOptions {
+            verify_fingerprints: true,
+            ..FsckOptions::default()
+        },
+    );
+    assert!(r.is_clean(), "{:#?}", r.problems);
+}
+
+#[test]
 fn compressed_images_do_not_depend_on_the_thread_count() {
     if !require(
         "compressed_images_do_not_depend_on_the_thread_count",

@@ -58,6 +58,9 @@ pub struct Args {
     /// Linux 5.13+.
     #[arg(long, value_name = "BYTES", requires = "compress")]
     pub pcluster_size: Option<u32>,
+    /// Store files with identical content once: their inodes share the compressed blocks.
+    #[arg(long, requires = "compress")]
+    pub dedupe: bool,
     /// No progress bar and no summary line.
     #[arg(long, short)]
     pub quiet: bool,
@@ -151,7 +154,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .compress
         .as_deref()
         .map(|spec| build::Compression::new(spec, args.pcluster_size, args.block_size))
-        .transpose()?;
+        .transpose()?
+        .map(|c| build::Compression {
+            dedupe: args.dedupe,
+            ..c
+        });
     let opts = Options {
         compression,
         block_size: args.block_size,

@@ -34,6 +34,8 @@ pub struct Compression {
     pub codec: Arc<dyn Codec>,
     /// Largest physical cluster in bytes (a multiple of the block size).
     pub pcluster_size: u32,
+    /// Store files with identical content once (their inodes share the blocks).
+    pub dedupe: bool,
 }
 
 impl Compression {
@@ -59,6 +61,7 @@ impl Compression {
             spec: spec.to_string(),
             codec: Arc::from(codec),
             pcluster_size,
+            dedupe: false,
         })
     }
 
@@ -350,6 +353,8 @@ pub fn commit(
 pub struct Prepared {
     data: Vec<u8>,
     pcls: Option<Vec<Pcluster>>,
+    /// sha256 of the content, when fingerprints or dedupe need it.
+    digest: Option<[u8; 32]>,
     fingerprint: Option<crate::fingerprint::Value>,
 }
 
@@ -360,22 +365,49 @@ pub fn prepare(
     bs: u64,
     hash: bool,
 ) -> Result<Prepared, BuildError> {
-    let fingerprint = (hash && !data.is_empty()).then(|| {
+    let digest = ((hash || c.dedupe) && !data.is_empty()).then(|| {
         use sha2::{Digest, Sha256};
-        crate::fingerprint::value_of_digest(&Sha256::digest(&data).into())
+        Sha256::digest(&data).into()
     });
+    let fingerprint = digest
+        .filter(|_| hash)
+        .map(|d| crate::fingerprint::value_of_digest(&d));
     let pcls = compress(&data, c, bs)?;
     Ok(Prepared {
         data,
         pcls,
+        digest,
         fingerprint,
     })
 }
 
 /// Give a prepared file its blocks: compressed (its last pcluster inline when
 /// `tail_budget` allows), or plain (with an inline tail when `inline`) when compression
-/// saves no block.
+/// saves no block; with dedupe, content stored before is shared instead.
 pub fn store(
+    img: &mut ImageFile,
+    p: Prepared,
+    inline: bool,
+    tail_budget: Option<usize>,
+    c: &Compression,
+) -> Result<Stored, BuildError> {
+    let size = p.data.len() as u64;
+    let key = p.digest.map(|d| (d, size));
+    if let (Some(seen), Some(key)) = (&img.dedupe, key)
+        && let Some(s) = seen.get(&key)
+    {
+        let mut s = s.clone();
+        s.fingerprint = p.fingerprint;
+        return Ok(s);
+    }
+    let s = store_new(img, p, inline, tail_budget, c)?;
+    if let (Some(seen), Some(key)) = (&mut img.dedupe, key) {
+        seen.insert(key, s.clone());
+    }
+    Ok(s)
+}
+
+fn store_new(
     img: &mut ImageFile,
     p: Prepared,
     inline: bool,

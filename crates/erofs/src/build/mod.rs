@@ -171,6 +171,8 @@ pub struct ImageFile {
     pub(crate) blkszbits: u8,
     /// Next free block of the data area.
     pub(crate) next_block: u64,
+    /// Whole-file dedupe (compressed builds): content digest and size → where it went.
+    pub(crate) dedupe: Option<std::collections::HashMap<([u8; 32], u64), tree::Stored>>,
 }
 
 impl ImageFile {
@@ -215,6 +217,11 @@ pub fn build(
         file,
         blkszbits,
         next_block: first_data_block,
+        dedupe: opts
+            .compression
+            .as_ref()
+            .filter(|c| c.dedupe)
+            .map(|_| Default::default()),
     };
     let mut tree = match source {
         Source::Dir(path) => from_dir::read(&path, opts, &mut img, progress)?,
