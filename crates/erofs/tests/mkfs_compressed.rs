@@ -184,6 +184,57 @@ fn dedupe_shares_identical_files_and_the_kernel_agrees() {
 }
 
 #[test]
+fn fragments_go_to_the_packed_inode_and_the_kernel_agrees() {
+    if !require(
+        "fragments_go_to_the_packed_inode_and_the_kernel_agrees",
+        &[Need::Testdata, Need::KernelErofs],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (spec, pcluster) in [("lz4hc", None), ("lzma", Some(16384)), ("deflate", None)] {
+        let mut o = opts(spec, pcluster);
+        o.compression.as_mut().unwrap().fragments = true;
+        o.compression.as_mut().unwrap().dedupe = true;
+        let img = build_to(tmp.path(), &format!("frag-{spec}.erofs"), &o);
+        let image = Image::open(&img).unwrap();
+        let sb = image.superblock();
+        assert!(
+            sb.has_incompat(erofs::format::incompat::FRAGMENTS),
+            "{spec}"
+        );
+        let packed = image.inode(sb.packed_nid).unwrap();
+        assert!(packed.size > 10_000, "{spec}: packed inode {packed:?}");
+        let text = image.resolve("/big/text-800k.txt").unwrap();
+        let (ext, _) = erofs::zmap::extents(&image, &text, 1000).unwrap();
+        assert!(
+            matches!(
+                ext.last().unwrap().place,
+                erofs::zmap::Place::Fragment { .. }
+            ),
+            "{spec}: {ext:?}"
+        );
+        {
+            let m = LoopMount::new(&img).unwrap();
+            let got = manifest::of_tree(m.path()).unwrap();
+            manifest::assert_same(
+                &manifest::load(&testdata::source_manifest()),
+                &got,
+                &format!("{spec} with fragments"),
+            );
+        }
+        let r = fsck(
+            &image,
+            &FsckOptions {
+                verify_fingerprints: true,
+                ..FsckOptions::default()
+            },
+        );
+        assert!(r.is_clean(), "{spec}: {:#?}", r.problems);
+    }
+}
+
+#[test]
 fn compressed_images_do_not_depend_on_the_thread_count() {
     if !require(
         "compressed_images_do_not_depend_on_the_thread_count",
@@ -192,20 +243,20 @@ fn compressed_images_do_not_depend_on_the_thread_count() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    for (spec, pcluster) in [("lz4hc", Some(65536)), ("zstd", None)] {
+    for (spec, pcluster, fragments) in [
+        ("lz4hc", Some(65536), false),
+        ("zstd", None, false),
+        ("lz4", None, true),
+    ] {
         let mut images = Vec::new();
         for threads in [1, 4] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let img = pool.install(|| {
-                build_to(
-                    tmp.path(),
-                    &format!("{spec}-{threads}.erofs"),
-                    &opts(spec, pcluster),
-                )
-            });
+            let mut o = opts(spec, pcluster);
+            o.compression.as_mut().unwrap().fragments = fragments;
+            let img = pool.install(|| build_to(tmp.path(), &format!("{spec}-{threads}.erofs"), &o));
             images.push(std::fs::read(img).unwrap());
         }
         assert!(images[0] == images[1], "{spec}: 1 and 4 threads differ");

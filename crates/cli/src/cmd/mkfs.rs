@@ -61,6 +61,10 @@ pub struct Args {
     /// Store files with identical content once: their inodes share the compressed blocks.
     #[arg(long, requires = "compress")]
     pub dedupe: bool,
+    /// Put the last extent of every compressed file in one packed inode, where the tails
+    /// compress together (smaller images, slower small reads; Linux 6.1+).
+    #[arg(long, requires = "compress")]
+    pub fragments: bool,
     /// No progress bar and no summary line.
     #[arg(long, short)]
     pub quiet: bool,
@@ -157,6 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .transpose()?
         .map(|c| build::Compression {
             dedupe: args.dedupe,
+            fragments: args.fragments,
             ..c
         });
     let opts = Options {

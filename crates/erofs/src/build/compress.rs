@@ -36,6 +36,9 @@ pub struct Compression {
     pub pcluster_size: u32,
     /// Store files with identical content once (their inodes share the blocks).
     pub dedupe: bool,
+    /// Put the last extent of every compressed file in the packed inode (fragments),
+    /// where all tails compress together.
+    pub fragments: bool,
 }
 
 impl Compression {
@@ -62,6 +65,7 @@ impl Compression {
             codec: Arc::from(codec),
             pcluster_size,
             dedupe: false,
+            fragments: false,
         })
     }
 
@@ -108,6 +112,17 @@ impl Compression {
         out.resize(out.len().next_multiple_of(4), 0);
         out
     }
+}
+
+/// Where a compressed file's last pcluster goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// In blocks like the others.
+    Blocks,
+    /// Inline after the map (ztailpacking).
+    Inline,
+    /// Its uncompressed bytes in the packed inode at this offset (fragments).
+    Fragment(u64),
 }
 
 /// One physical cluster of a file.
@@ -222,8 +237,9 @@ pub fn full_index(
     size: u64,
     c: &Compression,
     bs: u64,
-    inline_tail: bool,
+    tail: Tail,
 ) -> Result<Vec<u8>, BuildError> {
+    let inline_tail = tail == Tail::Inline;
     let lcb = bs.trailing_zeros();
     let n = size.div_ceil(bs) as usize;
     let mut idx = vec![[0u8; 8]; n];
@@ -236,12 +252,18 @@ pub fn full_index(
                 "internal: two extents start in lcluster {h}"
             )));
         }
-        let ty = if p.plain {
+        let fragment = matches!(tail, Tail::Fragment(_)) && k + 1 == pcls.len();
+        // A fragment tail is a HEAD1 (a plain head would be checked against a pcluster
+        // size it does not have); its block address holds the offset's high 32 bits.
+        let ty = if p.plain && !fragment {
             lcluster::PLAIN
         } else {
             lcluster::HEAD1
         } as u16;
-        let blkaddr = u32::try_from(pblks[k]).map_err(|_| BuildError::TooMany("blocks"))?;
+        let blkaddr = match tail {
+            Tail::Fragment(off) if fragment => (off >> 32) as u32,
+            _ => u32::try_from(pblks[k]).map_err(|_| BuildError::TooMany("blocks"))?,
+        };
         let e = &mut idx[h];
         e[..2].copy_from_slice(&ty.to_le_bytes());
         e[2..4].copy_from_slice(&((p.la & (bs - 1)) as u16).to_le_bytes());
@@ -249,7 +271,7 @@ pub fn full_index(
         let blocks = p.data.len() as u64 / bs;
         for (lcn, e) in idx.iter_mut().enumerate().take(next).skip(h + 1) {
             let mut d0 = (lcn - h) as u16;
-            if lcn == h + 1 && c.big(bs) && !p.plain {
+            if lcn == h + 1 && c.big(bs) && !p.plain && !fragment {
                 d0 = lcluster::D0_CBLKCNT | blocks as u16;
             }
             let d1 = (next - lcn) as u16;
@@ -265,7 +287,7 @@ pub fn full_index(
     // cluster offset is past every byte of the file in that lcluster, so it maps nothing.
     if let Some(last) = pcls.last()
         && last.plain
-        && !inline_tail
+        && tail == Tail::Blocks
         && n >= 1
         && (last.la >> lcb) < (n - 1) as u64
     {
@@ -280,6 +302,10 @@ pub fn full_index(
     } else {
         0
     };
+    if let Tail::Fragment(off) = tail {
+        advise |= zadvise::FRAGMENT_PCLUSTER;
+        out[..4].copy_from_slice(&(off as u32).to_le_bytes());
+    }
     if inline_tail {
         // The last pcluster follows the index (where the index of the last lcluster ends).
         advise |= zadvise::INLINE_PCLUSTER;
@@ -305,14 +331,14 @@ pub fn commit(
     pcls: &[Pcluster],
     size: u64,
     c: &Compression,
-    inline_tail: bool,
+    tail: Tail,
     fingerprint: Option<crate::fingerprint::Value>,
 ) -> Result<Stored, BuildError> {
     let bs = img.block_size();
-    let stored = if inline_tail {
-        &pcls[..pcls.len() - 1]
-    } else {
+    let stored = if tail == Tail::Blocks {
         pcls
+    } else {
+        &pcls[..pcls.len() - 1]
     };
     let total: u64 = stored.iter().map(|p| p.data.len() as u64 / bs).sum();
     let first = img.alloc(total);
@@ -331,10 +357,10 @@ pub fn commit(
     if !run.is_empty() {
         img.write_at(&run, at * bs - run.len() as u64)?;
     }
-    if inline_tail {
-        pblks.push(0); // not a block: the tail is inline
+    if tail != Tail::Blocks {
+        pblks.push(0); // not a block: the tail is inline or a fragment
     }
-    let map = full_index(pcls, &pblks, size, c, bs, inline_tail)?;
+    let map = full_index(pcls, &pblks, size, c, bs, tail)?;
     Ok(Stored {
         start_block: None,
         blocks: total,
@@ -343,7 +369,7 @@ pub fn commit(
         compressed: Some(super::tree::CompressedMap {
             blocks: total,
             map,
-            tail_inline: inline_tail,
+            tail_inline: tail == Tail::Inline,
         }),
     })
 }
@@ -417,16 +443,28 @@ fn store_new(
     let size = p.data.len() as u64;
     let bs = img.block_size();
     let plain_blocks = if inline { size / bs } else { size.div_ceil(bs) };
+    let fragments = img.packed.is_some();
     let chosen = p.pcls.and_then(|pcls| {
-        let tail = inline_tail(&pcls, size, bs, tail_budget);
-        let blocks: u64 = pcls[..pcls.len() - tail as usize]
-            .iter()
-            .map(|p| p.data.len() as u64 / bs)
-            .sum();
+        let tail = if fragments {
+            Tail::Fragment(0)
+        } else if inline_tail(&pcls, size, bs, tail_budget) {
+            Tail::Inline
+        } else {
+            Tail::Blocks
+        };
+        let own = pcls.len() - (tail != Tail::Blocks) as usize;
+        let blocks: u64 = pcls[..own].iter().map(|p| p.data.len() as u64 / bs).sum();
         (blocks < plain_blocks).then_some((pcls, tail))
     });
     match chosen {
-        Some((pcls, tail)) => commit(img, &pcls, size, c, tail, p.fingerprint),
+        Some((pcls, mut tail)) => {
+            if let (Tail::Fragment(_), Some(packed)) = (tail, img.packed.as_mut()) {
+                let last = pcls.last().expect("a tail");
+                tail = Tail::Fragment(packed.len() as u64);
+                packed.extend_from_slice(&p.data[last.la as usize..]);
+            }
+            commit(img, &pcls, size, c, tail, p.fingerprint)
+        }
         None => {
             let at = super::file_data::place(img, size, inline);
             let err = |e: std::io::Error| BuildError::Source(e.to_string());
@@ -520,5 +558,34 @@ pub fn store_dir_files(
         }
         start = end;
     }
+    Ok(())
+}
+
+/// Fragments: compress the tails collected in the packed inode and add it to the tree (in
+/// no directory; the superblock names it).
+pub fn store_packed(
+    tree: &mut super::tree::Tree,
+    opts: &super::Options,
+    c: &Compression,
+    img: &mut ImageFile,
+) -> Result<(), BuildError> {
+    use super::tree::{Content, Kind, Node};
+    let Some(data) = img.packed.take().filter(|d| !d.is_empty()) else {
+        return Ok(());
+    };
+    let size = data.len() as u64;
+    let bs = img.block_size();
+    let p = prepare(data, c, bs, false)?;
+    // Its own tail goes to blocks (img.packed is None now), never back into itself.
+    let stored = store_new(img, p, false, None, c)?;
+    let mut node = Node::new(
+        Kind::File {
+            size,
+            content: Content::Stored(stored),
+        },
+        0o600,
+    );
+    node.mtime = opts.build_time as i64;
+    tree.packed = Some(tree.add(node));
     Ok(())
 }

@@ -173,6 +173,8 @@ pub struct ImageFile {
     pub(crate) next_block: u64,
     /// Whole-file dedupe (compressed builds): content digest and size → where it went.
     pub(crate) dedupe: Option<std::collections::HashMap<([u8; 32], u64), tree::Stored>>,
+    /// Fragments (compressed builds): the packed inode's content so far.
+    pub(crate) packed: Option<Vec<u8>>,
 }
 
 impl ImageFile {
@@ -222,6 +224,11 @@ pub fn build(
             .as_ref()
             .filter(|c| c.dedupe)
             .map(|_| Default::default()),
+        packed: opts
+            .compression
+            .as_ref()
+            .filter(|c| c.fragments)
+            .map(|_| Vec::new()),
     };
     let mut tree = match source {
         Source::Dir(path) => from_dir::read(&path, opts, &mut img, progress)?,
@@ -233,7 +240,13 @@ pub fn build(
             n.gid = opts.gid.unwrap_or(n.gid);
         }
     }
+    if let Some(c) = &opts.compression {
+        compress::store_packed(&mut tree, opts, c, &mut img)?;
+    }
     tree.count_links()?;
+    if let Some(p) = tree.packed {
+        tree.nodes[p].nlink = 1;
+    }
     let summary = write::image(&tree, opts, &mut img)?;
     let mut perms = img
         .file

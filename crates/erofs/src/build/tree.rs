@@ -136,6 +136,8 @@ pub fn encode_dev(major: u32, minor: u32) -> u32 {
 #[derive(Debug, Clone)]
 pub struct Tree {
     pub nodes: Vec<Node>,
+    /// The packed inode (fragments): in no directory, named by the superblock.
+    pub packed: Option<NodeId>,
 }
 
 impl Tree {
@@ -143,6 +145,7 @@ impl Tree {
     pub fn new() -> Tree {
         Tree {
             nodes: vec![Node::new(Kind::Dir(BTreeMap::new()), 0o755)],
+            packed: None,
         }
     }
 

@@ -65,7 +65,10 @@ fn epoch(tree: &Tree, order: &[(NodeId, NodeId)], build_time: u64) -> (u64, u32)
 /// Lay out and write everything but the file data (already in the data area).
 pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary, BuildError> {
     let bs = img.block_size();
-    let order = tree.bfs();
+    let mut order = tree.bfs();
+    if let Some(p) = tree.packed {
+        order.push((p, 0));
+    }
     let ids: Vec<NodeId> = order.iter().map(|&(id, _)| id).collect();
     let shared = SharedXattrs::collect(tree, &ids)?;
     let (epoch, fixed_nsec) = epoch(tree, &order, opts.build_time);
@@ -270,6 +273,10 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
         incompat_bits |= c.incompat(bs);
         if ztailpacking {
             incompat_bits |= incompat::ZTAILPACKING;
+        }
+        if let Some(p) = tree.packed {
+            incompat_bits |= incompat::FRAGMENTS;
+            sb.packed_nid = nid_of[p].into();
         }
         sb.available_compr_algs = c.algs_field(bs).into();
         img.write_at(&c.configs(bs), CONFIGS_OFFSET)?;
