@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::{Need, require, testdata};
 
-/// Cases per image. Release builds (as CI runs) do them all; debug builds a tenth.
+/// Cases per image. Release builds (as CI runs) do them all; debug builds a few.
 /// `EROFS_SHARE_CORRUPTION_CASES` overrides it (for longer fuzzing runs).
 fn cases_per_image() -> usize {
     std::env::var("EROFS_SHARE_CORRUPTION_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if cfg!(debug_assertions) { 8 } else { 200 })
+        .unwrap_or(if cfg!(debug_assertions) { 5 } else { 200 })
 }
 /// Longest a single case may take.
 const CASE_LIMIT: Duration = Duration::from_secs(5);
