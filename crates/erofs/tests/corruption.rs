@@ -23,7 +23,7 @@ fn cases_per_image() -> usize {
     std::env::var("EROFS_SHARE_CORRUPTION_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if cfg!(debug_assertions) { 5 } else { 200 })
+        .unwrap_or(if cfg!(debug_assertions) { 5 } else { 150 })
 }
 /// Longest a single case may take.
 const CASE_LIMIT: Duration = Duration::from_secs(5);
