@@ -277,7 +277,12 @@ fn thousands_of_corruptions_never_panic_or_hang() {
     }
     let started = Instant::now();
     let per_image = cases_per_image();
-    let mut rng = Rng(0x5EED_E20F);
+    // `EROFS_SHARE_CORRUPTION_SEED` picks other cases (for longer fuzzing runs).
+    let seed = std::env::var("EROFS_SHARE_CORRUPTION_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5EED_E20F);
+    let mut rng = Rng(seed);
     let (mut cases, mut opened, mut detected, mut slowest) =
         (0usize, 0usize, 0usize, Duration::ZERO);
     for name in testdata::image_names() {
