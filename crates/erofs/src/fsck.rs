@@ -207,6 +207,12 @@ impl Checker<'_> {
     }
 
     fn check_xattrs(&mut self, path: &[u8], inode: &Inode) {
+        if inode.xattr_icount == 1 {
+            self.problem(
+                path,
+                "xattr area holds only its header (the kernel refuses such inodes)".into(),
+            );
+        }
         let raw = match xattr::raw(self.img, inode) {
             Ok(r) => r,
             Err(e) => return self.problem(path, describe(&e)),
