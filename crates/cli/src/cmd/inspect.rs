@@ -122,6 +122,31 @@ fn layout(img: &Image, inode: &Inode) -> anyhow::Result<Value> {
             "algorithm".into(),
             json!(data::compression_algorithm(img, inode)?),
         );
+        // Each extent: its logical range, where its pcluster is and how it is encoded.
+        let (extents, more) = erofs::zmap::extents(img, inode, LIST_LIMIT)?;
+        let list: Vec<Value> = extents
+            .iter()
+            .map(|e| {
+                use erofs::zmap::{Format, Place};
+                let (kind, at, stored) = match e.place {
+                    Place::Hole => ("hole", None, None),
+                    Place::Image { pa, plen } => ("pcluster", Some(pa), Some(plen)),
+                    Place::Inline { pos, plen } => ("inline", Some(pos), Some(plen)),
+                    Place::Fragment { offset } => ("fragment", Some(offset), None),
+                };
+                let encoding = match e.format {
+                    Format::Codec(a) => a.name(),
+                    Format::Shifted => "plain",
+                    Format::Interlaced => "interlaced",
+                };
+                json!({"offset": e.la, "length": e.llen, "kind": kind, "at": at,
+                       "stored_length": stored, "encoding": encoding, "partial": e.partial})
+            })
+            .collect();
+        m.insert("extents".into(), Value::Array(list));
+        if more {
+            m.insert("extents_truncated".into(), json!(true));
+        }
         return Ok(Value::Object(m));
     }
     if inode.layout == erofs::format::layout::CHUNK_BASED {
