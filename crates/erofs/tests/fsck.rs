@@ -35,11 +35,15 @@ fn every_vector_is_clean() {
         if name.contains("fp") {
             assert!(r.fingerprints_verified > 100, "{name}: {r:?}");
         }
-        // A structure-only check reads each stored block once: never more than the image.
+        // A structure-only check reads each stored block once: never more than the image,
+        // or than its decoded form (at most 12 MiB per 4 KiB pcluster) when compressed.
+        let compressed =
+            !(name.starts_with("plain-") || name.starts_with("chunked-") || name == "tar-full-fp");
+        let bound = img.len() * if compressed { 3072 } else { 1 };
         let r = fsck(&img, &FsckOptions::default());
         assert!(r.is_clean(), "{name}: {:#?}", r.problems);
         assert!(
-            r.bytes_read > 0 && r.bytes_read <= img.len(),
+            r.bytes_read > 0 && r.bytes_read <= bound,
             "{name}: read {} of {}",
             r.bytes_read,
             img.len()
