@@ -8,7 +8,7 @@ use crate::format::{SUPER_OFFSET, SUPERBLOCK_SIZE, incompat};
 use crate::image::Image;
 use crate::inode::Inode;
 use crate::zmap::{Format, MAX_EXTENT, MAX_PCLUSTER, Place, ZExtent, ZMap};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Decoded extents kept per image (bytes).
@@ -105,25 +105,25 @@ impl Decoders {
     }
 }
 
-/// A decoded extent and when it was last used.
-type Entry = (Arc<Vec<u8>>, u64);
-
+/// Decoded extents by (nid, extent start), least recently used evicted first.
 #[derive(Debug, Default)]
 struct Lru {
-    /// (nid, extent start) → decoded bytes and last use.
-    map: HashMap<(u64, u64), Entry>,
+    /// Key → decoded bytes and the stamp of its last use.
+    map: HashMap<(u64, u64), (Arc<Vec<u8>>, u64)>,
+    /// Stamp of last use → key, oldest first.
+    order: BTreeMap<u64, (u64, u64)>,
     bytes: usize,
     clock: u64,
 }
 
 impl Lru {
     fn get(&mut self, key: (u64, u64)) -> Option<Arc<Vec<u8>>> {
+        let (value, used) = self.map.get_mut(&key)?;
+        self.order.remove(used);
         self.clock += 1;
-        let clock = self.clock;
-        self.map.get_mut(&key).map(|(v, used)| {
-            *used = clock;
-            v.clone()
-        })
+        *used = self.clock;
+        self.order.insert(self.clock, key);
+        Some(value.clone())
     }
 
     fn insert(&mut self, key: (u64, u64), value: Arc<Vec<u8>>) {
@@ -132,16 +132,13 @@ impl Lru {
         }
         self.clock += 1;
         self.bytes += value.len();
-        if let Some((old, _)) = self.map.insert(key, (value, self.clock)) {
+        if let Some((old, used)) = self.map.insert(key, (value, self.clock)) {
             self.bytes -= old.len();
+            self.order.remove(&used);
         }
+        self.order.insert(self.clock, key);
         while self.bytes > CACHE_BYTES {
-            let oldest = self
-                .map
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| *k)
-                .expect("non-empty while over budget");
+            let (_, oldest) = self.order.pop_first().expect("non-empty while over budget");
             let (v, _) = self.map.remove(&oldest).expect("present");
             self.bytes -= v.len();
         }
