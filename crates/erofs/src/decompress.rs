@@ -105,11 +105,14 @@ impl Decoders {
     }
 }
 
+/// A decoded extent and the stamp of its last use.
+type Entry = (Arc<Vec<u8>>, u64);
+
 /// Decoded extents by (nid, extent start), least recently used evicted first.
 #[derive(Debug, Default)]
 struct Lru {
     /// Key → decoded bytes and the stamp of its last use.
-    map: HashMap<(u64, u64), (Arc<Vec<u8>>, u64)>,
+    map: HashMap<(u64, u64), Entry>,
     /// Stamp of last use → key, oldest first.
     order: BTreeMap<u64, (u64, u64)>,
     bytes: usize,
