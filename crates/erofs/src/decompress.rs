@@ -354,3 +354,30 @@ fn decode(img: &Image, inode: &Inode, ext: &ZExtent) -> Result<Vec<u8>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lru_keeps_its_budget_and_evicts_the_least_recently_used() {
+        let mut lru = Lru::default();
+        let chunk = CACHE_BYTES / 8;
+        for i in 0..8 {
+            lru.insert((1, i), Arc::new(vec![0u8; chunk]));
+        }
+        assert_eq!(lru.bytes, CACHE_BYTES);
+        // Use the oldest: the next one in age goes first.
+        assert!(lru.get((1, 0)).is_some());
+        lru.insert((2, 0), Arc::new(vec![0u8; chunk]));
+        assert!(lru.bytes <= CACHE_BYTES);
+        assert!(lru.get((1, 1)).is_none());
+        assert!(lru.get((1, 0)).is_some());
+        // Replacing a key does not count it twice; oversized values are not kept.
+        lru.insert((2, 0), Arc::new(vec![0u8; chunk]));
+        assert_eq!(lru.map.len(), lru.order.len());
+        lru.insert((3, 0), Arc::new(vec![0u8; CACHE_BYTES / 2]));
+        assert!(lru.get((3, 0)).is_none());
+        assert_eq!(lru.bytes, lru.map.values().map(|(v, _)| v.len()).sum::<usize>());
+    }
+}
