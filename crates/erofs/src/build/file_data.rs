@@ -16,7 +16,6 @@ use std::io::{ErrorKind, Read};
 #[derive(Debug, Clone, Copy)]
 pub struct Placement {
     pub start_block: Option<u64>,
-    pub blocks: u64,
     /// The last `size % block_size` bytes go after the inode instead of a block.
     pub inline_tail: bool,
 }
@@ -41,7 +40,6 @@ pub fn place(img: &mut ImageFile, size: u64, inline_tail: bool) -> Placement {
     let start_block = (blocks > 0).then(|| img.alloc(blocks));
     Placement {
         start_block,
-        blocks,
         inline_tail,
     }
 }
@@ -98,7 +96,6 @@ pub fn store(
         .map(|h| crate::fingerprint::value_of_digest(&h.finalize().into()));
     Ok(Stored {
         start_block: at.start_block,
-        blocks: at.blocks,
         inline_tail,
         fingerprint,
     })

@@ -14,13 +14,13 @@
 
 pub mod acl;
 pub mod exclude;
-pub mod file_data;
-pub mod from_dir;
-pub mod from_tar;
-pub mod layout;
-pub mod tree;
-pub mod write;
-pub mod xattrs;
+pub(crate) mod file_data;
+pub(crate) mod from_dir;
+pub(crate) mod from_tar;
+pub(crate) mod layout;
+pub(crate) mod tree;
+pub(crate) mod write;
+pub(crate) mod xattrs;
 
 use crate::fingerprint::XattrName;
 use std::fs::File;

@@ -24,8 +24,6 @@ pub enum Content {
 pub struct Stored {
     /// First data block of the block-aligned part (none when it has no blocks).
     pub start_block: Option<u64>,
-    /// Number of data blocks (including a padded tail block when the tail is not inline).
-    pub blocks: u64,
     /// The tail bytes to inline after the inode (FLAT_INLINE), if inlined.
     pub inline_tail: Option<Vec<u8>>,
     /// The fingerprint xattr value, when fingerprints are on and the file is not empty.

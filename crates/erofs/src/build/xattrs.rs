@@ -124,10 +124,6 @@ impl SharedXattrs {
     pub fn len(&self) -> usize {
         self.ids.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
 }
 
 /// An inode's xattr body (header, shared ids, inline entries), or empty when it has none.
