@@ -45,6 +45,8 @@ pub fn read(
     let mut b = Builder {
         tree: Tree::new(),
         opts,
+        hash: opts.fingerprint.is_some().then(HashPipe::start),
+        hashed: Vec::new(),
     };
     b.tree.nodes[0].mtime = opts.build_time as i64;
     while let Some(e) = tar.next_entry()? {
@@ -55,7 +57,79 @@ pub fn read(
             other => other,
         })?;
     }
+    if let Some(pipe) = b.hash.take() {
+        let values = pipe.finish()?;
+        for (id, value) in b.hashed.iter().zip(values) {
+            if let Kind::File {
+                content: Content::Stored(s),
+                ..
+            } = &mut b.tree.nodes[*id].kind
+            {
+                s.fingerprint = Some(value);
+            }
+        }
+    }
     Ok(b.tree)
+}
+
+/// Fingerprints computed beside the tar reader: the reader hands each file's bytes to a
+/// hashing thread over a bounded channel, so reading and writing run alongside SHA-256.
+struct HashPipe {
+    tx: std::sync::mpsc::SyncSender<Chunk>,
+    worker: std::thread::JoinHandle<Vec<crate::fingerprint::Value>>,
+}
+
+enum Chunk {
+    Data(Vec<u8>),
+    /// The end of one file's content.
+    End,
+}
+
+impl HashPipe {
+    fn start() -> HashPipe {
+        use sha2::Digest;
+        // At most this many chunks (each at most one read) wait: bounded memory.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(16);
+        let worker = std::thread::spawn(move || {
+            let mut values = Vec::new();
+            let mut h = sha2::Sha256::new();
+            for c in rx {
+                match c {
+                    Chunk::Data(d) => h.update(&d),
+                    Chunk::End => values.push(crate::fingerprint::value_of_digest(
+                        &std::mem::take(&mut h).finalize().into(),
+                    )),
+                }
+            }
+            values
+        });
+        HashPipe { tx, worker }
+    }
+
+    fn finish(self) -> Result<Vec<crate::fingerprint::Value>, BuildError> {
+        drop(self.tx);
+        self.worker
+            .join()
+            .map_err(|_| BuildError::Source("the hashing thread failed".into()))
+    }
+}
+
+/// A reader that also sends what it reads to the hashing thread.
+struct Tee<'a> {
+    inner: &'a mut dyn Read,
+    tx: &'a std::sync::mpsc::SyncSender<Chunk>,
+}
+
+impl Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.tx
+                .send(Chunk::Data(buf[..n].to_vec()))
+                .map_err(|_| std::io::Error::other("the hashing thread ended"))?;
+        }
+        Ok(n)
+    }
 }
 
 fn decompress(mut input: Box<dyn Read + Send>) -> std::io::Result<Box<dyn Read + Send>> {
@@ -469,6 +543,9 @@ fn components(path: &[u8]) -> Result<Vec<&[u8]>, String> {
 struct Builder<'a> {
     tree: Tree,
     opts: &'a Options,
+    hash: Option<HashPipe>,
+    /// Nodes whose content went through `hash`, in order.
+    hashed: Vec<NodeId>,
 }
 
 impl Builder<'_> {
@@ -557,6 +634,7 @@ impl Builder<'_> {
             }
             Ok(encode_dev(ma as u32, mi as u32))
         };
+        let mut hashed = false;
         let kind = match typeflag {
             b'0' | 0 | b'7' => {
                 let bs = img.block_size();
@@ -581,7 +659,25 @@ impl Builder<'_> {
                         offset: at_header,
                         msg: format!("{shown:?}: {io}"),
                     };
-                    file_data::store(img, &at, e.size, &mut data, fp, progress, &err)?
+                    match self.hash.as_ref().filter(|_| fp) {
+                        Some(pipe) => {
+                            let mut tee = Tee {
+                                inner: &mut data,
+                                tx: &pipe.tx,
+                            };
+                            let s = file_data::store(
+                                img, &at, e.size, &mut tee, false, progress, &err,
+                            )?;
+                            pipe.tx.send(Chunk::End).map_err(|_| {
+                                BuildError::Source("the hashing thread ended".into())
+                            })?;
+                            hashed = true;
+                            s
+                        }
+                        None => {
+                            file_data::store(img, &at, e.size, &mut data, false, progress, &err)?
+                        }
+                    }
                 };
                 tar.pos += e.size;
                 tar.pending = pad(e.size);
@@ -669,6 +765,9 @@ impl Builder<'_> {
                     .entries_mut(dir)
                     .expect("a directory")
                     .insert(name.to_vec(), id);
+                if hashed {
+                    self.hashed.push(id);
+                }
             }
         }
         Ok(())
