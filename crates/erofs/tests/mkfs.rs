@@ -897,3 +897,68 @@ fn gnu_ustar_and_pax_tars_of_one_tree_show_it() {
         assert_kernel_shows(&img, &want, &format!("tar --format={format}"));
     }
 }
+
+#[test]
+fn mangled_tars_never_panic_or_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Vec::new();
+    member(&mut t, "d/", b'5', b"", "", &[("mtime", b"1700000000.5")]);
+    member(
+        &mut t,
+        "d/f",
+        b'0',
+        &[9u8; 3000],
+        "",
+        &[("SCHILY.xattr.user.a", b"v")],
+    );
+    member(&mut t, "d/l", b'1', b"", "d/f", &[]);
+    member(&mut t, "d/s", b'2', b"", "f", &[]);
+    member(
+        &mut t,
+        "d/g",
+        b'0',
+        &[1u8; 700],
+        "",
+        &[("SCHILY.acl.access", b"user::rw-,group::r--,other::r--")],
+    );
+    end(&mut t);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let start = std::time::Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    for i in 0..400 {
+        let mut m = t.clone();
+        match i % 3 {
+            0 => m.truncate((next() % t.len() as u64) as usize),
+            1 => {
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() % m.len() as u64) as usize;
+                    m[at] = next() as u8;
+                }
+            }
+            _ => {
+                // Byte flips inside headers, checksums fixed up so the parser goes deeper.
+                let hdr = 512 * (next() % (m.len() as u64 / 512)) as usize;
+                let at = hdr + (next() % 512) as usize;
+                m[at] = next() as u8;
+                let mut h: [u8; 512] = m[hdr..hdr + 512].try_into().unwrap();
+                set_checksum(&mut h);
+                m[hdr..hdr + 512].copy_from_slice(&h);
+            }
+        }
+        match build_tar(tmp.path(), m, &opts()) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 100 && ok > 10, "ok {ok}, failed {failed}");
+    assert!(start.elapsed().as_secs() < 60, "took {:?}", start.elapsed());
+}
