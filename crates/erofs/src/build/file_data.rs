@@ -63,23 +63,30 @@ pub fn store(
         size
     };
     let mut hasher = hash.then(Sha256::new);
-    let mut buf = vec![0u8; (1 << 20).min(block_bytes.next_multiple_of(bs).max(bs) as usize)];
-    let mut offset = at.start_block.map_or(0, |b| b * bs);
-    let mut done = 0u64;
-    while done < block_bytes {
-        let want = (block_bytes - done).min(buf.len() as u64) as usize;
-        read_exact(r, &mut buf[..want], read_err)?;
-        if let Some(h) = hasher.as_mut() {
-            h.update(&buf[..want]);
-        }
-        // Pad the last partial block so the image has no unwritten gap.
-        let padded = want.next_multiple_of(bs as usize);
-        buf[want..padded].fill(0);
-        img.write_at(&buf[..padded], offset)?;
-        offset += padded as u64;
-        done += want as u64;
-        progress.advance(want as u64);
+    // One buffer per thread, reused for every file: no allocation and no fresh pages to
+    // fault in per file.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; CHUNK]);
     }
+    BUF.with_borrow_mut(|buf| {
+        let mut offset = at.start_block.map_or(0, |b| b * bs);
+        let mut done = 0u64;
+        while done < block_bytes {
+            let want = (block_bytes - done).min(buf.len() as u64) as usize;
+            read_exact(r, &mut buf[..want], read_err)?;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf[..want]);
+            }
+            // Pad the last partial block so the image has no unwritten gap.
+            let padded = want.next_multiple_of(bs as usize);
+            buf[want..padded].fill(0);
+            img.write_at(&buf[..padded], offset)?;
+            offset += padded as u64;
+            done += want as u64;
+            progress.advance(want as u64);
+        }
+        Ok::<(), BuildError>(())
+    })?;
     let inline_tail = if at.inline_tail {
         let mut tail = vec![0u8; (size - block_bytes) as usize];
         read_exact(r, &mut tail, read_err)?;
@@ -100,6 +107,9 @@ pub fn store(
         fingerprint,
     })
 }
+
+/// Bytes read and written at a time (a multiple of every block size).
+const CHUNK: usize = 1 << 20;
 
 fn read_exact(
     r: &mut dyn Read,
