@@ -18,6 +18,7 @@ pub(crate) mod file_data;
 pub(crate) mod from_dir;
 pub(crate) mod from_tar;
 pub(crate) mod layout;
+pub(crate) mod tar;
 pub(crate) mod tree;
 pub(crate) mod write;
 pub(crate) mod xattrs;
