@@ -3,7 +3,7 @@
 # same directory, alternating runs, with the page cache warm; print each run, the medians and
 # the image sizes.
 #
-#   scripts/bench-mkfs.sh DIR [RUNS] [ERofs-SHARE BINARY]
+#   scripts/bench-mkfs.sh DIR [RUNS] [erofs-share binary, default target/release/erofs-share]
 #
 # DIR is an extracted image tree, e.g. (as root, keeping owners and xattrs):
 #   mkdir /var/tmp/redis-a && tar --xattrs --xattrs-include='*' --acls --numeric-owner \
@@ -34,4 +34,4 @@ done
 so=$(stat -c %s "$out/ours.erofs"); st=$(stat -c %s "$out/theirs.erofs")
 echo "median: erofs-share mkfs $(median <"$out/ours.times")s, mkfs.erofs $(median <"$out/theirs.times")s"
 echo "size: erofs-share mkfs $so bytes, mkfs.erofs $st bytes ($(echo "scale=3; ($so - $st) * 100 / $st" | bc) %)"
-echo "versions: $("$ours" --version), $(mkfs.erofs --help 2>&1 | head -1 || true)"
+echo "versions: $("$ours" --version), mkfs.erofs $(dpkg-query -W -f '${Version}' erofs-utils 2>/dev/null || echo '?')"
