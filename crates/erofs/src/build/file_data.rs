@@ -30,7 +30,7 @@ pub fn can_inline(inline: bool, block_size: u64, size: u64, max_xattr_ibody: usi
 }
 
 /// Reserve the blocks of a file of `size` bytes.
-pub fn place(img: &mut ImageFile, size: u64, inline_tail: bool) -> Placement {
+pub fn place(img: &ImageFile, size: u64, inline_tail: bool) -> Placement {
     let bs = img.block_size();
     let blocks = if inline_tail {
         size / bs

@@ -5,7 +5,6 @@
 use super::BuildError;
 use crate::format::mode;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 /// Index of a node in [`Tree::nodes`]; the root is 0.
 pub type NodeId = usize;
@@ -13,8 +12,8 @@ pub type NodeId = usize;
 /// Where a regular file's content is, before and after it went into the image.
 #[derive(Debug, Clone)]
 pub enum Content {
-    /// Not read yet: the file at this path (directory source).
-    Path(PathBuf),
+    /// Not read yet (directory source: its reader is on the way).
+    Pending,
     /// Written: see [`Stored`].
     Stored(Stored),
 }

@@ -151,7 +151,7 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     }
 
     // The metadata area: shared xattrs, then the inodes, root first.
-    let xattr_blkaddr = img.next_block;
+    let xattr_blkaddr = img.end_block();
     let (meta_blkaddr, meta_start) = if shared.bytes.len() <= SHARED_INLINE_MAX {
         (xattr_blkaddr, shared.bytes.len() as u64)
     } else {
