@@ -1,5 +1,5 @@
-//! A directory source: walk it (not following symlinks, not crossing into excluded paths),
-//! then store every regular file's content, hashing files in parallel.
+//! A directory source: walk it (not following symlinks, not entering excluded paths) while
+//! other threads read, hash and store the regular files it finds.
 
 use super::exclude;
 use super::file_data::{self, Placement};
@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub fn read(
     root: &Path,
     opts: &Options,
-    img: &mut ImageFile,
+    img: &ImageFile,
     progress: &dyn Progress,
 ) -> Result<Tree, BuildError> {
     tracing::debug!("walking {}", root.display());
@@ -35,7 +35,6 @@ pub fn read(
     // The image being written may sit inside the source: never include it.
     let own = img.file.metadata().map_err(BuildError::Write)?;
     let own = (own.dev(), own.ino());
-    let img = &*img;
     let stored: Mutex<Vec<(NodeId, Result<Stored, BuildError>)>> = Mutex::new(Vec::new());
     let failed = AtomicBool::new(false);
     let tree = rayon::scope(|scope| -> Result<Tree, BuildError> {

@@ -23,7 +23,7 @@ const OPAQUE: &[u8] = b".wh..wh..opq";
 pub fn read(
     input: Box<dyn Read + Send>,
     opts: &Options,
-    img: &mut ImageFile,
+    img: &ImageFile,
     progress: &dyn Progress,
 ) -> Result<Tree, BuildError> {
     let mut tar = TarReader {
@@ -197,7 +197,7 @@ impl Builder<'_> {
         &mut self,
         e: Entry,
         tar: &mut TarReader,
-        img: &mut ImageFile,
+        img: &ImageFile,
         progress: &dyn Progress,
     ) -> Result<(), BuildError> {
         let src = |m: String| BuildError::Source(m);

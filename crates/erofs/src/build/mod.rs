@@ -218,8 +218,8 @@ pub fn build(
         next_block: AtomicU64::new(first_data_block),
     };
     let mut tree = match source {
-        Source::Dir(path) => from_dir::read(&path, opts, &mut img, progress)?,
-        Source::Tar(reader) => from_tar::read(reader, opts, &mut img, progress)?,
+        Source::Dir(path) => from_dir::read(&path, opts, &img, progress)?,
+        Source::Tar(reader) => from_tar::read(reader, opts, &img, progress)?,
     };
     if opts.uid.is_some() || opts.gid.is_some() {
         for n in &mut tree.nodes {
