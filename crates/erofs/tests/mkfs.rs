@@ -109,38 +109,34 @@ fn a_visible_fingerprint_name_shows_the_content_digest() {
         fingerprint: Some(XattrName::new("trusted.erofs.fingerprint").unwrap()),
         ..opts()
     };
-    let img = build_to(tmp.path(), "trusted.erofs", tar_source(), &o);
-    let m = LoopMount::new(&img).unwrap();
-    let mut got = manifest::of_tree(m.path()).unwrap();
-    let mut seen = 0;
-    for (path, e) in got.iter_mut() {
-        let xattrs = e["xattrs"].as_object_mut().unwrap();
-        let fp = xattrs.remove("trusted.erofs.fingerprint");
-        if e["type"] == "file" && e["size"].as_u64().unwrap() > 0 {
-            let want = format!(
-                "{}{}",
-                hex::encode("sha256:"),
-                e["sha256"].as_str().unwrap()
-            );
-            assert_eq!(
-                fp.and_then(|v| v.as_str().map(String::from)),
-                Some(want),
-                "{path}"
-            );
-            seen += 1;
-        } else {
-            assert!(
-                fp.is_none(),
-                "{path}: fingerprint on an empty or non-regular file"
-            );
+    let src = extract_source(tmp.path());
+    for (what, source) in [("tar", tar_source()), ("dir", Source::Dir(src.clone()))] {
+        let img = build_to(tmp.path(), &format!("trusted-{what}.erofs"), source, &o);
+        let m = LoopMount::new(&img).unwrap();
+        let mut got = manifest::of_tree(m.path()).unwrap();
+        let mut seen = 0;
+        for (path, e) in got.iter_mut() {
+            let xattrs = e["xattrs"].as_object_mut().unwrap();
+            let fp = xattrs.remove("trusted.erofs.fingerprint");
+            if e["type"] == "file" && e["size"].as_u64().unwrap() > 0 {
+                let want = format!(
+                    "{}{}",
+                    hex::encode("sha256:"),
+                    e["sha256"].as_str().unwrap()
+                );
+                let fp = fp.and_then(|v| v.as_str().map(String::from));
+                assert_eq!(fp, Some(want), "{what}: {path}");
+                seen += 1;
+            } else {
+                assert!(
+                    fp.is_none(),
+                    "{what}: {path}: fingerprint on an empty or non-regular file"
+                );
+            }
         }
+        assert!(seen > 1000);
+        manifest::assert_same(&manifest::load(&testdata::source_manifest()), &got, what);
     }
-    assert!(seen > 1000);
-    manifest::assert_same(
-        &manifest::load(&testdata::source_manifest()),
-        &got,
-        "trusted name",
-    );
 }
 
 /// Our image and upstream's `name` vector, built from the same tree with the same time and
