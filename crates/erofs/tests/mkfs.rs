@@ -35,7 +35,25 @@ fn tar_source() -> Source {
 fn build_to(dir: &Path, name: &str, source: Source, opts: &Options) -> PathBuf {
     let dst = dir.join(name);
     build::build(&dst, source, opts, &NoProgress).unwrap_or_else(|e| panic!("{name}: {e}"));
+    our_fsck_accepts(&dst);
     dst
+}
+
+/// The crate's own reader checks every inode, all data and every fingerprint.
+fn our_fsck_accepts(image: &Path) {
+    let img = erofs::Image::open(image).unwrap_or_else(|e| panic!("{}: {e}", image.display()));
+    let opts = erofs::fsck::FsckOptions {
+        verify_fingerprints: true,
+        ..Default::default()
+    };
+    let report = erofs::fsck::fsck(&img, &opts);
+    let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        report.is_clean(),
+        "{}: {}",
+        image.display(),
+        problems.join("\n")
+    );
 }
 
 /// The source tree extracted with owners, xattrs and ACLs (needs root).
@@ -402,8 +420,9 @@ fn build_tar(dir: &Path, tar: Vec<u8>, o: &Options) -> Result<PathBuf, BuildErro
         Source::Tar(Box::new(std::io::Cursor::new(tar))),
         o,
         &NoProgress,
-    )
-    .map(|_| dst)
+    )?;
+    our_fsck_accepts(&dst);
+    Ok(dst)
 }
 
 #[test]
