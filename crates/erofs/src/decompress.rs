@@ -378,6 +378,9 @@ mod tests {
         assert_eq!(lru.map.len(), lru.order.len());
         lru.insert((3, 0), Arc::new(vec![0u8; CACHE_BYTES / 2]));
         assert!(lru.get((3, 0)).is_none());
-        assert_eq!(lru.bytes, lru.map.values().map(|(v, _)| v.len()).sum::<usize>());
+        assert_eq!(
+            lru.bytes,
+            lru.map.values().map(|(v, _)| v.len()).sum::<usize>()
+        );
     }
 }

@@ -327,7 +327,7 @@ pub fn full_index(
 /// Write a compressed file's pclusters to consecutive new blocks (all but an inline tail)
 /// and describe it.
 pub fn commit(
-    img: &mut ImageFile,
+    img: &ImageFile,
     pcls: &[Pcluster],
     size: u64,
     c: &Compression,
@@ -363,7 +363,6 @@ pub fn commit(
     let map = full_index(pcls, &pblks, size, c, bs, tail)?;
     Ok(Stored {
         start_block: None,
-        blocks: total,
         inline_tail: None,
         fingerprint,
         compressed: Some(super::tree::CompressedMap {
@@ -373,6 +372,9 @@ pub fn commit(
         }),
     })
 }
+
+/// Content stored so far, for dedupe: digest and size → where it went.
+pub type Seen = std::collections::HashMap<([u8; 32], u64), Stored>;
 
 /// A file read (and compressed, when that helps), waiting for its blocks.
 #[derive(Debug)]
@@ -411,7 +413,7 @@ pub fn prepare(
 /// `tail_budget` allows), or plain (with an inline tail when `inline`) when compression
 /// saves no block; with dedupe, content stored before is shared instead.
 pub fn store(
-    img: &mut ImageFile,
+    img: &ImageFile,
     p: Prepared,
     inline: bool,
     tail_budget: Option<usize>,
@@ -419,7 +421,12 @@ pub fn store(
 ) -> Result<Stored, BuildError> {
     let size = p.data.len() as u64;
     let key = p.digest.map(|d| (d, size));
-    if let (Some(seen), Some(key)) = (&img.dedupe, key)
+    fn seen(img: &ImageFile) -> Option<std::sync::MutexGuard<'_, Seen>> {
+        img.dedupe
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+    if let (Some(seen), Some(key)) = (seen(img), key)
         && let Some(s) = seen.get(&key)
     {
         let mut s = s.clone();
@@ -427,23 +434,33 @@ pub fn store(
         return Ok(s);
     }
     let s = store_new(img, p, inline, tail_budget, c)?;
-    if let (Some(seen), Some(key)) = (&mut img.dedupe, key) {
+    if let (Some(mut seen), Some(key)) = (seen(img), key) {
         seen.insert(key, s.clone());
     }
     Ok(s)
 }
 
 fn store_new(
-    img: &mut ImageFile,
+    img: &ImageFile,
     p: Prepared,
     inline: bool,
     tail_budget: Option<usize>,
     c: &Compression,
 ) -> Result<Stored, BuildError> {
+    store_new_with(img, p, inline, tail_budget, c, img.packed.is_some())
+}
+
+fn store_new_with(
+    img: &ImageFile,
+    p: Prepared,
+    inline: bool,
+    tail_budget: Option<usize>,
+    c: &Compression,
+    fragments: bool,
+) -> Result<Stored, BuildError> {
     let size = p.data.len() as u64;
     let bs = img.block_size();
     let plain_blocks = if inline { size / bs } else { size.div_ceil(bs) };
-    let fragments = img.packed.is_some();
     let chosen = p.pcls.and_then(|pcls| {
         let tail = if fragments {
             Tail::Fragment(0)
@@ -458,7 +475,8 @@ fn store_new(
     });
     match chosen {
         Some((pcls, mut tail)) => {
-            if let (Tail::Fragment(_), Some(packed)) = (tail, img.packed.as_mut()) {
+            if let (Tail::Fragment(_), Some(packed)) = (tail, img.packed.as_ref()) {
+                let mut packed = packed.lock().unwrap_or_else(|e| e.into_inner());
                 let last = pcls.last().expect("a tail");
                 tail = Tail::Fragment(packed.len() as u64);
                 packed.extend_from_slice(&p.data[last.la as usize..]);
@@ -483,101 +501,27 @@ fn store_new(
     }
 }
 
-/// Input of one parallel batch: files are read and compressed in parallel, then given
-/// blocks in tree order (so the image does not depend on the thread count).
-const BATCH_BYTES: u64 = 64 << 20;
-
-/// Directory input: read, compress and store every regular file.
-pub fn store_dir_files(
-    tree: &mut super::tree::Tree,
-    opts: &super::Options,
-    c: &Compression,
-    img: &mut ImageFile,
-    progress: &dyn super::Progress,
-) -> Result<(), BuildError> {
-    use super::tree::{Content, Kind};
-    use std::io::Read;
-    let bs = img.block_size();
-    let hash = opts.fingerprint.is_some();
-    let mut jobs = Vec::new();
-    let mut total = 0;
-    for (id, _) in tree.bfs() {
-        let n = &tree.nodes[id];
-        if let Kind::File {
-            size,
-            content: Content::Path(path),
-        } = &n.kind
-        {
-            let fp = hash && *size > 0;
-            let max_ibody = super::xattrs::max_ibody_size(&n.xattrs, fp);
-            let inline = super::file_data::can_inline(opts.inline, bs, *size, max_ibody);
-            let budget = tail_budget(opts.inline, *size, bs, max_ibody);
-            total += size;
-            jobs.push((id, path.clone(), *size, inline, budget));
-        }
-    }
-    progress.set_total(total);
-    let mut start = 0;
-    while start < jobs.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < jobs.len() && (end == start || bytes + jobs[end].2 <= BATCH_BYTES) {
-            bytes += jobs[end].2;
-            end += 1;
-        }
-        let prepared: Vec<Prepared> = jobs[start..end]
-            .par_iter()
-            .map(|(_, path, size, _, _)| {
-                let err = |e: std::io::Error| BuildError::Io {
-                    path: path.clone(),
-                    source: e,
-                };
-                let mut f = std::fs::File::open(path).map_err(err)?;
-                let mut data = Vec::with_capacity(*size as usize);
-                (&mut f).take(*size).read_to_end(&mut data).map_err(err)?;
-                if data.len() as u64 != *size {
-                    return Err(err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "content ends before its recorded size (file truncated or changed while reading)",
-                    )));
-                }
-                let mut extra = [0u8; 1];
-                if f.read(&mut extra).map_err(err)? != 0 {
-                    return Err(err(std::io::Error::other("file grew while it was read")));
-                }
-                let p = prepare(data, c, bs, hash)?;
-                progress.advance(*size);
-                Ok(p)
-            })
-            .collect::<Result<_, BuildError>>()?;
-        for (p, (id, _, _, inline, budget)) in prepared.into_iter().zip(&jobs[start..end]) {
-            let s = store(img, p, *inline, *budget, c)?;
-            if let Kind::File { content, .. } = &mut tree.nodes[*id].kind {
-                *content = Content::Stored(s);
-            }
-        }
-        start = end;
-    }
-    Ok(())
-}
-
 /// Fragments: compress the tails collected in the packed inode and add it to the tree (in
 /// no directory; the superblock names it).
 pub fn store_packed(
     tree: &mut super::tree::Tree,
     opts: &super::Options,
     c: &Compression,
-    img: &mut ImageFile,
+    img: &ImageFile,
 ) -> Result<(), BuildError> {
     use super::tree::{Content, Kind, Node};
-    let Some(data) = img.packed.take().filter(|d| !d.is_empty()) else {
-        return Ok(());
+    let data = match &img.packed {
+        Some(m) => std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner())),
+        None => return Ok(()),
     };
+    if data.is_empty() {
+        return Ok(());
+    }
     let size = data.len() as u64;
     let bs = img.block_size();
     let p = prepare(data, c, bs, false)?;
-    // Its own tail goes to blocks (img.packed is None now), never back into itself.
-    let stored = store_new(img, p, false, None, c)?;
+    // Its own tail goes to blocks, never back into itself.
+    let stored = store_new_with(img, p, false, None, c, false)?;
     let mut node = Node::new(
         Kind::File {
             size,

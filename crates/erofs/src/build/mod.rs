@@ -15,18 +15,20 @@
 pub mod acl;
 pub mod compress;
 pub mod exclude;
-pub mod file_data;
-pub mod from_dir;
-pub mod from_tar;
-pub mod layout;
-pub mod tree;
-pub mod write;
-pub mod xattrs;
+pub(crate) mod file_data;
+pub(crate) mod from_dir;
+pub(crate) mod from_tar;
+pub(crate) mod layout;
+pub(crate) mod tar;
+pub(crate) mod tree;
+pub(crate) mod write;
+pub(crate) mod xattrs;
 
 use crate::fingerprint::XattrName;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use compress::Compression;
 pub use exclude::Pattern;
@@ -169,12 +171,13 @@ pub struct Summary {
 pub struct ImageFile {
     pub(crate) file: File,
     pub(crate) blkszbits: u8,
-    /// Next free block of the data area.
-    pub(crate) next_block: u64,
     /// Whole-file dedupe (compressed builds): content digest and size → where it went.
-    pub(crate) dedupe: Option<std::collections::HashMap<([u8; 32], u64), tree::Stored>>,
+    pub(crate) dedupe: Option<std::sync::Mutex<compress::Seen>>,
     /// Fragments (compressed builds): the packed inode's content so far.
-    pub(crate) packed: Option<Vec<u8>>,
+    pub(crate) packed: Option<std::sync::Mutex<Vec<u8>>>,
+    /// Next free block of the data area. Atomic so that readers storing content in parallel
+    /// can share the image while one thread reserves blocks in a fixed order.
+    pub(crate) next_block: AtomicU64,
 }
 
 impl ImageFile {
@@ -183,10 +186,13 @@ impl ImageFile {
     }
 
     /// Reserve `n` consecutive blocks of the data area.
-    pub(crate) fn alloc(&mut self, n: u64) -> u64 {
-        let start = self.next_block;
-        self.next_block += n;
-        start
+    pub(crate) fn alloc(&self, n: u64) -> u64 {
+        self.next_block.fetch_add(n, Ordering::Relaxed)
+    }
+
+    /// The first block not reserved yet.
+    pub(crate) fn end_block(&self) -> u64 {
+        self.next_block.load(Ordering::Relaxed)
     }
 
     pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BuildError> {
@@ -218,7 +224,6 @@ pub fn build(
     let mut img = ImageFile {
         file,
         blkszbits,
-        next_block: first_data_block,
         dedupe: opts
             .compression
             .as_ref()
@@ -228,11 +233,12 @@ pub fn build(
             .compression
             .as_ref()
             .filter(|c| c.fragments)
-            .map(|_| Vec::new()),
+            .map(|_| Default::default()),
+        next_block: AtomicU64::new(first_data_block),
     };
     let mut tree = match source {
-        Source::Dir(path) => from_dir::read(&path, opts, &mut img, progress)?,
-        Source::Tar(reader) => from_tar::read(reader, opts, &mut img, progress)?,
+        Source::Dir(path) => from_dir::read(&path, opts, &img, progress)?,
+        Source::Tar(reader) => from_tar::read(reader, opts, &img, progress)?,
     };
     if opts.uid.is_some() || opts.gid.is_some() {
         for n in &mut tree.nodes {
@@ -241,13 +247,14 @@ pub fn build(
         }
     }
     if let Some(c) = &opts.compression {
-        compress::store_packed(&mut tree, opts, c, &mut img)?;
+        compress::store_packed(&mut tree, opts, c, &img)?;
     }
     tree.count_links()?;
     if let Some(p) = tree.packed {
         tree.nodes[p].nlink = 1;
     }
     let summary = write::image(&tree, opts, &mut img)?;
+    tracing::debug!("wrote the metadata");
     let mut perms = img
         .file
         .metadata()
