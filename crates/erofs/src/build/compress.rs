@@ -376,22 +376,41 @@ pub fn commit(
 /// Content stored so far, for dedupe: digest and size → where it went.
 pub type Seen = std::collections::HashMap<([u8; 32], u64), Stored>;
 
-/// A file read (and compressed, when that helps), waiting for its blocks.
+/// A file read and compressed, waiting for its blocks: only what is still needed is kept
+/// (the plain content, or a fragment tail's bytes), so files can be prepared in parallel
+/// ahead of their turn without holding every file's content.
 #[derive(Debug)]
 pub struct Prepared {
+    size: u64,
+    /// Plain: the whole content. Compressed: the last extent's bytes when it becomes a
+    /// fragment, else nothing.
     data: Vec<u8>,
-    pcls: Option<Vec<Pcluster>>,
+    /// The compressed form and where its last pcluster goes; `None`: store it plain.
+    chosen: Option<(Vec<Pcluster>, Tail)>,
+    inline: bool,
     /// sha256 of the content, when fingerprints or dedupe need it.
     digest: Option<[u8; 32]>,
     fingerprint: Option<crate::fingerprint::Value>,
 }
 
-/// Compress a file's content and compute its fingerprint (over the uncompressed bytes).
+/// Where a file goes: `inline` (its plain tail may follow the inode), `tail_budget` (room
+/// for an inline compressed tail, see [`tail_budget`]), `fragments` (the last extent goes to
+/// the packed inode).
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    pub inline: bool,
+    pub tail_budget: Option<usize>,
+    pub fragments: bool,
+}
+
+/// Fingerprint (over the uncompressed bytes) and compress a file's content, and choose how
+/// to store it: compressed when that saves a block, else plain.
 pub fn prepare(
     data: Vec<u8>,
     c: &Compression,
     bs: u64,
     hash: bool,
+    at: Placement,
 ) -> Result<Prepared, BuildError> {
     let digest = ((hash || c.dedupe) && !data.is_empty()).then(|| {
         use sha2::{Digest, Sha256};
@@ -400,27 +419,45 @@ pub fn prepare(
     let fingerprint = digest
         .filter(|_| hash)
         .map(|d| crate::fingerprint::value_of_digest(&d));
-    let pcls = compress(&data, c, bs)?;
+    let size = data.len() as u64;
+    let plain_blocks = if at.inline {
+        size / bs
+    } else {
+        size.div_ceil(bs)
+    };
+    let chosen = compress(&data, c, bs)?.and_then(|pcls| {
+        let tail = if at.fragments {
+            Tail::Fragment(0)
+        } else if inline_tail(&pcls, size, bs, at.tail_budget) {
+            Tail::Inline
+        } else {
+            Tail::Blocks
+        };
+        let own = pcls.len() - (tail != Tail::Blocks) as usize;
+        let blocks: u64 = pcls[..own].iter().map(|p| p.data.len() as u64 / bs).sum();
+        (blocks < plain_blocks).then_some((pcls, tail))
+    });
+    let data = match &chosen {
+        None => data,
+        Some((pcls, Tail::Fragment(_))) => {
+            data[pcls.last().expect("a tail").la as usize..].to_vec()
+        }
+        Some(_) => Vec::new(),
+    };
     Ok(Prepared {
+        size,
         data,
-        pcls,
+        chosen,
+        inline: at.inline,
         digest,
         fingerprint,
     })
 }
 
-/// Give a prepared file its blocks: compressed (its last pcluster inline when
-/// `tail_budget` allows), or plain (with an inline tail when `inline`) when compression
-/// saves no block; with dedupe, content stored before is shared instead.
-pub fn store(
-    img: &ImageFile,
-    p: Prepared,
-    inline: bool,
-    tail_budget: Option<usize>,
-    c: &Compression,
-) -> Result<Stored, BuildError> {
-    let size = p.data.len() as u64;
-    let key = p.digest.map(|d| (d, size));
+/// Give a prepared file its blocks (or, with dedupe, those of identical content stored
+/// before). Called in a fixed file order: the image does not depend on the thread count.
+pub fn store(img: &ImageFile, p: Prepared, c: &Compression) -> Result<Stored, BuildError> {
+    let key = p.digest.map(|d| (d, p.size));
     fn seen(img: &ImageFile) -> Option<std::sync::MutexGuard<'_, Seen>> {
         img.dedupe
             .as_ref()
@@ -433,63 +470,33 @@ pub fn store(
         s.fingerprint = p.fingerprint;
         return Ok(s);
     }
-    let s = store_new(img, p, inline, tail_budget, c)?;
+    let s = store_new(img, p, c)?;
     if let (Some(mut seen), Some(key)) = (seen(img), key) {
         seen.insert(key, s.clone());
     }
     Ok(s)
 }
 
-fn store_new(
-    img: &ImageFile,
-    p: Prepared,
-    inline: bool,
-    tail_budget: Option<usize>,
-    c: &Compression,
-) -> Result<Stored, BuildError> {
-    store_new_with(img, p, inline, tail_budget, c, img.packed.is_some())
-}
-
-fn store_new_with(
-    img: &ImageFile,
-    p: Prepared,
-    inline: bool,
-    tail_budget: Option<usize>,
-    c: &Compression,
-    fragments: bool,
-) -> Result<Stored, BuildError> {
-    let size = p.data.len() as u64;
-    let bs = img.block_size();
-    let plain_blocks = if inline { size / bs } else { size.div_ceil(bs) };
-    let chosen = p.pcls.and_then(|pcls| {
-        let tail = if fragments {
-            Tail::Fragment(0)
-        } else if inline_tail(&pcls, size, bs, tail_budget) {
-            Tail::Inline
-        } else {
-            Tail::Blocks
-        };
-        let own = pcls.len() - (tail != Tail::Blocks) as usize;
-        let blocks: u64 = pcls[..own].iter().map(|p| p.data.len() as u64 / bs).sum();
-        (blocks < plain_blocks).then_some((pcls, tail))
-    });
-    match chosen {
+fn store_new(img: &ImageFile, p: Prepared, c: &Compression) -> Result<Stored, BuildError> {
+    match p.chosen {
         Some((pcls, mut tail)) => {
-            if let (Tail::Fragment(_), Some(packed)) = (tail, img.packed.as_ref()) {
+            if let Tail::Fragment(_) = tail {
+                let packed = img.packed.as_ref().ok_or_else(|| {
+                    BuildError::Source("internal: a fragment without a packed inode".into())
+                })?;
                 let mut packed = packed.lock().unwrap_or_else(|e| e.into_inner());
-                let last = pcls.last().expect("a tail");
                 tail = Tail::Fragment(packed.len() as u64);
-                packed.extend_from_slice(&p.data[last.la as usize..]);
+                packed.extend_from_slice(&p.data);
             }
-            commit(img, &pcls, size, c, tail, p.fingerprint)
+            commit(img, &pcls, p.size, c, tail, p.fingerprint)
         }
         None => {
-            let at = super::file_data::place(img, size, inline);
+            let at = super::file_data::place(img, p.size, p.inline);
             let err = |e: std::io::Error| BuildError::Source(e.to_string());
             let mut s = super::file_data::store(
                 img,
                 &at,
-                size,
+                p.size,
                 &mut &p.data[..],
                 false,
                 &super::NoProgress,
@@ -519,9 +526,13 @@ pub fn store_packed(
     }
     let size = data.len() as u64;
     let bs = img.block_size();
-    let p = prepare(data, c, bs, false)?;
     // Its own tail goes to blocks, never back into itself.
-    let stored = store_new_with(img, p, false, None, c, false)?;
+    let at = Placement {
+        inline: false,
+        tail_budget: None,
+        fragments: false,
+    };
+    let stored = store_new(img, prepare(data, c, bs, false, at)?, c)?;
     let mut node = Node::new(
         Kind::File {
             size,

@@ -83,6 +83,18 @@ pub fn read(
                             let size = *size;
                             total += size;
                             let hash = opts.fingerprint.is_some() && size > 0;
+                            let bs = img.block_size();
+                            let max_ibody = max_ibody_size(&node.xattrs, hash);
+                            let at = compress::Placement {
+                                inline: file_data::can_inline(opts.inline, bs, size, max_ibody),
+                                tail_budget: compress::tail_budget(
+                                    opts.inline,
+                                    size,
+                                    bs,
+                                    max_ibody,
+                                ),
+                                fragments: c.fragments,
+                            };
                             let id = tree.nodes.len();
                             let (prepared, failed) = (&prepared, &failed);
                             let path = child_path.clone();
@@ -92,7 +104,7 @@ pub fn read(
                                 }
                                 let r = read_whole(&path, size).and_then(|data| {
                                     progress.advance(size);
-                                    compress::prepare(data, c, img.block_size(), hash)
+                                    compress::prepare(data, c, bs, hash, at)
                                 });
                                 failed.fetch_or(r.is_err(), Ordering::Relaxed);
                                 prepared
@@ -147,17 +159,8 @@ pub fn read(
     let mut prepared = prepared.into_inner().unwrap_or_else(|p| p.into_inner());
     prepared.sort_by_key(|(id, _)| *id);
     if let Some(c) = &opts.compression {
-        let bs = img.block_size();
         for (id, r) in prepared {
-            let p = r?;
-            let n = &tree.nodes[id];
-            let Kind::File { size, .. } = n.kind else {
-                continue;
-            };
-            let max_ibody = max_ibody_size(&n.xattrs, opts.fingerprint.is_some() && size > 0);
-            let inline = file_data::can_inline(opts.inline, bs, size, max_ibody);
-            let budget = compress::tail_budget(opts.inline, size, bs, max_ibody);
-            let s = compress::store(img, p, inline, budget, c)?;
+            let s = compress::store(img, r?, c)?;
             if let Kind::File { content, .. } = &mut tree.nodes[id].kind {
                 *content = Content::Stored(s);
             }

@@ -278,14 +278,18 @@ impl Builder<'_> {
                         )));
                     }
                     progress.advance(e.size);
-                    let p = super::compress::prepare(data, c, bs, fp)?;
-                    let budget = super::compress::tail_budget(
-                        self.opts.inline,
-                        e.size,
-                        bs,
-                        max_ibody_size(&e.xattrs, fp),
-                    );
-                    super::compress::store(img, p, inline, budget, c)?
+                    let at = super::compress::Placement {
+                        inline,
+                        tail_budget: super::compress::tail_budget(
+                            self.opts.inline,
+                            e.size,
+                            bs,
+                            max_ibody_size(&e.xattrs, fp),
+                        ),
+                        fragments: c.fragments,
+                    };
+                    let p = super::compress::prepare(data, c, bs, fp, at)?;
+                    super::compress::store(img, p, c)?
                 } else {
                     let at = file_data::place(img, e.size, inline);
                     let mut data = (&mut tar.r).take(e.size);
