@@ -61,6 +61,8 @@ pub struct ImageFiles {
     pub files: Vec<FileEntry>,
     /// Directories.
     pub dirs: Vec<DirEntry>,
+    /// Image pages a kernel mount caches for metadata ([`crate::scan::MetaPages`]).
+    pub meta_pages: u64,
 }
 
 /// Pages needed to cache `size` bytes.
@@ -91,6 +93,9 @@ pub struct ImageReport {
     /// Directory data pages (metadata; not part of the erofs-share prediction).
     pub dirs: u64,
     pub dir_pages: u64,
+    /// Metadata pages of the image a kernel mount caches (not part of the erofs-share
+    /// prediction either).
+    pub meta_pages: u64,
 }
 
 /// A content shared by several files.
@@ -141,6 +146,9 @@ pub struct Analysis {
     pub bytes_with: u64,
     /// 1 − with / without (0 when nothing is read).
     pub reduction: f64,
+    /// Page cache a kernel erofs mount of each image needs to read every file: file pages,
+    /// directory pages and metadata pages (the baseline of `bench memory`).
+    pub kernel_pages: u64,
     pub top_shared: Vec<SharedContributor>,
     pub top_unshared: Vec<UnsharedContributor>,
     pub by_dir: Vec<DirSummary>,
@@ -188,7 +196,7 @@ pub fn analyze(images: &[ImageFiles], page_size: u64) -> Analysis {
         }
     }
 
-    let mut reports = Vec::with_capacity(images.len());
+    let mut reports: Vec<ImageReport> = Vec::with_capacity(images.len());
     let mut by_dir: BTreeMap<String, DirSummary> = BTreeMap::new();
     let mut unshared = Vec::new();
     let (mut pages_without, mut bytes_without) = (0u64, 0u64);
@@ -204,6 +212,7 @@ pub fn analyze(images: &[ImageFiles], page_size: u64) -> Analysis {
             pages: 0,
             dirs: img.dirs.len() as u64,
             dir_pages: img.dirs.iter().map(|d| pages(d.size, page_size)).sum(),
+            meta_pages: img.meta_pages,
         };
         for f in &img.files {
             let p = pages(f.size, page_size);
@@ -300,6 +309,10 @@ pub fn analyze(images: &[ImageFiles], page_size: u64) -> Analysis {
     } else {
         1.0 - pages_with as f64 / pages_without as f64
     };
+    let kernel_pages = reports
+        .iter()
+        .map(|r| r.pages + r.dir_pages + r.meta_pages)
+        .sum();
     let mut by_dir: Vec<DirSummary> = by_dir.into_values().collect();
     by_dir.sort_by(|a, b| {
         b.pages_without
@@ -314,6 +327,7 @@ pub fn analyze(images: &[ImageFiles], page_size: u64) -> Analysis {
         bytes_without,
         bytes_with,
         reduction,
+        kernel_pages,
         top_shared: shared,
         top_unshared: unshared,
         by_dir,
@@ -348,6 +362,7 @@ mod tests {
                 path: "/".into(),
                 size: 5000,
             }],
+            meta_pages: 7,
         };
         let b = ImageFiles {
             name: "b".into(),
@@ -358,6 +373,7 @@ mod tests {
                 file("/etc/samekey", 5, Some(b"c")),     // same key, other size: not shared
             ],
             dirs: vec![],
+            meta_pages: 1,
         };
         let r = analyze(&[a, b], 4096);
         assert_eq!(r.images[0].pages, 3 + 1 + 1 + 1);
@@ -368,6 +384,7 @@ mod tests {
         assert_eq!(r.images[0].shared_bytes, 10_000);
         assert_eq!(r.images[1].shared_bytes, 10_000);
         assert_eq!(r.images[0].dir_pages, 2);
+        assert_eq!(r.kernel_pages, 13 + 2 + 7 + 1);
         assert_eq!(r.top_shared[0].path, "/usr/lib/libc.so");
         assert_eq!(r.top_shared[0].saved_pages, 3);
         assert_eq!(r.top_shared[1].saved_pages, 1);

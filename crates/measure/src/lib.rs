@@ -8,3 +8,4 @@ pub mod interrupt;
 pub mod load;
 pub mod report;
 pub mod runtime;
+pub mod scan;

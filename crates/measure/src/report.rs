@@ -1,6 +1,7 @@
 //! Reports: aligned tables in the form of the upstream cover letter (setup rows, MB columns,
 //! the reduction in percent), and grouped bar charts as PNG.
 
+use crate::analyze::Analysis;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
@@ -89,6 +90,115 @@ impl Table {
             out += &line((0..n).map(|i| cell(&r[i], i)).collect());
         }
         out
+    }
+}
+
+/// Bytes of `pages` pages.
+fn pages_mb(pages: u64, page_size: u64) -> String {
+    mb(pages * page_size)
+}
+
+/// The text report of an [`Analysis`]: per image, the page cache prediction in the upstream
+/// form, the biggest contributors and the top-level directories.
+pub fn analysis_text(a: &Analysis) -> String {
+    let ps = a.page_size;
+    let mut out = String::new();
+    let mut t = Table::new(&[
+        "image",
+        "files",
+        "MB",
+        "shared MB",
+        "shared",
+        "fingerprints",
+        "page cache MB",
+    ]);
+    for i in &a.images {
+        let fp = match (i.fingerprinted_files, i.hashed_files) {
+            (_, 0) => "stored".to_string(),
+            (0, _) => "none (hashed here)".to_string(),
+            (s, h) => format!("{s} stored, {h} hashed"),
+        };
+        t.row(vec![
+            i.name.clone(),
+            i.files.to_string(),
+            mb(i.bytes),
+            mb(i.shared_bytes),
+            percent(i.shared_bytes, i.bytes),
+            fp,
+            pages_mb(i.pages, ps),
+        ]);
+    }
+    out += &t.render();
+    out += "\nRead all files, page cache MB without → with sharing (one domain):\n";
+    let mut t = Table::new(&["images", "without sharing", "with sharing", "change"]);
+    t.row(vec![
+        a.images.len().to_string(),
+        pages_mb(a.pages_without, ps),
+        pages_mb(a.pages_with, ps),
+        change(a.pages_without, a.pages_with),
+    ]);
+    out += &t.render();
+    if !a.top_shared.is_empty() {
+        out += "\nBiggest shared contents (what sharing saves):\n";
+        let mut t = Table::new(&["path", "size MB", "copies", "images", "saved MB"]);
+        for c in &a.top_shared {
+            t.row(vec![
+                c.path.clone(),
+                mb(c.size),
+                c.copies.to_string(),
+                c.images.to_string(),
+                pages_mb(c.saved_pages, ps),
+            ]);
+        }
+        out += &t.render();
+    }
+    if !a.top_unshared.is_empty() {
+        out += "\nBiggest unshared files (one copy each, whatever the domain):\n";
+        let mut t = Table::new(&["image", "path", "page cache MB"]);
+        for c in &a.top_unshared {
+            t.row(vec![
+                c.image.clone(),
+                c.path.clone(),
+                pages_mb(c.pages, ps),
+            ]);
+        }
+        out += &t.render();
+    }
+    out += "\nBy top-level directory (all images):\n";
+    let mut t = Table::new(&["dir", "files", "MB", "without MB", "with MB", "change"]);
+    for d in &a.by_dir {
+        t.row(vec![
+            d.dir.clone(),
+            d.files.to_string(),
+            mb(d.bytes),
+            pages_mb(d.pages_without, ps),
+            pages_mb(d.pages_with, ps),
+            change(d.pages_without, d.pages_with),
+        ]);
+    }
+    out += &t.render();
+    let unfp: Vec<&str> = a
+        .images
+        .iter()
+        .filter(|i| i.hashed_files > 0)
+        .map(|i| i.name.as_str())
+        .collect();
+    if !unfp.is_empty() {
+        out += &format!(
+            "\nNote: {} lack fingerprints; their content was hashed here. Sharing needs them: \
+             build with `erofs-share mkfs` (fingerprints are on by default).\n",
+            unfp.join(", ")
+        );
+    }
+    out
+}
+
+/// `part` of `whole` in percent.
+pub fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "–".into()
+    } else {
+        format!("{:.0} %", part as f64 * 100.0 / whole as f64)
     }
 }
 

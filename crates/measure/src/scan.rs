@@ -4,17 +4,25 @@
 
 use crate::analyze::{DirEntry, FileEntry, ImageFiles, KeySource, usable_fingerprint};
 use erofs::Image;
+use erofs::format::{chunk, layout};
 use erofs::inode::{FileType, Inode};
+use erofs::walk::{Visit, walk};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 
 /// Why an image could not be scanned.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error(transparent)]
     Read(#[from] erofs::Error),
-    #[error("{image}: directory {path} (nid {nid}) is reached twice: the tree has a cycle")]
-    Cycle { image: String, path: String, nid: u64 },
+    #[error("{image}: {path}: {error}")]
+    Walk {
+        image: String,
+        path: String,
+        #[source]
+        error: erofs::Error,
+    },
     #[error("{image}: {path} (nid {nid}): read {got} bytes of {size}")]
     ShortRead {
         image: String,
@@ -25,54 +33,55 @@ pub enum ScanError {
     },
 }
 
-/// List the files and directories of `image`.
-pub fn scan(image: &Image, name: &str) -> Result<ImageFiles, ScanError> {
+/// List the files (once per inode: hard links read one page cache) and directories of
+/// `image`, in path order, and count the metadata pages a kernel mount reads on the way
+/// (see [`MetaPages`]). The first problem the walk meets is an error: a prediction from a
+/// partly readable image would be wrong.
+pub fn scan(image: &Image, name: &str, page_size: u64) -> Result<ImageFiles, ScanError> {
     let mut out = ImageFiles {
         name: name.to_string(),
         ..ImageFiles::default()
     };
-    let root = image.inode(image.root_nid())?;
-    let mut seen_dirs = HashSet::new();
     let mut seen_files = HashSet::new();
-    seen_dirs.insert(root.nid);
-    // Depth-first with an explicit stack: a hostile image cannot overflow ours.
-    let mut stack = vec![("/".to_string(), root)];
-    while let Some((path, dir)) = stack.pop() {
-        out.dirs.push(DirEntry {
-            path: path.clone(),
-            size: dir.size,
-        });
-        let mut entries = image.read_dir(&dir)?;
-        entries.retain(|e| e.name != b"." && e.name != b"..");
-        // Reverse so the stack pops children in directory (name) order.
-        for e in entries.into_iter().rev() {
-            let child_path = if path == "/" {
-                format!("/{}", String::from_utf8_lossy(&e.name))
-            } else {
-                format!("{path}/{}", String::from_utf8_lossy(&e.name))
-            };
-            match e.file_type {
-                FileType::Dir => {
-                    if !seen_dirs.insert(e.nid) {
-                        return Err(ScanError::Cycle {
-                            image: name.to_string(),
-                            path: child_path,
-                            nid: e.nid,
+    let mut meta = MetaPages::new(image, page_size);
+    let mut failure = None;
+    walk(image, |v| {
+        let step = match v {
+            Visit::Problem { path, error } => Err(ScanError::Walk {
+                image: name.to_string(),
+                path: String::from_utf8_lossy(path).into_owned(),
+                error,
+            }),
+            Visit::Inode { path, inode, .. } => {
+                meta.add(inode);
+                let path = String::from_utf8_lossy(path).into_owned();
+                match inode.file_type() {
+                    FileType::Dir => {
+                        out.dirs.push(DirEntry {
+                            path,
+                            size: inode.size,
                         });
+                        Ok(())
                     }
-                    stack.push((child_path, image.inode(e.nid)?));
-                }
-                FileType::Reg => {
-                    if seen_files.insert(e.nid) {
-                        let inode = image.inode(e.nid)?;
-                        out.files.push(file_entry(image, name, child_path, &inode)?);
+                    FileType::Reg if seen_files.insert(inode.nid) => {
+                        file_entry(image, name, path, inode).map(|f| out.files.push(f))
                     }
+                    _ => Ok(()),
                 }
-                _ => {}
+            }
+        };
+        match step {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failure = Some(e);
+                ControlFlow::Break(())
             }
         }
+    });
+    if let Some(e) = failure {
+        return Err(e);
     }
-    // Stable order for reports: by path.
+    out.meta_pages = meta.pages.len() as u64;
     out.files.sort_by(|a, b| a.path.cmp(&b.path));
     out.dirs.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
@@ -135,4 +144,64 @@ fn hash_content(
         off += n as u64;
     }
     Ok(h.finalize().into())
+}
+
+/// The image pages a kernel erofs mount caches (in the block device's page cache) when every
+/// inode is looked up and every file read: the superblock, each inode with its inline xattrs,
+/// the inline tail of FLAT_INLINE inodes and the chunk map of chunk-based ones. Compressed
+/// inodes' extent maps are not counted (our images and the corpus are uncompressed).
+#[derive(Debug)]
+pub struct MetaPages {
+    page_size: u64,
+    block_size: u64,
+    pages: HashSet<u64>,
+}
+
+impl MetaPages {
+    fn new(image: &Image, page_size: u64) -> MetaPages {
+        let mut pages = HashSet::new();
+        pages.insert(0); // the superblock
+        MetaPages {
+            page_size,
+            block_size: image.superblock().block_size(),
+            pages,
+        }
+    }
+
+    fn span(&mut self, start: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let end = start.saturating_add(len - 1);
+        for p in start / self.page_size..=end / self.page_size {
+            self.pages.insert(p);
+        }
+    }
+
+    fn add(&mut self, inode: &Inode) {
+        let Some(pos) = inode.image_offset() else {
+            return;
+        };
+        let head = inode.inode_size() + inode.xattr_size();
+        self.span(pos, head);
+        let after = pos.saturating_add(head);
+        let bs = self.block_size;
+        match inode.layout {
+            layout::FLAT_INLINE if inode.size > 0 => {
+                let tail = inode.size - (inode.size.div_ceil(bs) - 1) * bs;
+                self.span(after, tail.min(bs));
+            }
+            layout::CHUNK_BASED => {
+                let bits = u32::from(inode.chunk_format & chunk::BLKBITS_MASK);
+                let chunk_size = bs.checked_shl(bits).unwrap_or(u64::MAX);
+                let chunks = inode.size.div_ceil(chunk_size);
+                if inode.chunk_format & chunk::INDEXES != 0 {
+                    self.span(after.next_multiple_of(8), chunks.saturating_mul(8));
+                } else {
+                    self.span(after, chunks.saturating_mul(4));
+                }
+            }
+            _ => {}
+        }
+    }
 }
