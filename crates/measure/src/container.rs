@@ -97,7 +97,7 @@ fn controllers_have_memory(path: &Path) -> bool {
 }
 
 /// Where our cgroups go: the v2 hierarchy with memory, else the v1 memory hierarchy.
-fn memory_hierarchy() -> Result<(PathBuf, CgroupVersion), ContainerError> {
+pub fn memory_hierarchy() -> Result<(PathBuf, CgroupVersion), ContainerError> {
     for v2 in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
         let p = Path::new(v2);
         if controllers_have_memory(p) {
