@@ -105,7 +105,7 @@ pub fn wait_http(
         let s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
             .map_err(|e| e.to_string())?;
         let mut conn = HttpConn::new(s).map_err(|e| e.to_string())?;
-        conn.get(path)
+        conn.get(path).map(|_| ())
     })
 }
 
@@ -127,8 +127,10 @@ impl HttpConn {
         })
     }
 
-    /// One request; Ok when the answer is a complete 200 response.
-    fn get(&mut self, path: &str) -> Result<(), String> {
+    /// One request; Ok(keep_alive) when the answer is a complete 200 response (keep_alive
+    /// false when the server said it closes the connection, e.g. at nginx's
+    /// keepalive_requests).
+    fn get(&mut self, path: &str) -> Result<bool, String> {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: erofs-share-bench\r\n\r\n"
         );
@@ -142,6 +144,7 @@ impl HttpConn {
             .map_err(|e| format!("status line: {e}"))?;
         let status = line.split_whitespace().nth(1).unwrap_or("").to_string();
         let mut length = None;
+        let mut keep_alive = true;
         loop {
             let mut h = String::new();
             let n = self
@@ -154,10 +157,12 @@ impl HttpConn {
             if h == "\r\n" || h == "\n" {
                 break;
             }
-            if let Some((k, v)) = h.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse::<u64>().ok();
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse::<u64>().ok();
+                } else if k.eq_ignore_ascii_case("connection") {
+                    keep_alive = !v.trim().eq_ignore_ascii_case("close");
+                }
             }
         }
         let length = length.ok_or("response without Content-Length")?;
@@ -172,7 +177,7 @@ impl HttpConn {
         if status != "200" {
             return Err(format!("status {status:?}"));
         }
-        Ok(())
+        Ok(keep_alive)
     }
 }
 
@@ -220,9 +225,11 @@ pub fn http_get(
                     };
                     let mut c = c;
                     match c.get(path) {
-                        Ok(()) => {
+                        Ok(keep_alive) => {
                             done.fetch_add(1, Ordering::Relaxed);
-                            conn = Some(c);
+                            if keep_alive {
+                                conn = Some(c);
+                            }
                         }
                         Err(e) => fail(e),
                     }
@@ -297,6 +304,35 @@ mod tests {
         let e = http_get(addr, "/", 10, 1, Duration::from_secs(10), &|| false).unwrap_err();
         assert!(matches!(e, LoadError::Failed { .. }), "{e}");
         assert_eq!(h.join().unwrap(), 3);
+    }
+
+    #[test]
+    fn reconnects_when_the_server_closes() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // Two requests per connection, the second answered with "Connection: close".
+        let h = std::thread::spawn(move || {
+            let mut served = 0;
+            for _ in 0..3 {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                for i in 0..2 {
+                    let mut line = String::new();
+                    while line != "\r\n" {
+                        line.clear();
+                        r.read_line(&mut line).unwrap();
+                    }
+                    let close = if i == 1 { "Connection: close\r\n" } else { "" };
+                    write!(w, "HTTP/1.1 200 OK\r\n{close}Content-Length: 2\r\n\r\nok").unwrap();
+                    served += 1;
+                }
+            }
+            served
+        });
+        let stats = http_get(addr, "/", 6, 1, Duration::from_secs(10), &|| false).unwrap();
+        assert_eq!(stats.requests, 6);
+        assert_eq!(h.join().unwrap(), 6);
     }
 
     #[test]

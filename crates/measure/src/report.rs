@@ -156,11 +156,7 @@ pub fn analysis_text(a: &Analysis) -> String {
         out += "\nBiggest unshared files (one copy each, whatever the domain):\n";
         let mut t = Table::new(&["image", "path", "page cache MB"]);
         for c in &a.top_unshared {
-            t.row(vec![
-                c.image.clone(),
-                c.path.clone(),
-                pages_mb(c.pages, ps),
-            ]);
+            t.row(vec![c.image.clone(), c.path.clone(), pages_mb(c.pages, ps)]);
         }
         out += &t.render();
     }

@@ -15,13 +15,13 @@ use std::ops::ControlFlow;
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error(transparent)]
-    Read(#[from] erofs::Error),
+    Read(Box<erofs::Error>),
     #[error("{image}: {path}: {error}")]
     Walk {
         image: String,
         path: String,
         #[source]
-        error: erofs::Error,
+        error: Box<erofs::Error>,
     },
     #[error("{image}: {path} (nid {nid}): read {got} bytes of {size}")]
     ShortRead {
@@ -31,6 +31,12 @@ pub enum ScanError {
         got: u64,
         size: u64,
     },
+}
+
+impl From<erofs::Error> for ScanError {
+    fn from(e: erofs::Error) -> Self {
+        ScanError::Read(Box::new(e))
+    }
 }
 
 /// List the files (once per inode: hard links read one page cache) and directories of
@@ -50,7 +56,7 @@ pub fn scan(image: &Image, name: &str, page_size: u64) -> Result<ImageFiles, Sca
             Visit::Problem { path, error } => Err(ScanError::Walk {
                 image: name.to_string(),
                 path: String::from_utf8_lossy(path).into_owned(),
-                error,
+                error: Box::new(error),
             }),
             Visit::Inode { path, inode, .. } => {
                 meta.add(inode);

@@ -186,7 +186,10 @@ fn vectors_with_and_without_fingerprints_match_the_kernel_view() {
     let (without, with, shared) = kernel_view(&[m0.path(), m1.path()]);
     assert_eq!(r.pages_without, without);
     assert_eq!(r.pages_with, with);
-    assert_eq!(vec![r.images[0].shared_bytes, r.images[1].shared_bytes], shared);
+    assert_eq!(
+        vec![r.images[0].shared_bytes, r.images[1].shared_bytes],
+        shared
+    );
     // Same tree twice (with duplicates inside it): sharing at least halves the page cache.
     assert!(r.pages_with * 2 <= r.pages_without);
     assert_eq!(r.images[0].shared_bytes, r.images[0].bytes);

@@ -64,8 +64,10 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 fn alive(pid: i32) -> bool {
     // Killed grandchildren are reparented to init and may stay zombies until it reaps
     // them: a zombie holds no memory, mounts or cgroup, so it counts as gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| !r.starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, r)| !r.starts_with('Z'))
+    })
 }
 
 fn host_mounts_under(dir: &Path) -> Vec<String> {
@@ -73,7 +75,11 @@ fn host_mounts_under(dir: &Path) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&d) && m != d))
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| m.starts_with(&d) && m != d)
+        })
         .map(str::to_string)
         .collect()
 }

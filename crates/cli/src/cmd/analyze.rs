@@ -31,7 +31,10 @@ pub fn analyze_images(images: &[PathBuf]) -> anyhow::Result<analyze::Analysis> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| anyhow::bail!("a scan thread panicked")))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| anyhow::bail!("a scan thread panicked"))
+            })
             .collect::<anyhow::Result<Vec<_>>>()
     })?;
     Ok(analyze::analyze(&scans, page_size()))

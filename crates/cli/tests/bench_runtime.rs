@@ -1,0 +1,199 @@
+//! `erofs-share bench runtime` end to end on the redis and nginx corpus pairs (built here with
+//! `mkfs.erofs` from `/var/tmp/erofs-share-corpus` or `$EROFS_SHARE_CORPUS`): a short bounded
+//! run per app, and a run stopped by Ctrl-C, each leaving no process, cgroup or mount behind.
+
+use erofs_share_measure::container::{CGROUP_PREFIX, memory_hierarchy};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use testkit::Need;
+
+fn corpus() -> Option<PathBuf> {
+    let dir = std::env::var_os("EROFS_SHARE_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/erofs-share-corpus"));
+    dir.join("redis/a.tar").exists().then_some(dir)
+}
+
+/// Gate, then the corpus (a large download, not part of the repository: skip without it).
+fn setup(test: &str) -> Option<PathBuf> {
+    if !testkit::require(test, &[Need::KernelErofs]) {
+        return None;
+    }
+    let c = corpus();
+    if c.is_none() {
+        eprintln!("SKIP {test}: no corpus at /var/tmp/erofs-share-corpus (or $EROFS_SHARE_CORPUS)");
+    }
+    c
+}
+
+/// Extract `app/{a,b}.tar` as root (owners kept) and build both images with mkfs.erofs.
+fn pair(corpus: &Path, app: &str, dir: &Path) -> Vec<PathBuf> {
+    ["a", "b"]
+        .iter()
+        .map(|v| {
+            let tree = dir.join(format!("{app}-{v}"));
+            std::fs::create_dir_all(&tree).unwrap();
+            let st = Command::new("tar")
+                .args(["-x", "--same-owner", "--numeric-owner", "-p", "-f"])
+                .arg(corpus.join(app).join(format!("{v}.tar")))
+                .arg("-C")
+                .arg(&tree)
+                .status()
+                .unwrap();
+            assert!(st.success(), "extracting {app}/{v}.tar");
+            let img = dir.join(format!("{app}-{v}.erofs"));
+            let st = Command::new("mkfs.erofs")
+                .arg("--quiet")
+                .arg(&img)
+                .arg(&tree)
+                .status()
+                .unwrap();
+            assert!(st.success(), "mkfs.erofs {app}-{v}");
+            img
+        })
+        .collect()
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+}
+
+fn our_cgroups(pid: u32) -> Vec<PathBuf> {
+    let (base, _) = memory_hierarchy().unwrap();
+    let prefix = format!("{CGROUP_PREFIX}{pid}-");
+    std::fs::read_dir(&base)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+fn loops_of(image: &Path) -> String {
+    let out = Command::new("losetup")
+        .arg("-j")
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn assert_nothing_left(pid: u32, images: &[PathBuf], pids: &[i32]) {
+    assert_eq!(our_cgroups(pid), Vec::<PathBuf>::new(), "cgroups left");
+    for img in images {
+        assert_eq!(loops_of(img), "", "loop device left for {}", img.display());
+    }
+    for p in pids {
+        let state = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty()
+                || state
+                    .rsplit_once(") ")
+                    .is_some_and(|(_, r)| r.starts_with('Z')),
+            "process {p} left: {state}"
+        );
+    }
+}
+
+#[test]
+fn runs_redis_and_nginx_pairs_and_leaves_nothing() {
+    let Some(corpus) = setup("runs_redis_and_nginx_pairs_and_leaves_nothing") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    for app in ["redis", "nginx"] {
+        let images = pair(&corpus, app, t.path());
+        let child = bin()
+            .args([
+                "bench",
+                "runtime",
+                "--app",
+                app,
+                "--requests",
+                "500",
+                "--json",
+            ])
+            .args(&images)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{app}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let containers = v[0]["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 2);
+        for c in containers {
+            let m = &c["memory"];
+            for k in ["current", "file", "anon"] {
+                assert!(m[k].as_u64().unwrap() > 0, "{app}: {k} in {c}");
+            }
+            assert!(c["load"]["requests"].as_u64().unwrap() >= 500);
+        }
+        assert_nothing_left(pid, &images, &[]);
+    }
+}
+
+#[test]
+fn ctrl_c_stops_and_removes_everything() {
+    let Some(corpus) = setup("ctrl_c_stops_and_removes_everything") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let images = pair(&corpus, "nginx", t.path());
+    let mut child = bin()
+        .args([
+            "bench",
+            "runtime",
+            "--app",
+            "nginx",
+            "--requests",
+            "100000000",
+        ])
+        .args(&images)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Wait until both servers run (a cgroup each, with processes), then interrupt.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "servers never started");
+        seen = our_cgroups(pid)
+            .iter()
+            .flat_map(|tree| std::fs::read_dir(tree).into_iter().flatten().flatten())
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| std::fs::read_to_string(e.path().join("cgroup.procs")).ok())
+            .filter(|procs| !procs.trim().is_empty())
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pids: Vec<i32> = seen
+        .iter()
+        .flat_map(|s| s.lines().map(|l| l.trim().parse().unwrap()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill has no memory preconditions; pid is our live child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "bench did not stop after SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("interrupted"), "{err}");
+    assert_nothing_left(pid, &images, &pids);
+}
