@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod fingerprint;
 pub mod format;
+pub mod fsck;
 pub mod image;
 pub mod inode;
 pub mod source;

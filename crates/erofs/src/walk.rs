@@ -153,8 +153,8 @@ pub fn walk(img: &Image, mut visit: impl FnMut(Visit<'_>) -> ControlFlow<()>) {
                 _ => None,
             };
             if let Some(want) = expect {
-                if e.nid != want || e.file_type != FileType::Dir {
-                    if visit(Visit::Problem {
+                if (e.nid != want || e.file_type != FileType::Dir)
+                    && visit(Visit::Problem {
                         path: &p.path,
                         error: img.corrupt_nid(
                             nid,
@@ -167,9 +167,8 @@ pub fn walk(img: &Image, mut visit: impl FnMut(Visit<'_>) -> ControlFlow<()>) {
                         ),
                     })
                     .is_break()
-                    {
-                        return;
-                    }
+                {
+                    return;
                 }
                 continue;
             }
