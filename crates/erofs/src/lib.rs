@@ -2,6 +2,19 @@
 //!
 //! No FUSE, no daemon: this crate is usable on its own.
 
+pub mod data;
+pub mod dir;
+pub mod error;
 pub mod fingerprint;
 pub mod format;
+pub mod image;
+pub mod inode;
+pub mod source;
+pub mod superblock;
+pub mod walk;
+pub mod xattr;
 pub mod xattr_name;
+
+pub use error::{Error, Result};
+pub use image::Image;
+pub use inode::{FileType, Inode};
