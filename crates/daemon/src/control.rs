@@ -21,7 +21,7 @@
 //! are still open, the mount is detached lazily and its session ends with the last close);
 //! `status` carries `"status"`: a [`Status`].
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

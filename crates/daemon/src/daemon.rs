@@ -151,7 +151,10 @@ impl Daemon {
             .canonicalize()
             .map_err(|e| format!("mountpoint {}: {e}", mountpoint.display()))?;
         if !mountpoint.is_dir() {
-            return Err(format!("mountpoint {} is not a directory", mountpoint.display()));
+            return Err(format!(
+                "mountpoint {} is not a directory",
+                mountpoint.display()
+            ));
         }
         if self
             .mounts
@@ -296,7 +299,7 @@ impl Daemon {
         if rec.mounts == 0 {
             let rec = domains.remove(id).expect("present");
             drop(domains);
-            detach(&rec.domain.dedup_mountpoint);
+            let _ = detach(&rec.domain.dedup_mountpoint);
             let _ = fs::remove_dir(&rec.domain.dedup_mountpoint);
         }
     }
@@ -506,7 +509,8 @@ pub fn our_mounts(subtype: &str) -> Vec<PathBuf> {
         .filter_map(|l| {
             let (left, right) = l.split_once(" - ")?;
             let fstype = right.split(' ').next()?;
-            (fstype == want).then(|| PathBuf::from(unescape_mountinfo(left.split(' ').nth(4)?)))
+            let mountpoint = left.split(' ').nth(4)?;
+            (fstype == want).then(|| PathBuf::from(unescape_mountinfo(mountpoint)))
         })
         .collect()
 }
@@ -517,8 +521,13 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
             continue;
@@ -532,9 +541,7 @@ fn unescape_mountinfo(s: &str) -> String {
 /// True when `path` is a mountpoint of type `fuse.<subtype>`.
 pub fn is_our_mount(path: &Path, subtype: &str) -> bool {
     let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    our_mounts(subtype)
-        .iter()
-        .any(|m| m == path || *m == canon)
+    our_mounts(subtype).iter().any(|m| m == path || *m == canon)
 }
 
 /// Bytes of `path` in the page cache, by cachestat(2) (Linux 6.5+).
@@ -622,7 +629,11 @@ pub fn run(state_dir: &Path) -> Result<(), Error> {
         .name("control".into())
         .spawn(move || serve(listener, d))
         .map_err(io_err("spawn the control thread"))?;
-    tracing::info!("erofs-share daemon {} serving {}", std::process::id(), sock.display());
+    tracing::info!(
+        "erofs-share daemon {} serving {}",
+        std::process::id(),
+        sock.display()
+    );
 
     let mut sig: libc::c_int = 0;
     // SAFETY: sigwait on the set built above; writes the signal number into `sig`.

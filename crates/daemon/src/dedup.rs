@@ -279,7 +279,10 @@ mod tests {
         assert_eq!(&buf[..4], b"ello");
         assert_eq!(o.misses(), (1, 4));
         assert!(t.detach_mount(2).is_empty());
-        assert!(o.read(0, &mut buf).is_err(), "only the broken source is left");
+        assert!(
+            o.read(0, &mut buf).is_err(),
+            "only the broken source is left"
+        );
         let dead = t.detach_mount(1);
         assert_eq!(dead.len(), 1);
         assert!(t.get(o.ino).is_none());

@@ -61,7 +61,8 @@ impl Domain {
 
     /// Path of a dedup object's file inside the dedup mount.
     pub fn object_path(&self, ino: u64) -> PathBuf {
-        self.dedup_mountpoint.join(crate::dedup_fs::object_name(ino))
+        self.dedup_mountpoint
+            .join(crate::dedup_fs::object_name(ino))
     }
 }
 

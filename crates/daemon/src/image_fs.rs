@@ -27,9 +27,9 @@ use erofs::Image;
 use erofs::dir::DirEntry;
 use erofs::inode::{FileType as ErofsType, Inode};
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
     ReplyXattr, Request,
 };
 
@@ -283,7 +283,12 @@ impl ImageFs {
                 inode: inode.clone(),
             }),
         };
-        match domain.objects.lock().unwrap().attach(&key, inode.size, source) {
+        match domain
+            .objects
+            .lock()
+            .unwrap()
+            .attach(&key, inode.size, source)
+        {
             Attach::Shared(obj) => Some(obj),
             Attach::SizeMismatch { expected } => {
                 self.mount.size_mismatches.fetch_add(1, Ordering::Relaxed);
@@ -301,18 +306,17 @@ impl ImageFs {
     }
 
     /// The backing id of a shared nid: the live one, or a new one on the dedup file.
-    fn backing(
-        &self,
-        nid: u64,
-        obj: &DedupObject,
-        reply: &ReplyOpen,
-    ) -> io::Result<Arc<Backing>> {
+    fn backing(&self, nid: u64, obj: &DedupObject, reply: &ReplyOpen) -> io::Result<Arc<Backing>> {
         // Held across the dedup open: two first opens of one nid must not make two ids.
         let mut st = self.state.lock().unwrap();
         if let Some(b) = st.backings.get(&nid).and_then(Weak::upgrade) {
             return Ok(b);
         }
-        let domain = self.mount.domain.as_ref().expect("shared files have a domain");
+        let domain = self
+            .mount
+            .domain
+            .as_ref()
+            .expect("shared files have a domain");
         let file = File::open(domain.object_path(obj.ino))?;
         let id = reply.open_backing(&file)?;
         let b = Arc::new(Backing { id, _file: file });
@@ -365,9 +369,8 @@ impl Filesystem for ImageFs {
                 .set_unshared("passthrough disabled by EROFS_SHARE_NO_PASSTHROUGH");
         } else if !has_cap_sys_admin() {
             self.share = false;
-            self.mount.set_unshared(
-                "the daemon lacks CAP_SYS_ADMIN, which FUSE passthrough needs",
-            );
+            self.mount
+                .set_unshared("the daemon lacks CAP_SYS_ADMIN, which FUSE passthrough needs");
         } else if config
             .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
             .is_err()
@@ -396,7 +399,11 @@ impl Filesystem for ImageFs {
             Ok(Some(e)) => e,
             Ok(None) => return reply.error(Errno::ENOENT),
             Err(e) => {
-                tracing::warn!("{}: lookup in nid {}: {e}", self.mount.image.name(), dir.nid);
+                tracing::warn!(
+                    "{}: lookup in nid {}: {e}",
+                    self.mount.image.name(),
+                    dir.nid
+                );
                 return reply.error(errno_of(&e));
             }
         };
@@ -421,7 +428,11 @@ impl Filesystem for ImageFs {
         match self.mount.image.read_link(&inode) {
             Ok(t) => reply.data(&t),
             Err(e) => {
-                tracing::warn!("{}: readlink nid {}: {e}", self.mount.image.name(), inode.nid);
+                tracing::warn!(
+                    "{}: readlink nid {}: {e}",
+                    self.mount.image.name(),
+                    inode.nid
+                );
                 reply.error(errno_of(&e))
             }
         }
@@ -514,6 +525,33 @@ impl Filesystem for ImageFs {
         reply.ok();
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever dirty on a read-only image.
+        reply.ok();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let dir = match self.inode(self.nid_of(ino)) {
             Ok(d) => d,
@@ -570,7 +608,9 @@ impl Filesystem for ImageFs {
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             // An entry whose inode cannot be decoded is left out here; a lookup of its name
             // still answers EIO.
-            let Ok(inode) = self.inode(e.nid) else { continue };
+            let Ok(inode) = self.inode(e.nid) else {
+                continue;
+            };
             let name = OsStr::from_bytes(&e.name);
             if reply.add(
                 self.ino_of(e.nid),
@@ -613,7 +653,11 @@ impl Filesystem for ImageFs {
             Ok(Some(v)) => xattr_reply(reply, size, &v),
             Ok(None) => reply.error(Errno::ENODATA),
             Err(e) => {
-                tracing::warn!("{}: getxattr nid {}: {e}", self.mount.image.name(), inode.nid);
+                tracing::warn!(
+                    "{}: getxattr nid {}: {e}",
+                    self.mount.image.name(),
+                    inode.nid
+                );
                 reply.error(errno_of(&e))
             }
         }
@@ -634,7 +678,11 @@ impl Filesystem for ImageFs {
                 xattr_reply(reply, size, &names)
             }
             Err(e) => {
-                tracing::warn!("{}: listxattr nid {}: {e}", self.mount.image.name(), inode.nid);
+                tracing::warn!(
+                    "{}: listxattr nid {}: {e}",
+                    self.mount.image.name(),
+                    inode.nid
+                );
                 reply.error(errno_of(&e))
             }
         }

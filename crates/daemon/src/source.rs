@@ -223,7 +223,13 @@ mod tests {
             .unwrap();
         let f = UncachedFile::open(&path).unwrap();
         assert_eq!(f.len().unwrap(), data.len() as u64);
-        for (off, n) in [(0usize, 1usize), (1, 4095), (4095, 2), (4096, 8192), (49_000, 1000)] {
+        for (off, n) in [
+            (0usize, 1usize),
+            (1, 4095),
+            (4095, 2),
+            (4096, 8192),
+            (49_000, 1000),
+        ] {
             let mut buf = vec![0; n];
             f.read_exact_at(&mut buf, off as u64).unwrap();
             assert_eq!(buf, &data[off..off + n], "at {off}+{n}");
