@@ -119,10 +119,10 @@ struct ImageFile {
 
 impl Content for ImageFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.mount
-            .image
-            .read_at(&self.inode, offset, buf)
-            .map_err(|e| io::Error::other(e.to_string()))
+        let image = &self.mount.image;
+        let what = || format!("dedup miss on nid {} at {offset}", self.inode.nid);
+        safely(image, what, || image.read_at(&self.inode, offset, buf))
+            .map_err(|e| io::Error::from_raw_os_error(e.code()))
     }
 }
 
@@ -159,9 +159,25 @@ pub struct ImageFs {
     state: Mutex<State>,
 }
 
-fn errno_of(e: &erofs::Error) -> Errno {
-    let _ = e;
-    Errno::EIO
+/// Runs one reader call: an error is logged with the image's name and becomes EIO; a panic
+/// (a reader bug on a hostile image) is caught, logged and becomes EIO too, so one bad file
+/// never takes a worker thread down.
+fn safely<T>(
+    image: &Image,
+    what: impl FnOnce() -> String,
+    f: impl FnOnce() -> erofs::Result<T>,
+) -> Result<T, Errno> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::warn!("{}: {}: {e}", image.name(), what());
+            Err(Errno::EIO)
+        }
+        Err(_) => {
+            tracing::error!("{}: {}: the reader panicked", image.name(), what());
+            Err(Errno::EIO)
+        }
+    }
 }
 
 impl ImageFs {
@@ -194,10 +210,8 @@ impl ImageFs {
         if let Some(i) = self.state.lock().unwrap().inodes.get(&nid) {
             return Ok(i.clone());
         }
-        let inode = Arc::new(self.mount.image.inode(nid).map_err(|e| {
-            tracing::warn!("{}: inode {nid}: {e}", self.mount.image.name());
-            errno_of(&e)
-        })?);
+        let image = &self.mount.image;
+        let inode = Arc::new(safely(image, || format!("nid {nid}"), || image.inode(nid))?);
         let mut st = self.state.lock().unwrap();
         if st.inodes.len() >= INODE_CACHE_MAX {
             st.inodes.clear();
@@ -263,14 +277,10 @@ impl ImageFs {
 
     fn decide(&self, domain: &Arc<Domain>, inode: &Inode) -> Option<Arc<DedupObject>> {
         let image = &self.mount.image;
-        let fp = match image.fingerprint(inode) {
-            Ok(Some(fp)) => fp,
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::warn!("{}: nid {}: fingerprint: {e}", image.name(), inode.nid);
-                return None;
-            }
-        };
+        let what = || format!("nid {} fingerprint", inode.nid);
+        let fp = safely(image, what, || image.fingerprint(inode))
+            .ok()
+            .flatten()?;
         if !fingerprint_usable(&fp, image.superblock().block_size()) {
             return None;
         }
@@ -395,17 +405,12 @@ impl Filesystem for ImageFs {
         if dir.file_type() != ErofsType::Dir {
             return reply.error(Errno::ENOTDIR);
         }
-        let entry = match self.mount.image.lookup(&dir, name.as_bytes()) {
+        let image = &self.mount.image;
+        let what = || format!("lookup in nid {}", dir.nid);
+        let entry = match safely(image, what, || image.lookup(&dir, name.as_bytes())) {
             Ok(Some(e)) => e,
             Ok(None) => return reply.error(Errno::ENOENT),
-            Err(e) => {
-                tracing::warn!(
-                    "{}: lookup in nid {}: {e}",
-                    self.mount.image.name(),
-                    dir.nid
-                );
-                return reply.error(errno_of(&e));
-            }
+            Err(e) => return reply.error(e),
         };
         match self.inode(entry.nid) {
             Ok(i) => reply.entry(&TTL, &self.attr(&i), Generation(0)),
@@ -425,16 +430,11 @@ impl Filesystem for ImageFs {
             Ok(i) => i,
             Err(e) => return reply.error(e),
         };
-        match self.mount.image.read_link(&inode) {
+        let image = &self.mount.image;
+        let what = || format!("readlink nid {}", inode.nid);
+        match safely(image, what, || image.read_link(&inode)) {
             Ok(t) => reply.data(&t),
-            Err(e) => {
-                tracing::warn!(
-                    "{}: readlink nid {}: {e}",
-                    self.mount.image.name(),
-                    inode.nid
-                );
-                reply.error(errno_of(&e))
-            }
+            Err(e) => reply.error(e),
         }
     }
 
@@ -495,16 +495,13 @@ impl Filesystem for ImageFs {
         };
         let want = (size as u64).min(inode.size.saturating_sub(offset)) as usize;
         let mut buf = vec![0u8; want];
-        match self.mount.image.read_at(&inode, offset, &mut buf) {
+        let image = &self.mount.image;
+        let what = || format!("read nid {} at {offset}", inode.nid);
+        match safely(image, what, || image.read_at(&inode, offset, &mut buf)) {
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => {
                 self.mount.read_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "{}: read nid {} at {offset}: {e}",
-                    self.mount.image.name(),
-                    inode.nid
-                );
-                reply.error(errno_of(&e))
+                reply.error(e)
             }
         }
     }
@@ -557,7 +554,9 @@ impl Filesystem for ImageFs {
             Ok(d) => d,
             Err(e) => return reply.error(e),
         };
-        match self.mount.image.read_dir(&dir) {
+        let image = &self.mount.image;
+        let what = || format!("readdir nid {}", dir.nid);
+        match safely(image, what, || image.read_dir(&dir)) {
             Ok(entries) => {
                 let fh = self.new_handle(Handle::Dir(Arc::new(entries)));
                 reply.opened(
@@ -565,10 +564,7 @@ impl Filesystem for ImageFs {
                     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
                 );
             }
-            Err(e) => {
-                tracing::warn!("{}: readdir nid {}: {e}", self.mount.image.name(), dir.nid);
-                reply.error(errno_of(&e))
-            }
+            Err(e) => reply.error(e),
         }
     }
 
@@ -649,17 +645,12 @@ impl Filesystem for ImageFs {
             Ok(i) => i,
             Err(e) => return reply.error(e),
         };
-        match self.mount.image.get_xattr(&inode, name.as_bytes()) {
+        let image = &self.mount.image;
+        let what = || format!("getxattr nid {}", inode.nid);
+        match safely(image, what, || image.get_xattr(&inode, name.as_bytes())) {
             Ok(Some(v)) => xattr_reply(reply, size, &v),
             Ok(None) => reply.error(Errno::ENODATA),
-            Err(e) => {
-                tracing::warn!(
-                    "{}: getxattr nid {}: {e}",
-                    self.mount.image.name(),
-                    inode.nid
-                );
-                reply.error(errno_of(&e))
-            }
+            Err(e) => reply.error(e),
         }
     }
 
@@ -668,7 +659,9 @@ impl Filesystem for ImageFs {
             Ok(i) => i,
             Err(e) => return reply.error(e),
         };
-        match self.mount.image.listed_xattrs(&inode) {
+        let image = &self.mount.image;
+        let what = || format!("listxattr nid {}", inode.nid);
+        match safely(image, what, || image.listed_xattrs(&inode)) {
             Ok(list) => {
                 let mut names = Vec::new();
                 for x in list {
@@ -677,14 +670,7 @@ impl Filesystem for ImageFs {
                 }
                 xattr_reply(reply, size, &names)
             }
-            Err(e) => {
-                tracing::warn!(
-                    "{}: listxattr nid {}: {e}",
-                    self.mount.image.name(),
-                    inode.nid
-                );
-                reply.error(errno_of(&e))
-            }
+            Err(e) => reply.error(e),
         }
     }
 }
