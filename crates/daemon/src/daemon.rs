@@ -22,10 +22,10 @@ use crate::image_fs::{ImageFs, MountedImage};
 
 /// Default state directory (control socket, pid file, dedup mounts).
 pub const DEFAULT_STATE_DIR: &str = "/run/erofs-share";
-/// Filesystem subtype of image mounts (`fuse.erofs-share` in /proc/mounts).
-pub const IMAGE_SUBTYPE: &str = "erofs-share";
-/// Filesystem subtype of the internal dedup mounts.
-pub const DEDUP_SUBTYPE: &str = "erofs-share-dedup";
+/// Source ("fsname") prefix of image mounts in /proc/mounts, followed by the image path.
+pub const IMAGE_FSNAME: &str = "erofs-share:";
+/// Source prefix of the internal dedup mounts, followed by the domain id.
+pub const DEDUP_FSNAME: &str = "erofs-share-dedup:";
 /// FUSE worker threads per mount.
 const THREADS: usize = 4;
 
@@ -195,8 +195,7 @@ impl Daemon {
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::RO,
-            MountOption::FSName(image.display().to_string()),
-            MountOption::Subtype(IMAGE_SUBTYPE.into()),
+            MountOption::FSName(format!("{IMAGE_FSNAME}{}", image.display())),
             MountOption::DefaultPermissions,
             MountOption::NoAtime,
         ];
@@ -260,8 +259,7 @@ impl Daemon {
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::RO,
-            MountOption::FSName(format!("erofs-share-dedup:{id}")),
-            MountOption::Subtype(DEDUP_SUBTYPE.into()),
+            MountOption::FSName(format!("{DEDUP_FSNAME}{id}")),
             MountOption::NoAtime,
         ];
         config.n_threads = Some(THREADS);
@@ -372,7 +370,7 @@ impl Daemon {
                 }
                 Ok(false)
             }
-            None if is_our_mount(mountpoint, IMAGE_SUBTYPE) => {
+            None if is_our_mount(mountpoint, IMAGE_FSNAME) => {
                 // A mount of a previous (killed) daemon: its connection is dead.
                 detach(mountpoint).map_err(|e| format!("umount {}: {e}", mountpoint.display()))?;
                 Ok(true)
@@ -499,18 +497,20 @@ pub fn detach(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Mountpoints in /proc/self/mountinfo with filesystem type `fuse.<subtype>`.
-pub fn our_mounts(subtype: &str) -> Vec<PathBuf> {
-    let want = format!("fuse.{subtype}");
+/// FUSE mountpoints in /proc/self/mountinfo whose source starts with `fsname_prefix`.
+pub fn our_mounts(fsname_prefix: &str) -> Vec<PathBuf> {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
     info.lines()
         .filter_map(|l| {
             let (left, right) = l.split_once(" - ")?;
-            let fstype = right.split(' ').next()?;
+            let mut fields = right.split(' ');
+            let fstype = fields.next()?;
+            let source = unescape_mountinfo(fields.next()?);
             let mountpoint = left.split(' ').nth(4)?;
-            (fstype == want).then(|| PathBuf::from(unescape_mountinfo(mountpoint)))
+            (fstype.starts_with("fuse") && source.starts_with(fsname_prefix))
+                .then(|| PathBuf::from(unescape_mountinfo(mountpoint)))
         })
         .collect()
 }
@@ -538,10 +538,19 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// True when `path` is a mountpoint of type `fuse.<subtype>`.
-pub fn is_our_mount(path: &Path, subtype: &str) -> bool {
+/// True when the FUSE mount at `path` has lost its daemon. Looks up a name that cannot exist:
+/// the root's attributes are cached for long, a failed lookup is not.
+pub fn is_dead(path: &Path) -> bool {
+    fs::symlink_metadata(path.join(".erofs-share-liveness-probe"))
+        .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// True when `path` is a FUSE mountpoint whose source starts with `fsname_prefix`.
+pub fn is_our_mount(path: &Path, fsname_prefix: &str) -> bool {
     let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    our_mounts(subtype).iter().any(|m| m == path || *m == canon)
+    our_mounts(fsname_prefix)
+        .iter()
+        .any(|m| m == path || *m == canon)
 }
 
 /// Bytes of `path` in the page cache, by cachestat(2) (Linux 6.5+).
@@ -674,15 +683,15 @@ fn handle_conn(stream: UnixStream, daemon: Arc<Daemon>, me: u32) {
 /// whose FUSE connection is dead (ENOTCONN).
 fn clean_stale_mounts(state_dir: &Path) {
     let dedup_root = state_dir.join("dedup");
-    for m in our_mounts(DEDUP_SUBTYPE) {
+    for m in our_mounts(DEDUP_FSNAME) {
         if m.starts_with(&dedup_root) {
             tracing::info!("detaching stale dedup mount {}", m.display());
             let _ = detach(&m);
             let _ = fs::remove_dir(&m);
         }
     }
-    for m in our_mounts(IMAGE_SUBTYPE) {
-        if fs::metadata(&m).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
+    for m in our_mounts(IMAGE_FSNAME) {
+        if is_dead(&m) {
             tracing::info!("detaching stale image mount {}", m.display());
             let _ = detach(&m);
         }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use erofs_share_daemon::control::{self, Request};
-use erofs_share_daemon::daemon::{IMAGE_SUBTYPE, detach, is_our_mount};
+use erofs_share_daemon::daemon::{IMAGE_FSNAME, detach, is_our_mount};
 
 /// Arguments of `erofs-share umount`.
 #[derive(Debug, clap::Args)]
@@ -38,7 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Ok(r) => bail!("{}", r.error.unwrap_or_default()),
         // No daemon: a mount left by a killed daemon answers ENOTCONN; detach it ourselves.
-        Err(_) if is_our_mount(&mountpoint, IMAGE_SUBTYPE) => {
+        Err(_) if is_our_mount(&mountpoint, IMAGE_FSNAME) => {
             detach(&mountpoint).with_context(|| format!("umount {}", mountpoint.display()))?;
             Ok(ExitCode::SUCCESS)
         }
