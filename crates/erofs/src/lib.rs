@@ -2,6 +2,7 @@
 //!
 //! No FUSE, no daemon: this crate is usable on its own.
 
+pub mod build;
 pub mod data;
 pub mod dir;
 pub mod error;

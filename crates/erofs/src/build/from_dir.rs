@@ -1,0 +1,208 @@
+//! A directory source: walk it (not following symlinks, not crossing into excluded paths),
+//! then store every regular file's content, hashing files in parallel.
+
+use super::exclude;
+use super::file_data::{self, Placement};
+use super::tree::{Content, Kind, Node, NodeId, Tree, encode_dev};
+use super::xattrs::max_ibody_size;
+use super::{BuildError, ImageFile, Options, Progress};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Read the tree under `root` and store its files' content in `img`.
+pub fn read(
+    root: &Path,
+    opts: &Options,
+    img: &mut ImageFile,
+    progress: &dyn Progress,
+) -> Result<Tree, BuildError> {
+    let md = std::fs::symlink_metadata(root).map_err(BuildError::io(root))?;
+    if !md.is_dir() {
+        return Err(BuildError::Source(format!(
+            "{} is not a directory",
+            root.display()
+        )));
+    }
+    let mut tree = Tree::new();
+    tree.nodes[0] = node_of(root, &md)?;
+    let mut hardlinks: HashMap<(u64, u64), NodeId> = HashMap::new();
+    // (directory node, its path, its path relative to root)
+    let mut stack: Vec<(NodeId, PathBuf, Vec<u8>)> = vec![(0, root.to_path_buf(), Vec::new())];
+    while let Some((dir, path, rel)) = stack.pop() {
+        let mut names: Vec<_> = std::fs::read_dir(&path)
+            .map_err(BuildError::io(&path))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(BuildError::io(&path))?;
+        names.sort();
+        for name in names {
+            let child_path = path.join(&name);
+            let mut child_rel = rel.clone();
+            if !child_rel.is_empty() {
+                child_rel.push(b'/');
+            }
+            child_rel.extend_from_slice(name.as_bytes());
+            if exclude::excluded(&opts.exclude, &child_rel) {
+                continue;
+            }
+            let md = std::fs::symlink_metadata(&child_path).map_err(BuildError::io(&child_path))?;
+            let key = (md.dev(), md.ino());
+            let id = match hardlinks.get(&key) {
+                Some(&id) if !md.is_dir() => id,
+                _ => {
+                    let id = tree.add(node_of(&child_path, &md)?);
+                    if !md.is_dir() && md.nlink() > 1 {
+                        hardlinks.insert(key, id);
+                    }
+                    id
+                }
+            };
+            tree.entries_mut(dir)
+                .expect("stack holds directories")
+                .insert(name.as_bytes().to_vec(), id);
+            if md.is_dir() {
+                stack.push((id, child_path, child_rel));
+            }
+        }
+    }
+    store_files(&mut tree, opts, img, progress)?;
+    Ok(tree)
+}
+
+fn node_of(path: &Path, md: &std::fs::Metadata) -> Result<Node, BuildError> {
+    let ft = md.file_type();
+    let rdev = || encode_dev(libc::major(md.rdev()), libc::minor(md.rdev()));
+    let kind = if ft.is_dir() {
+        Kind::Dir(BTreeMap::new())
+    } else if ft.is_file() {
+        Kind::File {
+            size: md.len(),
+            content: Content::Path(path.to_path_buf()),
+        }
+    } else if ft.is_symlink() {
+        let t = std::fs::read_link(path).map_err(BuildError::io(path))?;
+        Kind::Symlink(t.as_os_str().as_bytes().to_vec())
+    } else if ft.is_char_device() {
+        Kind::CharDev(rdev())
+    } else if ft.is_block_device() {
+        Kind::BlockDev(rdev())
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else {
+        Kind::Socket
+    };
+    let mut n = Node::new(kind, (md.mode() & 0o7777) as u16);
+    n.uid = md.uid();
+    n.gid = md.gid();
+    n.mtime = md.mtime();
+    n.mtime_nsec = md.mtime_nsec() as u32;
+    n.xattrs = xattrs_of(path).map_err(BuildError::io(path))?;
+    Ok(n)
+}
+
+/// Every xattr of `path`, not following symlinks.
+fn xattrs_of(path: &Path) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    let cpath = CString::new(path.as_os_str().as_bytes())?;
+    let mut out = BTreeMap::new();
+    let mut names = vec![0u8; 4096];
+    let n = loop {
+        // SAFETY: cpath is NUL-terminated; names is a writable buffer of names.len() bytes.
+        let n = unsafe { libc::llistxattr(cpath.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ENOTSUP) => return Ok(out),
+            Some(libc::ERANGE) if names.len() < 1 << 20 => names.resize(names.len() * 4, 0),
+            _ => return Err(err),
+        }
+    };
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name)?;
+        let mut value = vec![0u8; 256];
+        let len = loop {
+            // SAFETY: both strings are NUL-terminated; value is writable for value.len() bytes.
+            let len = unsafe {
+                libc::lgetxattr(
+                    cpath.as_ptr(),
+                    cname.as_ptr(),
+                    value.as_mut_ptr().cast(),
+                    value.len(),
+                )
+            };
+            if len >= 0 {
+                break len as usize;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::ERANGE) if value.len() < 1 << 17 => value.resize(value.len() * 4, 0),
+                // Removed since it was listed.
+                Some(libc::ENODATA) => break usize::MAX,
+                _ => return Err(err),
+            }
+        };
+        if len != usize::MAX {
+            value.truncate(len);
+            out.insert(name.to_vec(), value);
+        }
+    }
+    Ok(out)
+}
+
+/// Reserve every file's blocks in tree order, then read, hash and write them in parallel.
+fn store_files(
+    tree: &mut Tree,
+    opts: &Options,
+    img: &mut ImageFile,
+    progress: &dyn Progress,
+) -> Result<(), BuildError> {
+    let bs = img.block_size();
+    let mut jobs: Vec<(NodeId, PathBuf, u64, Placement)> = Vec::new();
+    let mut total = 0u64;
+    for (id, _) in tree.bfs() {
+        let n = &tree.nodes[id];
+        if let Kind::File {
+            size,
+            content: Content::Path(path),
+        } = &n.kind
+        {
+            let fp = opts.fingerprint.is_some() && *size > 0;
+            let inline =
+                file_data::can_inline(opts.inline, bs, *size, max_ibody_size(&n.xattrs, fp));
+            let at = file_data::place(img, *size, inline);
+            total += size;
+            jobs.push((id, path.clone(), *size, at));
+        }
+    }
+    progress.set_total(total);
+    let hash = opts.fingerprint.is_some();
+    let img = &*img;
+    let stored: Vec<(NodeId, super::tree::Stored)> = jobs
+        .into_par_iter()
+        .map(|(id, path, size, at)| {
+            let err = |e: std::io::Error| BuildError::Io {
+                path: path.clone(),
+                source: e,
+            };
+            let mut f = std::fs::File::open(&path).map_err(err)?;
+            let s = file_data::store(img, &at, size, &mut f, hash, progress, &err)?;
+            let mut extra = [0u8; 1];
+            if f.read(&mut extra).map_err(err)? != 0 {
+                return Err(err(std::io::Error::other("file grew while it was read")));
+            }
+            Ok((id, s))
+        })
+        .collect::<Result<_, BuildError>>()?;
+    for (id, s) in stored {
+        if let Kind::File { content, .. } = &mut tree.nodes[id].kind {
+            *content = Content::Stored(s);
+        }
+    }
+    Ok(())
+}

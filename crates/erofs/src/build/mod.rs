@@ -1,0 +1,242 @@
+//! mkfs: build an uncompressed EROFS image from a directory or a tar stream.
+//!
+//! The image is written in one pass over the content, in this order:
+//! ```text
+//! block 0..  superblock at byte 1024, then the long xattr prefix table (fingerprints)
+//! data area  regular file blocks (streamed as files are read), then directory and
+//!            symlink blocks that are not inlined
+//! metadata   meta_blkaddr = xattr_blkaddr: shared xattrs, then the inodes (root first),
+//!            each with its xattrs and inline tail; nids count from meta_blkaddr
+//! ```
+//! File data goes through one function, [`file_data::store`]: the place to add compression.
+//! The output is written to a temporary file beside the destination and renamed over it only
+//! when the image is complete, so a failed build never clobbers an existing image.
+
+pub mod acl;
+pub mod exclude;
+pub mod file_data;
+pub mod from_dir;
+pub mod from_tar;
+pub mod layout;
+pub mod tree;
+pub mod write;
+pub mod xattrs;
+
+use crate::fingerprint::XattrName;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub use exclude::Pattern;
+
+/// What a build failed on.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the image: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("tar input at byte {offset}: {msg}")]
+    Tar { offset: u64, msg: String },
+    #[error("source: {0}")]
+    Source(String),
+    #[error("invalid option: {0}")]
+    Option(String),
+    #[error("too many {0} for the EROFS format")]
+    TooMany(&'static str),
+}
+
+impl BuildError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BuildError {
+        let path = path.into();
+        move |source| BuildError::Io { path, source }
+    }
+}
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Block size in bytes: a power of two from 512 to 65536.
+    pub block_size: u32,
+    /// The fingerprint xattr name, or `None` for no fingerprints.
+    pub fingerprint: Option<XattrName>,
+    /// Inline the tails of files, directories and symlinks after their inodes.
+    pub inline: bool,
+    /// Build time in seconds since the epoch (the superblock epoch is never later).
+    pub build_time: u64,
+    /// Volume uuid.
+    pub uuid: [u8; 16],
+    /// Paths to leave out (see [`Pattern`]).
+    pub exclude: Vec<Pattern>,
+    /// Owner for every inode, if set.
+    pub uid: Option<u32>,
+    /// Group for every inode, if set.
+    pub gid: Option<u32>,
+    /// Tar input is an OCI layer: convert `.wh.NAME` and `.wh..wh..opq` whiteouts to the
+    /// overlayfs form.
+    pub oci_layer: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            block_size: 4096,
+            fingerprint: Some(XattrName::default()),
+            inline: true,
+            build_time: 0,
+            uuid: [0; 16],
+            exclude: Vec::new(),
+            uid: None,
+            gid: None,
+            oci_layer: false,
+        }
+    }
+}
+
+impl Options {
+    fn validate(&self) -> Result<u8, BuildError> {
+        let bs = self.block_size;
+        if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
+            return Err(BuildError::Option(format!(
+                "block size {bs} is not a power of two from 512 to 65536"
+            )));
+        }
+        if let Some(fp) = &self.fingerprint
+            && fp.infix.is_empty()
+        {
+            return Err(BuildError::Option(format!(
+                "fingerprint xattr name {:?} has nothing after its prefix",
+                fp.full
+            )));
+        }
+        Ok(bs.trailing_zeros() as u8)
+    }
+}
+
+/// Where the tree comes from.
+pub enum Source {
+    /// A directory on a local filesystem.
+    Dir(PathBuf),
+    /// A tar stream (plain, gzip or zstd; detected by magic).
+    Tar(Box<dyn Read + Send>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Dir(p) => write!(f, "Dir({})", p.display()),
+            Source::Tar(_) => f.write_str("Tar(..)"),
+        }
+    }
+}
+
+/// Progress of a build, in bytes of file content (a no-op by default).
+pub trait Progress: Sync {
+    /// Total content bytes, when known in advance (directory input).
+    fn set_total(&self, _bytes: u64) {}
+    /// Content bytes stored since the last call.
+    fn advance(&self, _bytes: u64) {}
+}
+
+/// Progress that reports nothing.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// What a build produced.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub inodes: u64,
+    pub blocks: u64,
+    pub image_bytes: u64,
+    pub content_bytes: u64,
+    pub fingerprints: u64,
+    pub shared_xattrs: u64,
+}
+
+/// The image file while it is written: the data area grows block by block.
+#[derive(Debug)]
+pub struct ImageFile {
+    pub(crate) file: File,
+    pub(crate) blkszbits: u8,
+    /// Next free block of the data area.
+    pub(crate) next_block: u64,
+}
+
+impl ImageFile {
+    pub(crate) fn block_size(&self) -> u64 {
+        1 << self.blkszbits
+    }
+
+    /// Reserve `n` consecutive blocks of the data area.
+    pub(crate) fn alloc(&mut self, n: u64) -> u64 {
+        let start = self.next_block;
+        self.next_block += n;
+        start
+    }
+
+    pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BuildError> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(BuildError::Write)
+    }
+}
+
+/// Build `dst` from `source`. The image appears at `dst` only when complete.
+pub fn build(
+    dst: &Path,
+    source: Source,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Summary, BuildError> {
+    let blkszbits = opts.validate()?;
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".erofs-share-mkfs-")
+        .tempfile_in(&parent)
+        .map_err(BuildError::io(&parent))?;
+    let file = tmp.as_file().try_clone().map_err(BuildError::Write)?;
+    let first_data_block = layout::first_data_block(blkszbits, opts.fingerprint.as_ref());
+    let mut img = ImageFile {
+        file,
+        blkszbits,
+        next_block: first_data_block,
+    };
+    let mut tree = match source {
+        Source::Dir(path) => from_dir::read(&path, opts, &mut img, progress)?,
+        Source::Tar(reader) => from_tar::read(reader, opts, &mut img, progress)?,
+    };
+    if opts.uid.is_some() || opts.gid.is_some() {
+        for n in &mut tree.nodes {
+            n.uid = opts.uid.unwrap_or(n.uid);
+            n.gid = opts.gid.unwrap_or(n.gid);
+        }
+    }
+    tree.count_links()?;
+    let summary = write::image(&tree, opts, &mut img)?;
+    let mut perms = img
+        .file
+        .metadata()
+        .map_err(BuildError::Write)?
+        .permissions();
+    // Temp files are created 0600; an image is as readable as any file the user creates.
+    // SAFETY: umask only swaps the process's file mode mask; called twice to read it back.
+    let mask = unsafe {
+        let m = libc::umask(0o022);
+        libc::umask(m);
+        m
+    };
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o666 & !(mask as u32));
+    img.file.set_permissions(perms).map_err(BuildError::Write)?;
+    img.file.sync_all().map_err(BuildError::Write)?;
+    tmp.persist(dst).map_err(|e| BuildError::io(dst)(e.error))?;
+    Ok(summary)
+}

@@ -1,0 +1,573 @@
+//! mkfs end to end: our images of the test vectors' source tree, mounted by the kernel, show
+//! exactly its manifest; fingerprints match upstream's field by field; builds are
+//! reproducible; Debian's fsck.erofs accepts them; hostile tars fail cleanly.
+
+mod common;
+
+use erofs::build::{self, BuildError, NoProgress, Options, Source};
+use erofs::fingerprint::XattrName;
+use erofs::format::{SUPER_OFFSET, compat, incompat};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use testkit::{LoopMount, Need, manifest, require, testdata};
+
+/// The vectors were built with `-T1700000000 --mkfs-time -U<this>`.
+const VECTOR_TIME: u64 = 1_700_000_000;
+const VECTOR_UUID: [u8; 16] = [
+    0x6e, 0xbb, 0x2a, 0x1e, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 1,
+];
+
+fn opts() -> Options {
+    Options {
+        build_time: VECTOR_TIME,
+        uuid: VECTOR_UUID,
+        ..Options::default()
+    }
+}
+
+fn tar_source() -> Source {
+    Source::Tar(Box::new(
+        std::fs::File::open(testdata::source_tar()).unwrap(),
+    ))
+}
+
+fn build_to(dir: &Path, name: &str, source: Source, opts: &Options) -> PathBuf {
+    let dst = dir.join(name);
+    build::build(&dst, source, opts, &NoProgress).unwrap_or_else(|e| panic!("{name}: {e}"));
+    dst
+}
+
+/// The source tree extracted with owners, xattrs and ACLs (needs root).
+fn extract_source(into: &Path) -> PathBuf {
+    let dst = into.join("src");
+    std::fs::create_dir(&dst).unwrap();
+    let st = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=*", "--acls", "-xpf"])
+        .arg(testdata::source_tar())
+        .arg("-C")
+        .arg(&dst)
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar -x of the source tree failed");
+    dst
+}
+
+fn assert_kernel_shows(image: &Path, expected: &manifest::Manifest, what: &str) {
+    let m = LoopMount::new(image).unwrap_or_else(|e| panic!("{what}: mount: {e}"));
+    let got = manifest::of_tree(m.path()).unwrap();
+    manifest::assert_same(expected, &got, what);
+}
+
+#[test]
+fn kernel_shows_the_source_tree_from_dir_and_tar() {
+    if !require(
+        "kernel_shows_the_source_tree_from_dir_and_tar",
+        &[Need::Testdata, Need::KernelErofs],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = manifest::load(&testdata::source_manifest());
+    let src = extract_source(tmp.path());
+    let img = build_to(tmp.path(), "dir.erofs", Source::Dir(src.clone()), &opts());
+    assert_kernel_shows(&img, &expected, "from the extracted directory");
+    let img = build_to(tmp.path(), "tar.erofs", tar_source(), &opts());
+    assert_kernel_shows(&img, &expected, "from source-tree.tar");
+
+    // Small blocks: directories span many blocks, tails inline next to big xattr bodies.
+    for (bs, inline) in [(512, true), (1024, true), (512, false), (4096, false)] {
+        let o = Options {
+            block_size: bs,
+            inline,
+            ..opts()
+        };
+        let img = build_to(
+            tmp.path(),
+            &format!("b{bs}-{inline}.erofs"),
+            tar_source(),
+            &o,
+        );
+        assert_kernel_shows(
+            &img,
+            &expected,
+            &format!("block size {bs}, inline {inline}"),
+        );
+    }
+}
+
+#[test]
+fn a_visible_fingerprint_name_shows_the_content_digest() {
+    if !require(
+        "a_visible_fingerprint_name_shows_the_content_digest",
+        &[Need::Testdata, Need::KernelErofs],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Options {
+        fingerprint: Some(XattrName::new("trusted.erofs.fingerprint").unwrap()),
+        ..opts()
+    };
+    let img = build_to(tmp.path(), "trusted.erofs", tar_source(), &o);
+    let m = LoopMount::new(&img).unwrap();
+    let mut got = manifest::of_tree(m.path()).unwrap();
+    let mut seen = 0;
+    for (path, e) in got.iter_mut() {
+        let xattrs = e["xattrs"].as_object_mut().unwrap();
+        let fp = xattrs.remove("trusted.erofs.fingerprint");
+        if e["type"] == "file" && e["size"].as_u64().unwrap() > 0 {
+            let want = format!(
+                "{}{}",
+                hex::encode("sha256:"),
+                e["sha256"].as_str().unwrap()
+            );
+            assert_eq!(
+                fp.and_then(|v| v.as_str().map(String::from)),
+                Some(want),
+                "{path}"
+            );
+            seen += 1;
+        } else {
+            assert!(
+                fp.is_none(),
+                "{path}: fingerprint on an empty or non-regular file"
+            );
+        }
+    }
+    assert!(seen > 1000);
+    manifest::assert_same(
+        &manifest::load(&testdata::source_manifest()),
+        &got,
+        "trusted name",
+    );
+}
+
+/// Our image and upstream's `name` vector, built from the same tree with the same time and
+/// uuid: the fingerprint superblock fields, prefix table, and every inode's name filter and
+/// fingerprint entry are the same.
+fn compare_fingerprints_with(vector: &str, name: Option<&str>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Options {
+        fingerprint: Some(name.map_or_else(XattrName::default, |n| XattrName::new(n).unwrap())),
+        ..opts()
+    };
+    let ours_path = build_to(tmp.path(), "ours.erofs", tar_source(), &o);
+    let ours_bytes = std::fs::read(&ours_path).unwrap();
+    let theirs_bytes = std::fs::read(testdata::image(vector)).unwrap();
+    let (ours, theirs) = (
+        common::Image::new(&ours_bytes),
+        common::Image::new(&theirs_bytes),
+    );
+    let (a, b) = (&ours.sb, &theirs.sb);
+    let fp_bits = compat::ISHARE_XATTRS | compat::PLAIN_XATTR_PFX | compat::XATTR_FILTER;
+    assert_eq!(a.feature_compat.get() & fp_bits, fp_bits);
+    assert_eq!(
+        a.feature_compat.get(),
+        b.feature_compat.get(),
+        "feature_compat"
+    );
+    assert_eq!(
+        a.feature_incompat.get(),
+        b.feature_incompat.get(),
+        "feature_incompat"
+    );
+    assert_eq!(a.feature_incompat.get(), incompat::XATTR_PREFIXES);
+    assert_eq!(
+        a.xattr_prefix_count, b.xattr_prefix_count,
+        "xattr_prefix_count"
+    );
+    assert_eq!(
+        a.ishare_xattr_prefix_id, b.ishare_xattr_prefix_id,
+        "byte 105"
+    );
+    assert_eq!(a.epoch.get(), b.epoch.get(), "epoch");
+    assert_eq!(a.uuid, b.uuid, "uuid");
+    assert_eq!(a.inos.get(), b.inos.get(), "inos");
+    let record = |img: &common::Image| {
+        let at = img.sb.xattr_prefix_start.get() as usize * 4;
+        let len = u16::from_le_bytes([img.bytes[at], img.bytes[at + 1]]) as usize;
+        img.bytes[at..at + 2 + len].to_vec()
+    };
+    assert_eq!(record(&ours), record(&theirs), "long prefix record");
+    let prefix_is_plain =
+        |img: &common::Image| img.sb.xattr_prefix_start.get() as u64 * 4 >= SUPER_OFFSET;
+    assert!(prefix_is_plain(&ours) && prefix_is_plain(&theirs));
+
+    let (wa, wb) = (ours.walk(), theirs.walk());
+    assert_eq!(
+        wa.keys().collect::<Vec<_>>(),
+        wb.keys().collect::<Vec<_>>(),
+        "paths"
+    );
+    let fp_index = 0x80 | a.ishare_xattr_prefix_id;
+    let mut compared = 0;
+    for (path, ia) in &wa {
+        let ib = &wb[path];
+        assert_eq!(ia.filter, ib.filter, "{path}: h_name_filter");
+        let fp = |i: &common::RawInode| i.inline.iter().find(|e| e.0 == fp_index).cloned();
+        let (fa, fb) = (fp(ia), fp(ib));
+        assert_eq!(fa, fb, "{path}: fingerprint entry");
+        if let Some((_, suffix, value)) = fa {
+            assert!(suffix.is_empty());
+            let data = ours.data(ia.nid);
+            let mut want = b"sha256:".to_vec();
+            want.extend_from_slice(&Sha256::digest(&data));
+            assert_eq!(value, want, "{path}: fingerprint value");
+            compared += 1;
+        }
+    }
+    assert!(compared > 1000, "only {compared} fingerprints compared");
+}
+
+#[test]
+fn fingerprints_match_upstream_plain_fp() {
+    if require("fingerprints_match_upstream_plain_fp", &[Need::Testdata]) {
+        compare_fingerprints_with("plain-fp", None);
+    }
+}
+
+#[test]
+fn fingerprints_match_upstream_plain_fp_trusted() {
+    if require(
+        "fingerprints_match_upstream_plain_fp_trusted",
+        &[Need::Testdata],
+    ) {
+        compare_fingerprints_with("plain-fp-trusted", Some("trusted.erofs.fingerprint"));
+    }
+}
+
+#[test]
+fn superblock_checksum_follows_the_kernel_convention() {
+    if !require(
+        "superblock_checksum_follows_the_kernel_convention",
+        &[Need::Testdata],
+    ) {
+        return;
+    }
+    // The convention, pinned on upstream's vectors: !crc32c over the superblock block from
+    // byte 1024 (the first block-size bytes there for 512 and 1024-byte blocks), field zeroed.
+    let check = |bytes: &[u8], what: &str| {
+        let bs = 1usize << bytes[SUPER_OFFSET as usize + 12];
+        let len = if bs > 1024 { bs - 1024 } else { bs };
+        let mut sb = bytes[1024..1024 + len].to_vec();
+        let stored = u32::from_le_bytes(sb[4..8].try_into().unwrap());
+        sb[4..8].fill(0);
+        assert_eq!(stored, !crc32c::crc32c(&sb), "{what}");
+    };
+    for v in ["plain-fp", "plain-b512-fp", "plain-b1024"] {
+        check(&std::fs::read(testdata::image(v)).unwrap(), v);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for bs in [512, 1024, 4096, 65536] {
+        let o = Options {
+            block_size: bs,
+            ..opts()
+        };
+        let img = build_to(tmp.path(), &format!("{bs}.erofs"), tar_source(), &o);
+        let bytes = std::fs::read(img).unwrap();
+        assert_eq!(
+            bytes[SUPER_OFFSET as usize + 8] as u32 & 1,
+            1,
+            "SB_CHKSUM set"
+        );
+        check(&bytes, &format!("ours, block size {bs}"));
+    }
+}
+
+#[test]
+fn same_input_gives_byte_identical_images() {
+    if !require("same_input_gives_byte_identical_images", &[Need::Testdata]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let a = build_to(tmp.path(), "a.erofs", tar_source(), &opts());
+    let b = build_to(tmp.path(), "b.erofs", tar_source(), &opts());
+    assert!(
+        std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+        "tar builds differ"
+    );
+    if require(
+        "same_input_gives_byte_identical_images (directory)",
+        &[Need::Root],
+    ) {
+        let src = extract_source(tmp.path());
+        let a = build_to(tmp.path(), "da.erofs", Source::Dir(src.clone()), &opts());
+        let b = build_to(tmp.path(), "db.erofs", Source::Dir(src), &opts());
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "directory builds differ"
+        );
+    }
+}
+
+#[test]
+fn debian_fsck_accepts_our_images() {
+    if !require("debian_fsck_accepts_our_images", &[Need::Testdata]) {
+        return;
+    }
+    if Command::new("fsck.erofs").arg("-V").output().is_err() {
+        assert!(
+            !testkit::gate::required(),
+            "fsck.erofs (erofs-utils) is not installed"
+        );
+        eprintln!("SKIP debian_fsck_accepts_our_images: no fsck.erofs");
+        return;
+    }
+    // erofs-utils 1.5 knows neither long xattr prefixes (incompat 0x40, which fingerprints
+    // need) nor block sizes other than 4096: it is given the images it can read.
+    let tmp = tempfile::tempdir().unwrap();
+    for inline in [true, false] {
+        let o = Options {
+            fingerprint: None,
+            inline,
+            ..opts()
+        };
+        let img = build_to(tmp.path(), &format!("{inline}.erofs"), tar_source(), &o);
+        let out = Command::new("fsck.erofs")
+            .arg("--extract")
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fsck.erofs rejects our image (inline {inline}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+// ---- synthetic tars ----
+
+/// One ustar member (with a PAX header first when `pax` is not empty).
+fn member(
+    out: &mut Vec<u8>,
+    name: &str,
+    typeflag: u8,
+    data: &[u8],
+    link: &str,
+    pax: &[(&str, &[u8])],
+) {
+    if !pax.is_empty() {
+        let mut body = Vec::new();
+        for (k, v) in pax {
+            let rest = k.len() + v.len() + 3;
+            let mut len = rest + 1;
+            while len.to_string().len() + rest != len {
+                len += 1;
+            }
+            body.extend_from_slice(format!("{len} {k}=").as_bytes());
+            body.extend_from_slice(v);
+            body.push(b'\n');
+        }
+        member(out, "PaxHeader", b'x', &body, "", &[]);
+    }
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(b"0000644\0");
+    h[108..116].copy_from_slice(b"0001750\0");
+    h[116..124].copy_from_slice(b"0001750\0");
+    h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+    h[136..148].copy_from_slice(b"14524470400\0");
+    h[156] = typeflag;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    set_checksum(&mut h);
+    out.extend_from_slice(&h);
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(512), 0);
+}
+
+fn set_checksum(h: &mut [u8; 512]) {
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+fn end(out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0u8; 1024]);
+}
+
+fn build_tar(dir: &Path, tar: Vec<u8>, o: &Options) -> Result<PathBuf, BuildError> {
+    let dst = dir.join("t.erofs");
+    build::build(
+        &dst,
+        Source::Tar(Box::new(std::io::Cursor::new(tar))),
+        o,
+        &NoProgress,
+    )
+    .map(|_| dst)
+}
+
+#[test]
+fn hostile_tars_fail_with_clear_errors_and_keep_the_destination() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("t.erofs");
+    std::fs::write(&dst, b"precious").unwrap();
+    let good = {
+        let mut t = Vec::new();
+        member(&mut t, "a", b'0', &[7u8; 5000], "", &[]);
+        end(&mut t);
+        t
+    };
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
+    cases.push(("truncated data", good[..1500].to_vec(), "truncated"));
+    cases.push(("truncated header", good[..300].to_vec(), "truncated"));
+    cases.push((
+        "no end marker",
+        good[..512 + 5120].to_vec(),
+        "end-of-archive",
+    ));
+    let mut bad_sum = good.clone();
+    bad_sum[0] ^= 1;
+    cases.push(("bad checksum", bad_sum, "checksum"));
+    let mut t = Vec::new();
+    member(&mut t, "../escape", b'0', b"x", "", &[]);
+    end(&mut t);
+    cases.push(("dotdot", t, "leaves the archive root"));
+    let mut t = Vec::new();
+    member(&mut t, "/etc/passwd", b'0', b"x", "", &[]);
+    end(&mut t);
+    cases.push(("absolute", t, "absolute path"));
+    let mut t = Vec::new();
+    member(&mut t, "x", b'0', b"", "", &[("path", b"a/../../b")]);
+    end(&mut t);
+    cases.push(("pax dotdot", t, "leaves the archive root"));
+    let mut t = Vec::new();
+    member(
+        &mut t,
+        "big",
+        b'0',
+        b"",
+        "",
+        &[("size", b"99999999999999999")],
+    );
+    end(&mut t);
+    cases.push(("huge size", t, "too large"));
+    let mut t = Vec::new();
+    member(&mut t, "big", b'0', b"", "", &[("size", b"1000000000")]);
+    end(&mut t);
+    cases.push(("size beyond the data", t, "truncated"));
+    let mut t = Vec::new();
+    member(&mut t, "l", b'1', b"", "missing", &[]);
+    end(&mut t);
+    cases.push(("hardlink to nothing", t, "not in the archive before it"));
+    let mut t = Vec::new();
+    member(&mut t, "s", b'S', b"", "", &[]);
+    end(&mut t);
+    cases.push(("sparse", t, "sparse"));
+    let mut t = Vec::new();
+    member(&mut t, "x", b'0', b"", "", &[]);
+    let n = t.len();
+    t[n - 512 + 124..n - 512 + 136].copy_from_slice(b"77777777777\0");
+    let mut h: [u8; 512] = t[n - 512..].try_into().unwrap();
+    set_checksum(&mut h);
+    t[n - 512..].copy_from_slice(&h);
+    cases.push(("declared 8 GiB, nothing there", t, "truncated"));
+    cases.push(("garbage", vec![0x55; 4096], "checksum"));
+    cases.push(("empty", Vec::new(), "end-of-archive"));
+    for (what, tar, want) in cases {
+        let err = build_tar(tmp.path(), tar, &opts())
+            .expect_err(what)
+            .to_string();
+        assert!(
+            err.contains(want),
+            "{what}: error {err:?} does not mention {want:?}"
+        );
+        assert!(
+            err.contains("tar input at byte"),
+            "{what}: {err:?} has no offset"
+        );
+        assert_eq!(
+            std::fs::read(&dst).unwrap(),
+            b"precious",
+            "{what}: destination clobbered"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(left.len(), 1, "temporary files left behind");
+    build_tar(tmp.path(), good, &opts()).unwrap();
+    assert_ne!(std::fs::read(&dst).unwrap(), b"precious");
+}
+
+#[test]
+fn oci_whiteouts_become_overlayfs_whiteouts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Vec::new();
+    member(&mut t, "d/", b'5', b"", "", &[]);
+    member(&mut t, "d/.wh..wh..opq", b'0', b"", "", &[]);
+    member(&mut t, "d/.wh.gone", b'0', b"", "", &[]);
+    member(&mut t, "d/kept", b'0', b"data", "", &[]);
+    end(&mut t);
+    let o = Options {
+        oci_layer: true,
+        ..opts()
+    };
+    let img = build_tar(tmp.path(), t.clone(), &o).unwrap();
+    let bytes = std::fs::read(&img).unwrap();
+    let image = common::Image::new(&bytes);
+    let w = image.walk();
+    assert_eq!(
+        w.keys().collect::<Vec<_>>(),
+        vec![".", "d", "d/gone", "d/kept"]
+    );
+    let gone = &w["d/gone"];
+    assert_eq!(gone.mode & 0o170000, 0o020000, "a character device");
+    let (_, _, rdev) = image.inode(gone.nid);
+    assert_eq!(rdev, 0, "device 0/0");
+    assert!(
+        w["d"]
+            .inline
+            .contains(&(4, b"overlay.opaque".to_vec(), b"y".to_vec())),
+        "{:?}",
+        w["d"].inline
+    );
+    // Without --oci-layer the names are kept as they are.
+    let img = build_tar(tmp.path(), t, &opts()).unwrap();
+    let bytes = std::fs::read(&img).unwrap();
+    let w = common::Image::new(&bytes).walk();
+    assert!(w.contains_key("d/.wh.gone") && w.contains_key("d/.wh..wh..opq"));
+}
+
+#[test]
+fn gzip_and_zstd_tars_give_the_same_image() {
+    if !require("gzip_and_zstd_tars_give_the_same_image", &[Need::Testdata]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = std::fs::read(testdata::source_tar()).unwrap();
+    let plain = build_to(tmp.path(), "plain.erofs", tar_source(), &opts());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &raw).unwrap();
+    let gz = gz.finish().unwrap();
+    let zst = zstd::encode_all(&raw[..], 1).unwrap();
+    for (name, data) in [("gz", gz), ("zst", zst)] {
+        let img = build_to(
+            tmp.path(),
+            name,
+            Source::Tar(Box::new(std::io::Cursor::new(data))),
+            &opts(),
+        );
+        assert!(
+            std::fs::read(&img).unwrap() == std::fs::read(&plain).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn bad_options_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for bs in [0, 256, 3000, 131072] {
+        let o = Options {
+            block_size: bs,
+            ..opts()
+        };
+        let err = build_tar(tmp.path(), vec![0; 1024], &o)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("block size"), "{err}");
+    }
+}
