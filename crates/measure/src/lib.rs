@@ -9,3 +9,4 @@ pub mod load;
 pub mod report;
 pub mod runtime;
 pub mod scan;
+pub mod share;

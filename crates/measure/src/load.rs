@@ -17,6 +17,8 @@ pub enum LoadError {
         secs: u64,
         last: String,
     },
+    #[error("{addr}: the server is up but answers wrongly: {answer}")]
+    Wrong { addr: SocketAddr, answer: String },
     #[error("{addr}: {failed} of {total} requests failed; first failure: {first}")]
     Failed {
         addr: SocketAddr,
@@ -47,19 +49,36 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Poll `probe` until it succeeds, `timeout` passes or `stop` says so.
+/// Why a readiness probe failed.
+enum Probe {
+    /// Not up yet (refused, reset, timed out): try again.
+    Retry(String),
+    /// The server answered, wrongly: waiting will not help.
+    Wrong(String),
+}
+
+impl From<std::io::Error> for Probe {
+    fn from(e: std::io::Error) -> Probe {
+        Probe::Retry(e.to_string())
+    }
+}
+
+/// Poll `probe` until it succeeds, answers wrongly, `timeout` passes or `stop` says so.
 fn wait_until(
     addr: SocketAddr,
     timeout: Duration,
     stop: &dyn Fn() -> bool,
-    probe: impl Fn() -> Result<(), String>,
+    probe: impl Fn() -> Result<(), Probe>,
 ) -> Result<(), LoadError> {
     loopback(addr)?;
     let deadline = Instant::now() + timeout;
     loop {
         let last = match probe() {
             Ok(()) => return Ok(()),
-            Err(e) => e,
+            Err(Probe::Wrong(e)) => {
+                return Err(LoadError::Wrong { addr, answer: e });
+            }
+            Err(Probe::Retry(e)) => e,
         };
         if stop() || Instant::now() >= deadline {
             return Err(LoadError::NotReady {
@@ -79,17 +98,18 @@ pub fn wait_redis(
     stop: &dyn Fn() -> bool,
 ) -> Result<(), LoadError> {
     wait_until(addr, timeout, stop, || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-            .map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(1)))
-            .map_err(|e| e.to_string())?;
-        s.write_all(b"PING\r\n").map_err(|e| e.to_string())?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        s.write_all(b"PING\r\n")?;
         let mut buf = [0u8; 7];
-        s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        s.read_exact(&mut buf)?;
         if &buf == b"+PONG\r\n" {
             Ok(())
         } else {
-            Err(format!("answered {:?}", String::from_utf8_lossy(&buf)))
+            Err(Probe::Wrong(format!(
+                "PING answered {:?}",
+                String::from_utf8_lossy(&buf)
+            )))
         }
     })
 }
@@ -102,10 +122,13 @@ pub fn wait_http(
     stop: &dyn Fn() -> bool,
 ) -> Result<(), LoadError> {
     wait_until(addr, timeout, stop, || {
-        let s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-            .map_err(|e| e.to_string())?;
-        let mut conn = HttpConn::new(s).map_err(|e| e.to_string())?;
-        conn.get(path).map(|_| ())
+        let s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        let mut conn = HttpConn::new(s)?;
+        match conn.get(path) {
+            Ok(_) => Ok(()),
+            Err(e) if e.starts_with("status") => Err(Probe::Wrong(format!("GET {path}: {e}"))),
+            Err(e) => Err(Probe::Retry(e)),
+        }
     })
 }
 

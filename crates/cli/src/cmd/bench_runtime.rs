@@ -5,6 +5,7 @@
 use anyhow::Context;
 use erofs_share_measure::report::{self, Table, mb};
 use erofs_share_measure::runtime::{self, App, Config, KernelLoop, Mounter, SetupResult};
+use erofs_share_measure::share::ErofsShare;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,7 +26,7 @@ pub struct Args {
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
     /// Setups to run, in order: kernel, no-share, share.
-    #[arg(long, value_delimiter = ',', default_value = "kernel")]
+    #[arg(long, value_delimiter = ',', default_value = "kernel,share")]
     pub setups: Vec<String>,
     /// Print the results as JSON.
     #[arg(long)]
@@ -35,6 +36,10 @@ pub struct Args {
 fn mounter(name: &str) -> anyhow::Result<Box<dyn Mounter>> {
     match name {
         "kernel" => Ok(Box::new(KernelLoop)),
+        "no-share" | "share" => Ok(Box::new(ErofsShare {
+            exe: std::env::current_exe().context("finding the erofs-share executable")?,
+            share: name == "share",
+        })),
         other => anyhow::bail!("unknown setup {other:?}: expected kernel, no-share or share"),
     }
 }
