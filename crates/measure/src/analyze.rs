@@ -2,13 +2,17 @@
 //! needs without sharing (one copy per image and inode) and with sharing in one domain (one
 //! copy per distinct content), and where the difference comes from.
 //!
-//! The model is what the kernel caches for a file read through erofs-share: its data pages,
-//! `ceil(size / page)` of them, in the page cache of the inode the read goes to. Without
-//! sharing that is one inode per (image, nid) (hard links read one inode); with sharing it is
-//! one dedup inode per (size, fingerprint), also across files of one image. Files with an
-//! unusable fingerprint are never shared, as in the daemon. Directory and inode metadata is
-//! counted apart ([`ImageReport::dir_pages`]): erofs-share serves it from user space, so it
-//! does not grow the page cache of the image mounts.
+//! What the kernel caches when every file is read, per mount type (each term was checked
+//! against a memory cgroup's page cache growth, see the tests and `page_cache`):
+//! - file data: `ceil(size / page)` pages per inode (hard links read one inode); with
+//!   sharing, per distinct (size, fingerprint) across all images of the domain, also inside
+//!   one image. Files with an unusable fingerprint are never shared, as in the daemon.
+//! - erofs-share (FUSE) mounts add each directory's listing, cached by FUSE
+//!   (`FOPEN_CACHE_DIR`) as `fuse_dirent` records packed into pages; metadata itself is
+//!   served from user space and the image file is read with O_DIRECT.
+//! - kernel erofs mounts add each directory's blocks (in its own page cache) and the image
+//!   pages holding the superblock, the inodes, their inline tails and chunk maps (in the
+//!   block device's page cache); see [`crate::scan::MetaPages`].
 
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -63,6 +67,29 @@ pub struct ImageFiles {
     pub dirs: Vec<DirEntry>,
     /// Image pages a kernel mount caches for metadata ([`crate::scan::MetaPages`]).
     pub meta_pages: u64,
+    /// Pages FUSE caches for the listings of every directory ([`fuse_dir_pages`]).
+    pub fuse_dir_pages: u64,
+}
+
+/// Size of one `struct fuse_dirent` record in FUSE's directory cache: 24 header bytes and
+/// the name, 8-byte aligned.
+pub fn fuse_dirent_size(name_len: usize) -> u64 {
+    ((24 + name_len as u64) + 7) & !7
+}
+
+/// Pages FUSE's directory cache uses for a listing with these name lengths: records are
+/// packed into pages and never straddle two (as `fuse_add_dirent_to_cache` does).
+pub fn fuse_dir_pages(name_lens: impl IntoIterator<Item = usize>, page_size: u64) -> u64 {
+    let mut size = 0u64;
+    for len in name_lens {
+        let rec = fuse_dirent_size(len);
+        let in_page = size % page_size;
+        if in_page + rec > page_size {
+            size += page_size - in_page;
+        }
+        size += rec;
+    }
+    size.div_ceil(page_size)
 }
 
 /// Pages needed to cache `size` bytes.
@@ -88,13 +115,13 @@ pub struct ImageReport {
     /// Files whose key was stored in the image / computed here.
     pub fingerprinted_files: u64,
     pub hashed_files: u64,
-    /// Page cache to read every file of this image on its own.
+    /// File data pages to read every file of this image on its own.
     pub pages: u64,
-    /// Directory data pages (metadata; not part of the erofs-share prediction).
+    /// Directories, and their listings' pages in FUSE's directory cache (erofs-share).
     pub dirs: u64,
+    pub fuse_dir_pages: u64,
+    /// Directory block pages and metadata pages a kernel erofs mount caches.
     pub dir_pages: u64,
-    /// Metadata pages of the image a kernel mount caches (not part of the erofs-share
-    /// prediction either).
     pub meta_pages: u64,
 }
 
@@ -138,16 +165,21 @@ pub struct DirSummary {
 pub struct Analysis {
     pub page_size: u64,
     pub images: Vec<ImageReport>,
-    /// Page cache to read every file of every image without sharing.
+    /// Page cache to read every file of every image through erofs-share without sharing
+    /// (`--no-share`): file pages and directory listings.
     pub pages_without: u64,
     /// … with every image in one sharing domain.
     pub pages_with: u64,
-    pub bytes_without: u64,
-    pub bytes_with: u64,
     /// 1 − with / without (0 when nothing is read).
     pub reduction: f64,
-    /// Page cache a kernel erofs mount of each image needs to read every file: file pages,
-    /// directory pages and metadata pages (the baseline of `bench memory`).
+    /// File data alone, without and with sharing (the latter is the ideal: each distinct
+    /// content once).
+    pub file_pages_without: u64,
+    pub file_pages_with: u64,
+    pub bytes_without: u64,
+    pub bytes_with: u64,
+    /// Page cache kernel erofs mounts (one per image, no sharing) need to read every file:
+    /// file pages, directory pages and metadata pages.
     pub kernel_pages: u64,
     pub top_shared: Vec<SharedContributor>,
     pub top_unshared: Vec<UnsharedContributor>,
@@ -213,6 +245,7 @@ pub fn analyze(images: &[ImageFiles], page_size: u64) -> Analysis {
             dirs: img.dirs.len() as u64,
             dir_pages: img.dirs.iter().map(|d| pages(d.size, page_size)).sum(),
             meta_pages: img.meta_pages,
+            fuse_dir_pages: img.fuse_dir_pages,
         };
         for f in &img.files {
             let p = pages(f.size, page_size);
@@ -304,6 +337,9 @@ pub fn analyze(images: &[ImageFiles], page_size: u64) -> Analysis {
             .then_with(|| a.image.cmp(&b.image))
     });
     unshared.truncate(TOP);
+    let (file_pages_without, file_pages_with) = (pages_without, pages_with);
+    let fuse_dirs: u64 = reports.iter().map(|r| r.fuse_dir_pages).sum();
+    let (pages_without, pages_with) = (pages_without + fuse_dirs, pages_with + fuse_dirs);
     let reduction = if pages_without == 0 {
         0.0
     } else {
@@ -324,6 +360,8 @@ pub fn analyze(images: &[ImageFiles], page_size: u64) -> Analysis {
         images: reports,
         pages_without,
         pages_with,
+        file_pages_without,
+        file_pages_with,
         bytes_without,
         bytes_with,
         reduction,
@@ -363,6 +401,7 @@ mod tests {
                 size: 5000,
             }],
             meta_pages: 7,
+            fuse_dir_pages: 3,
         };
         let b = ImageFiles {
             name: "b".into(),
@@ -374,13 +413,16 @@ mod tests {
             ],
             dirs: vec![],
             meta_pages: 1,
+            fuse_dir_pages: 1,
         };
         let r = analyze(&[a, b], 4096);
         assert_eq!(r.images[0].pages, 3 + 1 + 1 + 1);
         assert_eq!(r.images[1].pages, 3 + 2 + 1 + 1);
-        assert_eq!(r.pages_without, 13);
+        assert_eq!(r.file_pages_without, 13);
         // libc 3, a1 1, d 1, a2 2, nofp 1, samekey 1.
-        assert_eq!(r.pages_with, 9);
+        assert_eq!(r.file_pages_with, 9);
+        // Directory listings are per mount, shared or not.
+        assert_eq!((r.pages_without, r.pages_with), (13 + 4, 9 + 4));
         assert_eq!(r.images[0].shared_bytes, 10_000);
         assert_eq!(r.images[1].shared_bytes, 10_000);
         assert_eq!(r.images[0].dir_pages, 2);
@@ -395,8 +437,22 @@ mod tests {
         let root = r.by_dir.iter().find(|d| d.dir == "/").unwrap();
         assert_eq!((root.files, root.pages_without), (1, 0));
         let sum: u64 = r.by_dir.iter().map(|d| d.pages_with).sum();
-        assert_eq!(sum, r.pages_with);
-        assert!((r.reduction - (1.0 - 9.0 / 13.0)).abs() < 1e-12);
+        assert_eq!(sum, r.file_pages_with);
+        assert!((r.reduction - (1.0 - 13.0 / 17.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fuse_directory_records_do_not_straddle_pages() {
+        assert_eq!(fuse_dirent_size(1), 32);
+        assert_eq!(fuse_dirent_size(8), 32);
+        assert_eq!(fuse_dirent_size(9), 40);
+        assert_eq!(fuse_dir_pages([], 4096), 0);
+        assert_eq!(fuse_dir_pages([1, 2], 4096), 1);
+        // 128 records of 32 bytes fill one page exactly; the 129th starts a second.
+        assert_eq!(fuse_dir_pages(std::iter::repeat_n(8, 128), 4096), 1);
+        assert_eq!(fuse_dir_pages(std::iter::repeat_n(8, 129), 4096), 2);
+        // 4000 + 280 > 4096: the second record moves to the next page.
+        assert_eq!(fuse_dir_pages([3976, 256], 4096), 2);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod analyze;
 pub mod container;
 pub mod interrupt;
 pub mod load;
+pub mod page_cache;
 pub mod report;
 pub mod runtime;
 pub mod scan;

@@ -6,10 +6,10 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
-/// Bytes in the MB of the published tables (the upstream letter's figures are MiB-based).
+/// Bytes in a MiB: every table here is in MiB.
 pub const MB: f64 = 1024.0 * 1024.0;
 
-/// Bytes as MB with one decimal.
+/// Bytes as MiB with one decimal.
 pub fn mb(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / MB)
 }
@@ -106,11 +106,11 @@ pub fn analysis_text(a: &Analysis) -> String {
     let mut t = Table::new(&[
         "image",
         "files",
-        "MB",
-        "shared MB",
+        "MiB",
+        "shared MiB",
         "shared",
         "fingerprints",
-        "page cache MB",
+        "file pages MiB",
     ]);
     for i in &a.images {
         let fp = match (i.fingerprinted_files, i.hashed_files) {
@@ -129,18 +129,17 @@ pub fn analysis_text(a: &Analysis) -> String {
         ]);
     }
     out += &t.render();
-    out += "\nRead all files, page cache MB without → with sharing (one domain):\n";
-    let mut t = Table::new(&["images", "without sharing", "with sharing", "change"]);
-    t.row(vec![
-        a.images.len().to_string(),
-        pages_mb(a.pages_without, ps),
+    out += "\nPredicted page cache after reading every file of every image:\n";
+    out += &prediction_table(a).render();
+    out += &format!(
+        "Read all files, page cache MiB without → with sharing: {} → {} ({})\n",
+        pages_mb(a.kernel_pages, ps),
         pages_mb(a.pages_with, ps),
-        change(a.pages_without, a.pages_with),
-    ]);
-    out += &t.render();
+        change(a.kernel_pages, a.pages_with)
+    );
     if !a.top_shared.is_empty() {
         out += "\nBiggest shared contents (what sharing saves):\n";
-        let mut t = Table::new(&["path", "size MB", "copies", "images", "saved MB"]);
+        let mut t = Table::new(&["path", "size MiB", "copies", "images", "saved MiB"]);
         for c in &a.top_shared {
             t.row(vec![
                 c.path.clone(),
@@ -154,14 +153,14 @@ pub fn analysis_text(a: &Analysis) -> String {
     }
     if !a.top_unshared.is_empty() {
         out += "\nBiggest unshared files (one copy each, whatever the domain):\n";
-        let mut t = Table::new(&["image", "path", "page cache MB"]);
+        let mut t = Table::new(&["image", "path", "page cache MiB"]);
         for c in &a.top_unshared {
             t.row(vec![c.image.clone(), c.path.clone(), pages_mb(c.pages, ps)]);
         }
         out += &t.render();
     }
-    out += "\nBy top-level directory (all images):\n";
-    let mut t = Table::new(&["dir", "files", "MB", "without MB", "with MB", "change"]);
+    out += "\nFile pages by top-level directory (all images):\n";
+    let mut t = Table::new(&["dir", "files", "MiB", "without MiB", "with MiB", "change"]);
     for d in &a.by_dir {
         t.row(vec![
             d.dir.clone(),
@@ -187,6 +186,31 @@ pub fn analysis_text(a: &Analysis) -> String {
         );
     }
     out
+}
+
+/// Setup labels shared with the benchmarks' tables.
+pub const KERNEL: &str = "kernel erofs, loop --direct-io=on, no sharing";
+pub const NO_SHARE: &str = "erofs-share --no-share";
+pub const ONE_DOMAIN: &str = "erofs-share, one domain";
+pub const IDEAL: &str = "ideal: unique file content";
+
+/// The prediction in the rows of `bench memory`'s table.
+pub fn prediction_table(a: &Analysis) -> Table {
+    let ps = a.page_size;
+    let mut t = Table::new(&["setup", "page cache MiB", "change"]);
+    for (label, pages) in [
+        (KERNEL, a.kernel_pages),
+        (NO_SHARE, a.pages_without),
+        (ONE_DOMAIN, a.pages_with),
+        (IDEAL, a.file_pages_with),
+    ] {
+        t.row(vec![
+            label.into(),
+            pages_mb(pages, ps),
+            change(a.kernel_pages, pages),
+        ]);
+    }
+    t
 }
 
 /// `part` of `whole` in percent.

@@ -2,7 +2,9 @@
 //! once per inode with its content key (the stored fingerprint, or SHA-256 computed on the fly
 //! when the image has none), and every directory.
 
-use crate::analyze::{DirEntry, FileEntry, ImageFiles, KeySource, usable_fingerprint};
+use crate::analyze::{
+    DirEntry, FileEntry, ImageFiles, KeySource, fuse_dir_pages, usable_fingerprint,
+};
 use erofs::Image;
 use erofs::format::{chunk, layout};
 use erofs::inode::{FileType, Inode};
@@ -67,7 +69,14 @@ pub fn scan(image: &Image, name: &str, page_size: u64) -> Result<ImageFiles, Sca
                             path,
                             size: inode.size,
                         });
-                        Ok(())
+                        // The listing as erofs-share serves it: every stored entry.
+                        image
+                            .read_dir(inode)
+                            .map_err(ScanError::from)
+                            .map(|entries| {
+                                out.fuse_dir_pages +=
+                                    fuse_dir_pages(entries.iter().map(|e| e.name.len()), page_size);
+                            })
                     }
                     FileType::Reg if seen_files.insert(inode.nid) => {
                         file_entry(image, name, path, inode).map(|f| out.files.push(f))

@@ -2,8 +2,7 @@
 //! what the kernel shows when it mounts the upstream vectors.
 
 use erofs_share_measure::analyze::{self, Analysis, ImageFiles};
-use erofs_share_measure::container::CgroupTree;
-use erofs_share_measure::scan;
+use erofs_share_measure::{page_cache, scan};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -91,9 +90,13 @@ fn images_without_fingerprints_are_hashed_and_counted_exactly() {
     assert_eq!(rb.shared_bytes, 10_000);
     assert_eq!(ra.pages, 3 + 1 + 1 + 1 + 2);
     assert_eq!(rb.pages, 3 + 2 + 1);
-    assert_eq!(r.pages_without, 14);
+    assert_eq!(r.file_pages_without, 14);
     // lib 3, app(a) 1, dup 1, h 2, app(b) 2, one 1.
-    assert_eq!(r.pages_with, 10);
+    assert_eq!(r.file_pages_with, 10);
+    // FUSE directory listings: a has 4 directories of at most 6 short entries (one page
+    // each), b has 4 too.
+    assert_eq!(r.pages_without, 14 + 8);
+    assert_eq!(r.pages_with, 10 + 8);
     assert_eq!(r.top_shared[0].path, "/usr/lib/lib.so");
     assert_eq!(r.top_shared[0].saved_pages, 3);
     assert_eq!(r.top_shared[1].path, "/etc/dup1");
@@ -184,50 +187,19 @@ fn vectors_with_and_without_fingerprints_match_the_kernel_view() {
     let m0 = LoopMount::new(&images[0]).unwrap();
     let m1 = LoopMount::new(&images[1]).unwrap();
     let (without, with, shared) = kernel_view(&[m0.path(), m1.path()]);
-    assert_eq!(r.pages_without, without);
-    assert_eq!(r.pages_with, with);
+    assert_eq!(r.file_pages_without, without);
+    assert_eq!(r.file_pages_with, with);
     assert_eq!(
         vec![r.images[0].shared_bytes, r.images[1].shared_bytes],
         shared
     );
     // Same tree twice (with duplicates inside it): sharing at least halves the page cache.
-    assert!(r.pages_with * 2 <= r.pages_without);
+    assert!(r.file_pages_with * 2 <= r.file_pages_without);
     assert_eq!(r.images[0].shared_bytes, r.images[0].bytes);
 }
 
-/// Page cache charged to a fresh cgroup while one process reads every file under `mounts`.
-/// The reader first loads its own programs (find, cat) and stops; the sample taken then is
-/// the baseline, so only what reading the images adds is counted.
 fn measured_read_all(mounts: &[&Path]) -> u64 {
-    let tree = CgroupTree::create().unwrap();
-    let cg = tree.child("reader").unwrap();
-    testkit::drop_caches().unwrap();
-    let dirs: Vec<String> = mounts.iter().map(|m| m.display().to_string()).collect();
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && find /dev/null -exec cat {{}} + && kill -STOP $$ && \
-             find {} -type f -exec cat {{}} + > /dev/null",
-            cg.procs_file().display(),
-            dirs.join(" ")
-        ))
-        .spawn()
-        .unwrap();
-    let stat = format!("/proc/{}/stat", child.id());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !std::fs::read_to_string(&stat)
-        .unwrap()
-        .rsplit_once(") ")
-        .is_some_and(|(_, rest)| rest.starts_with('T'))
-    {
-        assert!(std::time::Instant::now() < deadline, "reader never stopped");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let before = cg.memory().unwrap().file;
-    // SAFETY: kill has no memory preconditions; the pid is our live child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
-    assert!(child.wait().unwrap().success());
-    cg.memory().unwrap().file - before
+    page_cache::growth_of_reading(mounts).unwrap()
 }
 
 #[test]
