@@ -38,6 +38,9 @@ enum Command {
     Analyze(cmd::analyze::Args),
     /// Measure what sharing saves.
     Bench(cmd::bench::Args),
+    /// Show what sharing saves on two versions of a tree from this machine (measured as root,
+    /// predicted otherwise).
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Daemon(a) => cmd::daemon::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 
 pub mod analyze;
 pub mod container;
+pub mod demo;
 pub mod interrupt;
 pub mod load;
 pub mod page_cache;
