@@ -118,7 +118,7 @@ fn dice(rel: &Path) -> u8 {
 
 /// Whether version 2 changes this file.
 pub fn changed(rel: &Path) -> bool {
-    dice(rel) % CHANGE_EVERY == 0
+    dice(rel).is_multiple_of(CHANGE_EVERY)
 }
 
 /// Whether version 2 drops this file.
