@@ -61,6 +61,7 @@ fn umount_while_open_and_mapped_keeps_serving() {
     if !gate("umount_while_open_and_mapped_keeps_serving") {
         return;
     }
+    let _cache = cache_lock();
     let d = Daemon::start();
     let a = d.mount(&testdata::image("plain-fp"), "a", Some("d"));
     let b = d.mount(&testdata::image("plain-b512-fp"), "b", Some("d"));
@@ -106,6 +107,7 @@ fn image_file_deleted_after_mount_keeps_working() {
     if !gate("image_file_deleted_after_mount_keeps_working") {
         return;
     }
+    let _cache = cache_lock();
     let d = Daemon::start();
     let copy = d.dir.path().join("gone.erofs");
     std::fs::copy(testdata::image("plain-fp"), &copy).unwrap();

@@ -94,6 +94,7 @@ fn one_domain_holds_one_copy_and_fetches_each_page_once() {
     if !gate("one_domain_holds_one_copy_and_fetches_each_page_once") {
         return;
     }
+    let _cache = cache_lock();
     let d = Daemon::start();
     // Two different images (4 KiB and 512-byte blocks) of the same tree.
     let a = d.mount(&testdata::image(PLAIN), "a", Some("d"));
@@ -143,6 +144,7 @@ fn two_domains_hold_two_copies() {
     if !gate("two_domains_hold_two_copies") {
         return;
     }
+    let _cache = cache_lock();
     let d = Daemon::start();
     let a = d.mount(&testdata::image(PLAIN), "a", Some("d1"));
     let b = d.mount(&testdata::image(PLAIN_B512), "b", Some("d2"));
@@ -173,6 +175,7 @@ fn mmap_from_two_mounts_is_one_copy_and_maps_show_the_user_path() {
     if !gate("mmap_from_two_mounts_is_one_copy_and_maps_show_the_user_path") {
         return;
     }
+    let _cache = cache_lock();
     let d = Daemon::start();
     let a = d.mount(&testdata::image(PLAIN), "a", Some("d"));
     let b = d.mount(&testdata::image(PLAIN_B512), "b", Some("d"));

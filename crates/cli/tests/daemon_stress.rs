@@ -67,7 +67,12 @@ fn check(
     failures: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     let p = mp.join(rel);
-    let fail = |what: String| failures.lock().unwrap().push(format!("{}: {what}", p.display()));
+    let fail = |what: String| {
+        failures
+            .lock()
+            .unwrap()
+            .push(format!("{}: {what}", p.display()))
+    };
     match rng.below(3) {
         0 => {
             let f = std::fs::File::open(&p)?;
@@ -142,16 +147,23 @@ fn stress_readers_mmaps_and_mount_cycles() {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut threads = Vec::new();
     for t in 0..8u64 {
-        let (want, files, mounts, failures) =
-            (want.clone(), files.clone(), mounts.clone(), failures.clone());
+        let (want, files, mounts, failures) = (
+            want.clone(),
+            files.clone(),
+            mounts.clone(),
+            failures.clone(),
+        );
         threads.push(std::thread::spawn(move || {
-            let mut rng = Rng(0x1234_5678_9abc_def1 ^ (t + 1) * 0x9e37_79b9);
+            let mut rng = Rng(0x1234_5678_9abc_def1 ^ ((t + 1) * 0x9e37_79b9));
             let mut ops = 0u64;
             while Instant::now() < deadline {
                 let mp = &mounts[rng.below(mounts.len() as u64) as usize];
                 let rel = &files[rng.below(files.len() as u64) as usize];
                 if let Err(e) = check(&mut rng, mp, rel, &want[rel], &failures) {
-                    failures.lock().unwrap().push(format!("{}/{rel}: {e}", mp.display()));
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{}/{rel}: {e}", mp.display()));
                 }
                 ops += 1;
             }
@@ -176,7 +188,10 @@ fn stress_readers_mmaps_and_mount_cycles() {
                 if let Some(f) = held {
                     let mut buf = vec![0; want[rel].len()];
                     if f.read_exact_at(&mut buf, 0).is_err() || buf != want[rel] {
-                        failures.lock().unwrap().push(format!("held {rel} after umount"));
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("held {rel} after umount"));
                     }
                 }
                 cycles += 1;
@@ -196,17 +211,31 @@ fn stress_readers_mmaps_and_mount_cycles() {
         .expect("stress threads hung");
     eprintln!("{ops} reader operations, {cycles} mount/umount cycles in {secs} s");
     let failures = failures.lock().unwrap();
-    assert!(failures.is_empty(), "{} failures, first: {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    assert!(ops > 100 && cycles > 3, "too little work: {ops} ops, {cycles} cycles");
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        ops > 100 && cycles > 3,
+        "too little work: {ops} ops, {cycles} cycles"
+    );
     // No leaked mount: the 4 stable mounts (plus the detached cycles, which end once their
     // files are closed) and one dedup mount.
     let t = Instant::now();
     while d.status().mounts.len() != 4 {
-        assert!(t.elapsed() < Duration::from_secs(10), "leaked mounts: {:?}", d.status().mounts);
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "leaked mounts: {:?}",
+            d.status().mounts
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let under = mounts_under(d.dir.path());
     assert_eq!(under.len(), 5, "{under:?}");
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap().count();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .unwrap()
+        .count();
     assert!(tasks < 64, "daemon has {tasks} threads");
 }
