@@ -109,6 +109,17 @@ impl Filesystem for DedupFs {
         reply.error(Errno::ENOSYS);
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
     fn read(
         &self,
         _req: &Request,
