@@ -71,6 +71,38 @@ fn image_mounts_show_what_the_kernel_shows() {
     assert!(checked >= 5, "only {checked} images checked");
 }
 
+#[test]
+fn image_mounts_are_read_only_and_cache_unshared_files() {
+    if !gate("image_mounts_are_read_only_and_cache_unshared_files") {
+        return;
+    }
+    let _cache = cache_lock();
+    let d = Daemon::start();
+    let m = d.mount(&testdata::image(PLAIN), "m", None);
+    let f = m.join("big/text-800k.txt");
+    let rofs = |r: std::io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::EROFS);
+    assert!(rofs(
+        std::fs::OpenOptions::new().write(true).open(&f).map(drop)
+    ));
+    assert!(rofs(std::fs::create_dir(m.join("new"))));
+    assert!(rofs(std::fs::remove_file(&f)));
+    assert!(rofs(std::fs::write(m.join("new-file"), b"x")));
+    // Unshared files live in the mount's own page cache: a second read costs no image read.
+    let all: Vec<_> = regular_files(&m).into_values().collect();
+    for p in &all {
+        read_all(p);
+    }
+    let before = d.status().mounts[0].image_bytes_read;
+    for p in &all {
+        read_all(p);
+    }
+    assert_eq!(
+        d.status().mounts[0].image_bytes_read,
+        before,
+        "warm reads reached the image"
+    );
+}
+
 fn nix_statfs(p: &Path) -> (u64, u64) {
     let c = std::ffi::CString::new(p.as_os_str().to_str().unwrap()).unwrap();
     // SAFETY: statvfs writes into a zeroed struct of the right type.
