@@ -8,6 +8,7 @@ use crate::error::Error;
 use crate::image::Image;
 use crate::inode::{FileType, Inode};
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 
 /// Deepest directory nesting walked (PATH_MAX / 2: "a/" per level).
 pub const MAX_DEPTH: usize = 2048;
@@ -35,8 +36,8 @@ struct Pending {
     depth: usize,
 }
 
-/// Walk every inode reachable from the root.
-pub fn walk(img: &Image, mut visit: impl FnMut(Visit<'_>)) {
+/// Walk every inode reachable from the root; the visitor may stop the walk early.
+pub fn walk(img: &Image, mut visit: impl FnMut(Visit<'_>) -> ControlFlow<()>) {
     let root_nid = img.root_nid();
     let mut seen_dirs: HashSet<u64> = HashSet::new();
     let mut stack = vec![Pending {
@@ -50,17 +51,21 @@ pub fn walk(img: &Image, mut visit: impl FnMut(Visit<'_>)) {
         let inode = match img.inode(nid) {
             Ok(i) => i,
             Err(error) => {
-                visit(Visit::Problem {
+                if visit(Visit::Problem {
                     path: &p.path,
                     error,
-                });
+                })
+                .is_break()
+                {
+                    return;
+                }
                 continue;
             }
         };
         if let Some(e) = &p.entry
             && e.file_type != inode.file_type()
         {
-            visit(Visit::Problem {
+            if visit(Visit::Problem {
                 path: &p.path,
                 error: img.corrupt_nid(
                     nid,
@@ -70,49 +75,73 @@ pub fn walk(img: &Image, mut visit: impl FnMut(Visit<'_>)) {
                         inode.file_type().name()
                     ),
                 ),
-            });
+            })
+            .is_break()
+            {
+                return;
+            }
             continue;
         }
         if p.entry.is_none() && !inode.is_dir() {
-            visit(Visit::Problem {
+            if visit(Visit::Problem {
                 path: &p.path,
                 error: img.corrupt_nid(nid, "the root inode is not a directory".into()),
-            });
+            })
+            .is_break()
+            {
+                return;
+            }
             continue;
         }
-        visit(Visit::Inode {
+        if visit(Visit::Inode {
             path: &p.path,
             inode: &inode,
             entry: p.entry.as_ref(),
             parent: p.parent,
-        });
+        })
+        .is_break()
+        {
+            return;
+        }
         if !inode.is_dir() {
             continue;
         }
         if !seen_dirs.insert(nid) {
-            visit(Visit::Problem {
+            if visit(Visit::Problem {
                 path: &p.path,
                 error: img.corrupt_nid(
                     nid,
                     "directory reached twice (a cycle or a hardlinked directory)".into(),
                 ),
-            });
+            })
+            .is_break()
+            {
+                return;
+            }
             continue;
         }
         if p.depth >= MAX_DEPTH {
-            visit(Visit::Problem {
+            if visit(Visit::Problem {
                 path: &p.path,
                 error: img.corrupt_nid(nid, format!("directories nested deeper than {MAX_DEPTH}")),
-            });
+            })
+            .is_break()
+            {
+                return;
+            }
             continue;
         }
         let entries = match img.read_dir(&inode) {
             Ok(e) => e,
             Err(error) => {
-                visit(Visit::Problem {
+                if visit(Visit::Problem {
                     path: &p.path,
                     error,
-                });
+                })
+                .is_break()
+                {
+                    return;
+                }
                 continue;
             }
         };
@@ -124,8 +153,8 @@ pub fn walk(img: &Image, mut visit: impl FnMut(Visit<'_>)) {
                 _ => None,
             };
             if let Some(want) = expect {
-                if e.nid != want || e.file_type != FileType::Dir {
-                    visit(Visit::Problem {
+                if (e.nid != want || e.file_type != FileType::Dir)
+                    && visit(Visit::Problem {
                         path: &p.path,
                         error: img.corrupt_nid(
                             nid,
@@ -136,7 +165,10 @@ pub fn walk(img: &Image, mut visit: impl FnMut(Visit<'_>)) {
                                 e.file_type.name()
                             ),
                         ),
-                    });
+                    })
+                    .is_break()
+                {
+                    return;
                 }
                 continue;
             }

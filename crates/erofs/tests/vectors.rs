@@ -6,6 +6,7 @@ use erofs::walk::{Visit, walk};
 use erofs::{FileType, Image, Inode};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use std::ops::ControlFlow;
 use testkit::manifest::{Manifest, assert_same};
 use testkit::{Need, require, testdata};
 
@@ -43,56 +44,59 @@ fn content(img: &Image, inode: &Inode) -> Vec<u8> {
 /// The manifest of an image as this reader sees it.
 fn reader_manifest(img: &Image) -> Manifest {
     let mut m = Manifest::new();
-    walk(img, |v| match v {
-        Visit::Problem { path, error } => {
-            panic!("{}: {error}", String::from_utf8_lossy(path))
-        }
-        Visit::Inode { path, inode, .. } => {
-            let rel = if path == b"/" {
-                ".".to_string()
-            } else {
-                String::from_utf8_lossy(&path[1..]).into_owned()
-            };
-            let mut e = Map::new();
-            let ft = inode.file_type();
-            e.insert("type".into(), ft.name().into());
-            e.insert("mode".into(), (inode.permissions() as u32).into());
-            e.insert("uid".into(), inode.uid.into());
-            e.insert("gid".into(), inode.gid.into());
-            e.insert(
-                "mtime_ns".into(),
-                (inode.mtime * 1_000_000_000 + inode.mtime_nsec as i64).into(),
-            );
-            e.insert("nlink".into(), inode.nlink.into());
-            match ft {
-                FileType::Reg => {
-                    e.insert("size".into(), inode.size.into());
-                    let c = content(img, inode);
-                    e.insert("sha256".into(), hex::encode(Sha256::digest(&c)).into());
-                }
-                FileType::Symlink => {
-                    let t = img.read_link(inode).unwrap();
-                    e.insert("target".into(), String::from_utf8_lossy(&t).into());
-                }
-                FileType::CharDev | FileType::BlockDev => {
-                    e.insert("rdev_major".into(), inode.rdev_major().into());
-                    e.insert("rdev_minor".into(), inode.rdev_minor().into());
-                }
-                _ => {}
+    walk(img, |v| {
+        match v {
+            Visit::Problem { path, error } => {
+                panic!("{}: {error}", String::from_utf8_lossy(path))
             }
-            let mut x = Map::new();
-            for a in img.listed_xattrs(inode).unwrap() {
-                let name = String::from_utf8(a.name.clone()).unwrap();
-                assert_eq!(
-                    img.get_xattr(inode, &a.name).unwrap().as_deref(),
-                    Some(a.value.as_slice()),
-                    "{rel}: getxattr {name}"
+            Visit::Inode { path, inode, .. } => {
+                let rel = if path == b"/" {
+                    ".".to_string()
+                } else {
+                    String::from_utf8_lossy(&path[1..]).into_owned()
+                };
+                let mut e = Map::new();
+                let ft = inode.file_type();
+                e.insert("type".into(), ft.name().into());
+                e.insert("mode".into(), (inode.permissions() as u32).into());
+                e.insert("uid".into(), inode.uid.into());
+                e.insert("gid".into(), inode.gid.into());
+                e.insert(
+                    "mtime_ns".into(),
+                    (inode.mtime * 1_000_000_000 + inode.mtime_nsec as i64).into(),
                 );
-                x.insert(name, hex::encode(&a.value).into());
+                e.insert("nlink".into(), inode.nlink.into());
+                match ft {
+                    FileType::Reg => {
+                        e.insert("size".into(), inode.size.into());
+                        let c = content(img, inode);
+                        e.insert("sha256".into(), hex::encode(Sha256::digest(&c)).into());
+                    }
+                    FileType::Symlink => {
+                        let t = img.read_link(inode).unwrap();
+                        e.insert("target".into(), String::from_utf8_lossy(&t).into());
+                    }
+                    FileType::CharDev | FileType::BlockDev => {
+                        e.insert("rdev_major".into(), inode.rdev_major().into());
+                        e.insert("rdev_minor".into(), inode.rdev_minor().into());
+                    }
+                    _ => {}
+                }
+                let mut x = Map::new();
+                for a in img.listed_xattrs(inode).unwrap() {
+                    let name = String::from_utf8(a.name.clone()).unwrap();
+                    assert_eq!(
+                        img.get_xattr(inode, &a.name).unwrap().as_deref(),
+                        Some(a.value.as_slice()),
+                        "{rel}: getxattr {name}"
+                    );
+                    x.insert(name, hex::encode(&a.value).into());
+                }
+                e.insert("xattrs".into(), Value::Object(x));
+                m.insert(rel, Value::Object(e));
             }
-            e.insert("xattrs".into(), Value::Object(x));
-            m.insert(rel, Value::Object(e));
         }
+        ControlFlow::Continue(())
     });
     m
 }
@@ -151,6 +155,7 @@ fn fingerprints_are_sha256_of_content_and_filters_match_the_hash() {
             } else {
                 assert_eq!(fp, None, "{name}: {path:?}");
             }
+            ControlFlow::Continue(())
         });
         if has_fp {
             assert!(files > 100, "{name}: only {files} fingerprinted files");
@@ -203,27 +208,72 @@ fn compressed_images_fail_with_a_clear_error() {
     for name in names {
         let img = Image::open(testdata::image(&name)).unwrap();
         let mut errors = 0;
-        walk(&img, |v| match v {
-            Visit::Problem { error, .. } => {
-                // Compressed directories cannot be listed yet.
-                assert!(
-                    matches!(error, erofs::Error::CompressedUnsupported { .. }),
-                    "{name}: {error}"
-                );
-                errors += 1;
-            }
-            Visit::Inode { inode, .. } => {
-                if inode.file_type() == FileType::Reg && inode.is_compressed() {
-                    let e = img.read_at(inode, 0, &mut [0u8; 16]).unwrap_err();
-                    let msg = e.to_string();
+        walk(&img, |v| {
+            match v {
+                Visit::Problem { error, .. } => {
+                    // Compressed directories cannot be listed yet.
                     assert!(
-                        msg.contains("compressed data (") && msg.contains(") is not supported yet"),
-                        "{name}: {msg}"
+                        matches!(error, erofs::Error::CompressedUnsupported { .. }),
+                        "{name}: {error}"
                     );
                     errors += 1;
                 }
+                Visit::Inode { inode, .. } => {
+                    if inode.file_type() == FileType::Reg && inode.is_compressed() {
+                        let e = img.read_at(inode, 0, &mut [0u8; 16]).unwrap_err();
+                        let msg = e.to_string();
+                        assert!(
+                            msg.contains("compressed data (")
+                                && msg.contains(") is not supported yet"),
+                            "{name}: {msg}"
+                        );
+                        errors += 1;
+                    }
+                }
             }
+            ControlFlow::Continue(())
         });
         assert!(errors > 0, "{name}: no compressed inode met");
+    }
+}
+
+#[test]
+fn lookup_finds_every_entry_and_nothing_else() {
+    if !require(
+        "lookup_finds_every_entry_and_nothing_else",
+        &[Need::Testdata],
+    ) {
+        return;
+    }
+    for name in ["plain-b512-fp", "plain-fp", "chunked-4k-fp"] {
+        let img = Image::open(testdata::image(name)).unwrap();
+        let mut dirs = 0;
+        walk(&img, |v| {
+            if let Visit::Inode { inode, .. } = v
+                && inode.is_dir()
+            {
+                dirs += 1;
+                let entries = img.read_dir(inode).unwrap();
+                for e in &entries {
+                    assert_eq!(img.lookup(inode, &e.name).unwrap().as_ref(), Some(e));
+                    let mut after = e.name.clone();
+                    after.push(0x01);
+                    assert_eq!(img.lookup(inode, &after).unwrap(), None);
+                }
+                for missing in [&b"\x01"[..], b"~~~~", b"-", &[0xffu8; 255][..]] {
+                    assert_eq!(img.lookup(inode, missing).unwrap(), None);
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        assert!(dirs > 10);
+        // Resolve goes through lookups, ".." included.
+        let a = img.resolve("/big/mixed.bin").unwrap();
+        let b = img.resolve("big/../big/./mixed.bin").unwrap();
+        assert_eq!(a, b);
+        assert!(matches!(
+            img.resolve("/big/mixed.bin/x"),
+            Err(erofs::Error::NotFound { .. })
+        ));
     }
 }

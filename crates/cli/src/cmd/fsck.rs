@@ -1,11 +1,61 @@
-//! `erofs-share fsck`.
+//! `erofs-share fsck`: check an image; a nonzero exit on any problem.
 
+use erofs::Image;
+use erofs::fsck::{FsckOptions, fsck};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Arguments of `erofs-share fsck`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The EROFS image.
+    pub image: PathBuf,
+    /// Recompute every file's fingerprint from its content and compare.
+    #[arg(long)]
+    pub verify_fingerprints: bool,
+    /// Print at most this many problems.
+    #[arg(long, default_value_t = 1000)]
+    pub max_problems: usize,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`fsck` is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let img = Image::open(&args.image)?;
+    let opts = FsckOptions {
+        verify_fingerprints: args.verify_fingerprints,
+        max_problems: args.max_problems,
+        data_budget: None,
+    };
+    let r = fsck(&img, &opts);
+    let name = args.image.display();
+    for p in &r.problems {
+        eprintln!("{name}: {p}");
+    }
+    if r.problem_count > r.problems.len() as u64 {
+        eprintln!(
+            "{name}: … and {} more problems",
+            r.problem_count - r.problems.len() as u64
+        );
+    }
+    let fp = if args.verify_fingerprints {
+        format!(", {} fingerprints verified", r.fingerprints_verified)
+    } else {
+        String::new()
+    };
+    println!(
+        "{name}: {} inodes ({} directories, {} files), {} data bytes read{fp}: {}",
+        r.inodes,
+        r.dirs,
+        r.files,
+        r.bytes_read,
+        if r.is_clean() {
+            "clean".to_string()
+        } else {
+            format!("{} problems", r.problem_count)
+        }
+    );
+    Ok(if r.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

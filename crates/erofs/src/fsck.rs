@@ -1,0 +1,343 @@
+//! Checking an image: walk every inode, check its structure (inode fields, directory
+//! entries, "." and "..", link counts, xattrs and their name filter), read all its data,
+//! and optionally recompute fingerprints. Every problem is collected with the path it was
+//! found at; memory is bounded (at most `max_problems` kept, data streamed) and so is time
+//! when a data budget is given.
+
+use crate::data::{self, Phys};
+use crate::error::Error;
+use crate::format::fingerprint as fpfmt;
+use crate::image::Image;
+use crate::inode::{FileType, Inode};
+use crate::walk::{Visit, walk};
+use crate::xattr;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+/// What to check.
+#[derive(Debug, Clone)]
+pub struct FsckOptions {
+    /// Recompute every fingerprint from the content and compare.
+    pub verify_fingerprints: bool,
+    /// Keep at most this many problems (the rest are only counted).
+    pub max_problems: usize,
+    /// Stop reading file data after this many bytes (None: read everything).
+    pub data_budget: Option<u64>,
+}
+
+impl Default for FsckOptions {
+    fn default() -> Self {
+        FsckOptions {
+            verify_fingerprints: false,
+            max_problems: 1000,
+            data_budget: None,
+        }
+    }
+}
+
+/// One problem: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub what: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.what)
+    }
+}
+
+/// The outcome of a check.
+#[derive(Debug, Default, Clone)]
+pub struct FsckReport {
+    /// Problems found (at most `max_problems`).
+    pub problems: Vec<Problem>,
+    /// Problems found in all, kept or not.
+    pub problem_count: u64,
+    /// Distinct inodes checked.
+    pub inodes: u64,
+    pub dirs: u64,
+    pub files: u64,
+    pub bytes_read: u64,
+    pub fingerprints_verified: u64,
+    /// The data budget ran out: not all data was read.
+    pub budget_exhausted: bool,
+}
+
+impl FsckReport {
+    pub fn is_clean(&self) -> bool {
+        self.problem_count == 0
+    }
+
+    fn add(&mut self, max: usize, path: &[u8], what: String) {
+        self.problem_count += 1;
+        if self.problems.len() < max {
+            self.problems.push(Problem {
+                path: String::from_utf8_lossy(path).into_owned(),
+                what,
+            });
+        }
+    }
+}
+
+/// Strip the "image: nid N:" context from reader errors: the problem already names the path.
+fn describe(e: &Error) -> String {
+    match e {
+        Error::Corrupt { at, what, .. } => format!("{at}: corrupt: {what}"),
+        other => other.to_string(),
+    }
+}
+
+struct Checker<'a> {
+    img: &'a Image,
+    opts: &'a FsckOptions,
+    report: FsckReport,
+    /// nid → (links found, nlink stored, first path) for non-directories.
+    links: HashMap<u64, (u32, u32, Vec<u8>)>,
+    /// dir nid → (subdirectories found, nlink stored, path).
+    dirs: HashMap<u64, (u32, u32, Vec<u8>)>,
+    budget: Option<u64>,
+    buf: Vec<u8>,
+}
+
+/// Check `img`.
+pub fn fsck(img: &Image, opts: &FsckOptions) -> FsckReport {
+    let mut c = Checker {
+        img,
+        opts,
+        report: FsckReport::default(),
+        links: HashMap::new(),
+        dirs: HashMap::new(),
+        budget: opts.data_budget,
+        buf: vec![0u8; 1 << 20],
+    };
+    walk(img, |v| {
+        match v {
+            Visit::Problem { path, error } => {
+                let what = describe(&error);
+                c.report.add(opts.max_problems, path, what);
+            }
+            Visit::Inode {
+                path,
+                inode,
+                parent,
+                entry,
+            } => c.visit(path, inode, entry.is_some(), parent),
+        }
+        ControlFlow::Continue(())
+    });
+    c.finish()
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, path: &[u8], what: String) {
+        self.report.add(self.opts.max_problems, path, what);
+    }
+
+    fn visit(&mut self, path: &[u8], inode: &Inode, has_parent: bool, parent: u64) {
+        if inode.is_dir() {
+            if has_parent && let Some(d) = self.dirs.get_mut(&parent) {
+                d.0 += 1;
+            }
+            if self.dirs.contains_key(&inode.nid) {
+                return; // reported by the walk
+            }
+            self.dirs.insert(inode.nid, (0, inode.nlink, path.to_vec()));
+            self.report.dirs += 1;
+        } else {
+            let e = self
+                .links
+                .entry(inode.nid)
+                .or_insert((0, inode.nlink, path.to_vec()));
+            e.0 += 1;
+            if e.0 > 1 {
+                return; // a hardlink: checked at its first path
+            }
+        }
+        self.report.inodes += 1;
+        self.check_xattrs(path, inode);
+        match inode.file_type() {
+            FileType::Reg => {
+                self.report.files += 1;
+                self.check_file(path, inode);
+            }
+            FileType::Symlink => {
+                if let Err(e) = self.img.read_link(inode) {
+                    self.problem(path, describe(&e));
+                }
+            }
+            FileType::CharDev | FileType::BlockDev | FileType::Fifo | FileType::Socket => {
+                if inode.size != 0 {
+                    self.problem(
+                        path,
+                        format!("special file has size {} (expected 0)", inode.size),
+                    );
+                }
+            }
+            FileType::Dir => {} // read by the walk
+        }
+    }
+
+    fn check_xattrs(&mut self, path: &[u8], inode: &Inode) {
+        let raw = match xattr::raw(self.img, inode) {
+            Ok(r) => r,
+            Err(e) => return self.problem(path, describe(&e)),
+        };
+        if self.img.superblock().xattr_filter_active() {
+            match xattr::ibody_header(self.img, inode) {
+                Ok(Some(h)) => {
+                    let present = !xattr::expected_filter(&raw);
+                    if h.name_filter & present != 0 {
+                        self.problem(
+                            path,
+                            format!(
+                                "xattr name filter {:#010x} hides names present (bits {:#010x})",
+                                h.name_filter,
+                                h.name_filter & present
+                            ),
+                        );
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => self.problem(path, describe(&e)),
+            }
+        }
+        if let Err(e) = self.img.listed_xattrs(inode) {
+            self.problem(path, describe(&e));
+        }
+    }
+
+    /// Take up to `n` bytes from the data budget; false when it is spent.
+    fn spend(&mut self, n: u64) -> bool {
+        match &mut self.budget {
+            None => true,
+            Some(b) if *b >= n => {
+                *b -= n;
+                true
+            }
+            Some(_) => {
+                self.report.budget_exhausted = true;
+                false
+            }
+        }
+    }
+
+    fn check_file(&mut self, path: &[u8], inode: &Inode) {
+        let fp = match self.img.fingerprint(inode) {
+            Ok(f) => f,
+            Err(e) => return self.problem(path, describe(&e)),
+        };
+        let verify =
+            self.opts.verify_fingerprints && self.img.superblock().ishare_xattr_prefix_id.is_some();
+        if verify && fp.is_none() && inode.size > 0 {
+            self.problem(path, "regular file has no fingerprint".into());
+        }
+        if let Some(v) = &fp
+            && (v.len() != fpfmt::VALUE_LEN || !v.starts_with(fpfmt::SHA256_TAG))
+        {
+            self.problem(
+                path,
+                format!(
+                    "fingerprint of {} bytes is not \"sha256:\" + 32 bytes",
+                    v.len()
+                ),
+            );
+        }
+        let mut hasher = (verify && fp.is_some()).then(Sha256::new);
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = self.read_all(inode, &mut buf, hasher.as_mut());
+        self.buf = buf;
+        match r {
+            Err(e) => self.problem(path, describe(&e)),
+            Ok(false) => {} // budget spent: nothing to compare
+            Ok(true) => {
+                if let (Some(h), Some(v)) = (hasher, fp) {
+                    let want = crate::fingerprint::value_of_digest(&h.finalize().into());
+                    if v != want {
+                        self.problem(
+                            path,
+                            "fingerprint does not match the content's SHA-256".into(),
+                        );
+                    } else {
+                        self.report.fingerprints_verified += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read every byte of a file (holes are skipped unless hashing). Ok(false) when the
+    /// data budget ran out.
+    fn read_all(
+        &mut self,
+        inode: &Inode,
+        buf: &mut [u8],
+        mut hasher: Option<&mut Sha256>,
+    ) -> Result<bool, Error> {
+        let mut off = 0u64;
+        while off < inode.size {
+            if hasher.is_none() && !inode.is_compressed() {
+                let e = data::map(self.img, inode, off)?;
+                if e.phys == Phys::Hole {
+                    off = e.logical + e.len;
+                    continue;
+                }
+            }
+            let n = (buf.len() as u64).min(inode.size - off);
+            if !self.spend(n) {
+                return Ok(false);
+            }
+            let got = self.img.read_at(inode, off, &mut buf[..n as usize])?;
+            if got as u64 != n {
+                return Err(self.img.corrupt_nid(
+                    inode.nid,
+                    format!(
+                        "data ends at {} before its size {}",
+                        off + got as u64,
+                        inode.size
+                    ),
+                ));
+            }
+            if let Some(h) = hasher.as_deref_mut() {
+                h.update(&buf[..got]);
+            }
+            self.report.bytes_read += n;
+            off += n;
+        }
+        Ok(true)
+    }
+
+    fn finish(mut self) -> FsckReport {
+        // Link counts only mean something when the whole tree could be walked.
+        if self.report.problem_count > 0 {
+            return self.report;
+        }
+        let mut bad: Vec<(Vec<u8>, String)> = Vec::new();
+        for (found, nlink, path) in self.links.values() {
+            if found != nlink {
+                bad.push((
+                    path.clone(),
+                    format!("nlink is {nlink} but {found} directory entries link to it"),
+                ));
+            }
+        }
+        for (subdirs, nlink, path) in self.dirs.values() {
+            if *nlink != subdirs + 2 {
+                bad.push((
+                    path.clone(),
+                    format!(
+                        "directory nlink is {nlink}, expected {} (2 + {subdirs} subdirectories)",
+                        subdirs + 2
+                    ),
+                ));
+            }
+        }
+        bad.sort();
+        for (p, w) in bad {
+            self.problem(&p, w);
+        }
+        self.report
+    }
+}
