@@ -143,42 +143,45 @@ pub fn content_sizes(images: &[PathBuf]) -> Result<(u64, u64), String> {
         let img = erofs::Image::open(path).map_err(|e| e.to_string())?;
         let mut err = None;
         let mut nids = HashSet::new();
-        erofs::walk::walk(&img, |v| match v {
-            erofs::walk::Visit::Inode { inode, .. }
-                if inode.file_type() == erofs::FileType::Reg && nids.insert(inode.nid) =>
-            {
-                let rounded = inode.size.div_ceil(PAGE) * PAGE;
-                total += rounded;
-                let key = match img.fingerprint(inode) {
-                    Ok(Some(fp)) => fp,
-                    _ => {
-                        let mut h = Sha256::new();
-                        let mut off = 0u64;
-                        let mut buf = vec![0u8; 1 << 20];
-                        while off < inode.size {
-                            match img.read_at(inode, off, &mut buf) {
-                                Ok(0) => break,
-                                Ok(n) => {
-                                    h.update(&buf[..n]);
-                                    off += n as u64;
-                                }
-                                Err(e) => {
-                                    err = Some(e.to_string());
-                                    break;
+        erofs::walk::walk(&img, |v| {
+            match v {
+                erofs::walk::Visit::Inode { inode, .. }
+                    if inode.file_type() == erofs::FileType::Reg && nids.insert(inode.nid) =>
+                {
+                    let rounded = inode.size.div_ceil(PAGE) * PAGE;
+                    total += rounded;
+                    let key = match img.fingerprint(inode) {
+                        Ok(Some(fp)) => fp,
+                        _ => {
+                            let mut h = Sha256::new();
+                            let mut off = 0u64;
+                            let mut buf = vec![0u8; 1 << 20];
+                            while off < inode.size {
+                                match img.read_at(inode, off, &mut buf) {
+                                    Ok(0) => break,
+                                    Ok(n) => {
+                                        h.update(&buf[..n]);
+                                        off += n as u64;
+                                    }
+                                    Err(e) => {
+                                        err = Some(e.to_string());
+                                        break;
+                                    }
                                 }
                             }
+                            h.finalize().to_vec()
                         }
-                        h.finalize().to_vec()
+                    };
+                    if seen.insert((key, inode.size)) {
+                        unique += rounded;
                     }
-                };
-                if seen.insert((key, inode.size)) {
-                    unique += rounded;
                 }
+                erofs::walk::Visit::Problem { path, error } => {
+                    err = Some(format!("{}: {error}", String::from_utf8_lossy(path)))
+                }
+                _ => {}
             }
-            erofs::walk::Visit::Problem { path, error } => {
-                err = Some(format!("{}: {error}", String::from_utf8_lossy(path)))
-            }
-            _ => {}
+            std::ops::ControlFlow::Continue(())
         });
         if let Some(e) = err {
             return Err(format!("{}: {e}", path.display()));
