@@ -448,3 +448,62 @@ fn xattr_names(p: &Path) -> Option<usize> {
     let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     (n >= 0).then_some(n as usize)
 }
+
+#[test]
+fn images_from_our_mkfs_share_their_common_files() {
+    if !gate("images_from_our_mkfs_share_their_common_files") {
+        return;
+    }
+    let d = Daemon::start();
+    let mut seed = 7u64;
+    let mut bytes = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as u8
+            })
+            .collect()
+    };
+    let common = bytes(300_000);
+    let (only_a, only_b) = (bytes(50_000), bytes(70_000));
+    let mk = |name: &str, files: &[(&str, &[u8])]| {
+        let src = d.dir.path().join(format!("src-{name}"));
+        for (rel, data) in files {
+            let p = src.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, data).unwrap();
+        }
+        let img = d.dir.path().join(format!("{name}.erofs"));
+        let out = std::process::Command::new(BIN)
+            .args(["mkfs", "-q"])
+            .arg(&img)
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        img
+    };
+    let a = mk("a", &[("lib/libcommon.so", &common), ("bin/a", &only_a)]);
+    let b = mk(
+        "b",
+        &[("usr/lib/libcommon.so.1", &common), ("bin/b", &only_b)],
+    );
+    let ma = d.mount(&a, "a", Some("d"));
+    let mb = d.mount(&b, "b", Some("d"));
+    assert!(read_all(&ma.join("lib/libcommon.so")) == common);
+    assert!(read_all(&mb.join("usr/lib/libcommon.so.1")) == common);
+    assert!(read_all(&ma.join("bin/a")) == only_a);
+    assert!(read_all(&mb.join("bin/b")) == only_b);
+    let dom = &d.status().domains[0];
+    assert_eq!(
+        (dom.objects, dom.files_shared, dom.references),
+        (3, 1, 4),
+        "{dom:?}"
+    );
+}
