@@ -47,7 +47,8 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EROFS_SHARE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // fuser logs every reply to a connection that went away (lazy unmounts).
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=off")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -61,6 +61,7 @@ fn umount_while_open_and_mapped_keeps_serving() {
     if !gate("umount_while_open_and_mapped_keeps_serving") {
         return;
     }
+    let _cache = cache_lock();
     let d = Daemon::start();
     let a = d.mount(&testdata::image("plain-fp"), "a", Some("d"));
     let b = d.mount(&testdata::image("plain-b512-fp"), "b", Some("d"));
@@ -106,6 +107,7 @@ fn image_file_deleted_after_mount_keeps_working() {
     if !gate("image_file_deleted_after_mount_keeps_working") {
         return;
     }
+    let _cache = cache_lock();
     let d = Daemon::start();
     let copy = d.dir.path().join("gone.erofs");
     std::fs::copy(testdata::image("plain-fp"), &copy).unwrap();
@@ -264,6 +266,13 @@ fn cli_mount_starts_a_daemon_and_status_umount_work() {
     assert!(st["domains"][0]["cached_bytes"].as_u64().unwrap() > 0);
     let (ok, out, _) = run(&["status"]);
     assert!(ok && out.contains("dedup objects"), "{out}");
+    // Bad input is refused with a reason naming it.
+    let mp2 = dir.path().join("mnt2");
+    std::fs::create_dir(&mp2).unwrap();
+    let (ok, _, err) = run(&["mount", "/etc/passwd", mp2.to_str().unwrap()]);
+    assert!(!ok && err.contains("/etc/passwd"), "{err}");
+    let (ok, _, err) = run(&["mount", img.to_str().unwrap(), "/nonexistent-mountpoint"]);
+    assert!(!ok && err.contains("/nonexistent-mountpoint"), "{err}");
     // A second mount on the same mountpoint is refused with a reason.
     let (ok, _, err) = run(&["mount", img.to_str().unwrap(), mp.to_str().unwrap()]);
     assert!(!ok && err.contains("already"), "{err}");

@@ -71,6 +71,38 @@ fn image_mounts_show_what_the_kernel_shows() {
     assert!(checked >= 5, "only {checked} images checked");
 }
 
+#[test]
+fn image_mounts_are_read_only_and_cache_unshared_files() {
+    if !gate("image_mounts_are_read_only_and_cache_unshared_files") {
+        return;
+    }
+    let _cache = cache_lock();
+    let d = Daemon::start();
+    let m = d.mount(&testdata::image(PLAIN), "m", None);
+    let f = m.join("big/text-800k.txt");
+    let rofs = |r: std::io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::EROFS);
+    assert!(rofs(
+        std::fs::OpenOptions::new().write(true).open(&f).map(drop)
+    ));
+    assert!(rofs(std::fs::create_dir(m.join("new"))));
+    assert!(rofs(std::fs::remove_file(&f)));
+    assert!(rofs(std::fs::write(m.join("new-file"), b"x")));
+    // Unshared files live in the mount's own page cache: a second read costs no image read.
+    let all: Vec<_> = regular_files(&m).into_values().collect();
+    for p in &all {
+        read_all(p);
+    }
+    let before = d.status().mounts[0].image_bytes_read;
+    for p in &all {
+        read_all(p);
+    }
+    assert_eq!(
+        d.status().mounts[0].image_bytes_read,
+        before,
+        "warm reads reached the image"
+    );
+}
+
 fn nix_statfs(p: &Path) -> (u64, u64) {
     let c = std::ffi::CString::new(p.as_os_str().to_str().unwrap()).unwrap();
     // SAFETY: statvfs writes into a zeroed struct of the right type.
@@ -94,6 +126,7 @@ fn one_domain_holds_one_copy_and_fetches_each_page_once() {
     if !gate("one_domain_holds_one_copy_and_fetches_each_page_once") {
         return;
     }
+    let _cache = cache_lock();
     let d = Daemon::start();
     // Two different images (4 KiB and 512-byte blocks) of the same tree.
     let a = d.mount(&testdata::image(PLAIN), "a", Some("d"));
@@ -143,6 +176,7 @@ fn two_domains_hold_two_copies() {
     if !gate("two_domains_hold_two_copies") {
         return;
     }
+    let _cache = cache_lock();
     let d = Daemon::start();
     let a = d.mount(&testdata::image(PLAIN), "a", Some("d1"));
     let b = d.mount(&testdata::image(PLAIN_B512), "b", Some("d2"));
@@ -173,6 +207,7 @@ fn mmap_from_two_mounts_is_one_copy_and_maps_show_the_user_path() {
     if !gate("mmap_from_two_mounts_is_one_copy_and_maps_show_the_user_path") {
         return;
     }
+    let _cache = cache_lock();
     let d = Daemon::start();
     let a = d.mount(&testdata::image(PLAIN), "a", Some("d"));
     let b = d.mount(&testdata::image(PLAIN_B512), "b", Some("d"));
@@ -412,4 +447,63 @@ fn xattr_names(p: &Path) -> Option<usize> {
     // SAFETY: buf is writable for its length; c is a valid path.
     let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     (n >= 0).then_some(n as usize)
+}
+
+#[test]
+fn images_from_our_mkfs_share_their_common_files() {
+    if !gate("images_from_our_mkfs_share_their_common_files") {
+        return;
+    }
+    let d = Daemon::start();
+    let mut seed = 7u64;
+    let mut bytes = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as u8
+            })
+            .collect()
+    };
+    let common = bytes(300_000);
+    let (only_a, only_b) = (bytes(50_000), bytes(70_000));
+    let mk = |name: &str, files: &[(&str, &[u8])]| {
+        let src = d.dir.path().join(format!("src-{name}"));
+        for (rel, data) in files {
+            let p = src.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, data).unwrap();
+        }
+        let img = d.dir.path().join(format!("{name}.erofs"));
+        let out = std::process::Command::new(BIN)
+            .args(["mkfs", "-q"])
+            .arg(&img)
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        img
+    };
+    let a = mk("a", &[("lib/libcommon.so", &common), ("bin/a", &only_a)]);
+    let b = mk(
+        "b",
+        &[("usr/lib/libcommon.so.1", &common), ("bin/b", &only_b)],
+    );
+    let ma = d.mount(&a, "a", Some("d"));
+    let mb = d.mount(&b, "b", Some("d"));
+    assert!(read_all(&ma.join("lib/libcommon.so")) == common);
+    assert!(read_all(&mb.join("usr/lib/libcommon.so.1")) == common);
+    assert!(read_all(&ma.join("bin/a")) == only_a);
+    assert!(read_all(&mb.join("bin/b")) == only_b);
+    let dom = &d.status().domains[0];
+    assert_eq!(
+        (dom.objects, dom.files_shared, dom.references),
+        (3, 1, 4),
+        "{dom:?}"
+    );
 }

@@ -154,7 +154,7 @@ fn stress_readers_mmaps_and_mount_cycles() {
             failures.clone(),
         );
         threads.push(std::thread::spawn(move || {
-            let mut rng = Rng(0x1234_5678_9abc_def1 ^ (t + 1) * 0x9e37_79b9);
+            let mut rng = Rng(0x1234_5678_9abc_def1 ^ ((t + 1) * 0x9e37_79b9));
             let mut ops = 0u64;
             while Instant::now() < deadline {
                 let mp = &mounts[rng.below(mounts.len() as u64) as usize];

@@ -337,32 +337,30 @@ impl Daemon {
     /// Unmounts `mountpoint`: lazily, so open and mapped files keep working; returns true
     /// when the mount's session already ended.
     pub fn umount(&self, mountpoint: &Path) -> Result<bool, String> {
-        let _admin = self.admin.lock().unwrap();
+        let admin = self.admin.lock().unwrap();
         let canon = mountpoint.canonicalize().ok();
-        let id = {
+        let found = {
             let mut mounts = self.mounts.lock().unwrap();
             let found = mounts.iter_mut().find(|(_, m)| {
                 !m.detached
                     && (m.image.mountpoint == mountpoint
                         || canon.as_deref() == Some(m.image.mountpoint.as_path()))
             });
-            match found {
-                Some((id, m)) => {
-                    m.detached = true;
-                    Some(*id)
-                }
-                None => None,
-            }
+            found.map(|(id, m)| {
+                m.detached = true;
+                (*id, m.image.mountpoint.clone())
+            })
         };
-        match id {
-            Some(id) => {
-                let path = self.mounts.lock().unwrap()[&id].image.mountpoint.clone();
+        match found {
+            Some((id, path)) => {
                 if let Err(e) = detach(&path) {
                     tracing::warn!("umount {}: {e}", path.display());
                 }
-                // Give an idle mount's session a moment to end, so status is exact.
+                drop(admin);
+                // Give an idle mount's session a moment to end, so the answer (and status)
+                // says whether it is gone or still busy.
                 let t = Instant::now();
-                while t.elapsed() < Duration::from_secs(2) {
+                while t.elapsed() < Duration::from_secs(1) {
                     if !self.mounts.lock().unwrap().contains_key(&id) {
                         return Ok(true);
                     }
@@ -611,6 +609,7 @@ pub fn run(state_dir: &Path) -> Result<(), Error> {
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(Error::AlreadyRunning(state_dir.to_path_buf()));
     }
+    raise_fd_limit();
     clean_stale_mounts(state_dir);
     let sock = control::socket_path(state_dir);
     let _ = fs::remove_file(&sock);
@@ -653,6 +652,21 @@ pub fn run(state_dir: &Path) -> Result<(), Error> {
     let _ = fs::remove_file(&pid_path);
     drop(lock);
     Ok(())
+}
+
+/// Each mount holds a few /dev/fuse clones and its image: lift the soft fd limit to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a local struct of the right type.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 fn serve(listener: UnixListener, daemon: Arc<Daemon>) {

@@ -1,8 +1,9 @@
 //! The internal dedup mount of a domain: one read-only regular file per dedup object.
 //!
 //! Image mounts pass their shared files through to these files (FUSE passthrough), so the
-//! page cache of a shared file lives here, once per domain. Opens answer `FOPEN_KEEP_CACHE`
-//! so the cache survives every open/close; `read` runs only on a cache miss and fills it from
+//! page cache of a shared file lives here, once per domain. Opens keep the cache
+//! (`FOPEN_KEEP_CACHE`, the kernel's default once `open` answers ENOSYS) so it survives every
+//! open/close; `read` runs only on a cache miss and fills it from
 //! any live source ([`crate::dedup::DedupObject::read`]). This mount must not enable
 //! passthrough itself (the image mounts stack on it with `max_stack_depth = 1`), and its
 //! requests are served on its own threads, never on an image mount's `open` handler, which
@@ -13,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
 
 use crate::dedup::DedupObject;
@@ -100,14 +101,23 @@ impl Filesystem for DedupFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        match self.object(ino) {
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            None => reply.error(Errno::ENOENT),
-        }
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS switches the kernel to "no open" mode for this mount: later opens (one per
+        // open of a shared file, made by passthrough) cost no round trip and get the
+        // kernel's default for that mode, FOPEN_KEEP_CACHE. Nothing to check: the mount is
+        // read-only and root-only.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok();
     }
 
     fn read(

@@ -5,8 +5,9 @@
 //! A regular file is opened one of two ways:
 //! - shared: its fingerprint names a dedup object of the mount's domain, so the open passes
 //!   through (`FOPEN_PASSTHROUGH`) to the object's file on the domain's dedup mount; reads and
-//!   mmap then hit that file's page cache with no round trip here. The same `BackingId` is
-//!   handed out while any open of the inode lives (the kernel requires it).
+//!   mmap then hit that file's page cache with no round trip here. One `BackingId` per inode
+//!   is kept from its first open until the kernel forgets the inode: the kernel requires the
+//!   same id while any open lives, and reusing it makes a warm open one round trip.
 //! - unshared: plain FUSE reads answered from the image, kept in this mount's page cache
 //!   (`FOPEN_KEEP_CACHE`).
 //!
@@ -20,7 +21,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use erofs::Image;
@@ -126,11 +127,11 @@ impl Content for ImageFile {
     }
 }
 
-/// An open passthrough file: the kernel's backing id and the dedup file behind it.
+/// The kernel's backing id of a shared inode: a reference to its dedup file, kept while the
+/// kernel caches the inode (dropped on `forget`), so a warm open is one round trip.
 #[derive(Debug)]
 struct Backing {
     id: BackingId,
-    _file: File,
 }
 
 #[derive(Debug)]
@@ -145,7 +146,7 @@ struct State {
     inodes: HashMap<u64, Arc<Inode>>,
     /// The sharing decision per nid: the object, or None for "not shared".
     sharing: HashMap<u64, Option<Arc<DedupObject>>>,
-    backings: HashMap<u64, Weak<Backing>>,
+    backings: HashMap<u64, Arc<Backing>>,
     handles: HashMap<u64, Handle>,
     next_fh: u64,
 }
@@ -317,11 +318,10 @@ impl ImageFs {
 
     /// The backing id of a shared nid: the live one, or a new one on the dedup file.
     fn backing(&self, nid: u64, obj: &DedupObject, reply: &ReplyOpen) -> io::Result<Arc<Backing>> {
-        // Held across the dedup open: two first opens of one nid must not make two ids.
-        let mut st = self.state.lock().unwrap();
-        if let Some(b) = st.backings.get(&nid).and_then(Weak::upgrade) {
-            return Ok(b);
+        if let Some(b) = self.state.lock().unwrap().backings.get(&nid) {
+            return Ok(b.clone());
         }
+        // Opened without the state lock: the dedup open waits on the dedup mount's threads.
         let domain = self
             .mount
             .domain
@@ -329,9 +329,12 @@ impl ImageFs {
             .expect("shared files have a domain");
         let file = File::open(domain.object_path(obj.ino))?;
         let id = reply.open_backing(&file)?;
-        let b = Arc::new(Backing { id, _file: file });
-        st.backings.insert(nid, Arc::downgrade(&b));
-        Ok(b)
+        // The kernel holds its own reference to the file now.
+        drop(file);
+        let b = Arc::new(Backing { id });
+        // Two first opens may race: the kernel needs one id per inode, keep the first.
+        let mut st = self.state.lock().unwrap();
+        Ok(st.backings.entry(nid).or_insert(b).clone())
     }
 }
 
@@ -397,6 +400,21 @@ impl Filesystem for ImageFs {
         Ok(())
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // The kernel evicted the inode, so none of its files is open: its backing id can go,
+        // unless a racing new open already holds it.
+        let nid = self.nid_of(ino);
+        let mut st = self.state.lock().unwrap();
+        if st
+            .backings
+            .get(&nid)
+            .is_some_and(|b| Arc::strong_count(b) == 1)
+        {
+            st.backings.remove(&nid);
+        }
+        st.inodes.remove(&nid);
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let dir = match self.inode(self.nid_of(parent)) {
             Ok(d) => d,
@@ -455,7 +473,11 @@ impl Filesystem for ImageFs {
                 Ok(b) => {
                     let fh = self.new_handle(Handle::Passthrough(b.clone()));
                     self.mount.shared_opens.fetch_add(1, Ordering::Relaxed);
-                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b.id);
+                    return reply.opened_passthrough(
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_NOFLUSH,
+                        &b.id,
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -475,7 +497,10 @@ impl Filesystem for ImageFs {
         }
         let fh = self.new_handle(Handle::Data(inode));
         self.mount.unshared_opens.fetch_add(1, Ordering::Relaxed);
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+        );
     }
 
     fn read(
@@ -516,7 +541,6 @@ impl Filesystem for ImageFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // Dropping the last Arc of a Backing closes its backing id.
         let h = self.state.lock().unwrap().handles.remove(&fh.0);
         drop(h);
         reply.ok();

@@ -5,19 +5,26 @@
 //! with `O_DIRECT` through an aligned bounce buffer. Where the filesystem refuses `O_DIRECT`
 //! (some tmpfs/overlay setups), it falls back to buffered reads followed right away by
 //! `posix_fadvise(DONTNEED)` on the range read, with readahead disabled (`FADV_RANDOM`).
+//! Small reads (metadata) share a 1 MiB cache of aligned blocks inside the daemon.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Alignment of offsets, lengths and memory for `O_DIRECT`; 4 KiB covers every logical
 /// block size Linux block devices use on this kind of host.
 const DIO_ALIGN: usize = 4096;
 /// Largest single `O_DIRECT` read; larger requests are split.
 const MAX_CHUNK: usize = 1 << 20;
+/// Aligned blocks kept for small (metadata) reads: inodes, directory entries and xattrs are
+/// tens of bytes each and would otherwise cost one device block read apiece. 1 MiB at most;
+/// file data never goes through it.
+const META_BLOCKS: usize = 256;
 
 /// An image file opened for reads that leave no page-cache copy behind.
 #[derive(Debug)]
@@ -26,6 +33,31 @@ pub struct UncachedFile {
     direct: bool,
     len: u64,
     bytes_read: AtomicU64,
+    meta: Mutex<MetaCache>,
+}
+
+/// A small FIFO of recently read aligned blocks, for reads that fit in one block.
+#[derive(Debug, Default)]
+struct MetaCache {
+    blocks: HashMap<u64, Arc<[u8]>>,
+    order: VecDeque<u64>,
+}
+
+impl MetaCache {
+    fn get(&self, block: u64) -> Option<Arc<[u8]>> {
+        self.blocks.get(&block).cloned()
+    }
+
+    fn put(&mut self, block: u64, data: Arc<[u8]>) {
+        if self.blocks.insert(block, data).is_none() {
+            self.order.push_back(block);
+            if self.order.len() > META_BLOCKS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.blocks.remove(&old);
+            }
+        }
+    }
 }
 
 impl UncachedFile {
@@ -52,6 +84,7 @@ impl UncachedFile {
             direct,
             len,
             bytes_read: AtomicU64::new(0),
+            meta: Mutex::new(MetaCache::default()),
         };
         if direct {
             // Probe once: some filesystems accept the flag at open time and fail reads.
@@ -74,6 +107,7 @@ impl UncachedFile {
             direct: false,
             len,
             bytes_read: AtomicU64::new(0),
+            meta: Mutex::new(MetaCache::default()),
         })
     }
 
@@ -87,7 +121,40 @@ impl UncachedFile {
         self.bytes_read.load(Ordering::Relaxed)
     }
 
+    /// A read inside one aligned block, served from (and kept in) the metadata cache.
+    fn read_small(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let block = offset / DIO_ALIGN as u64;
+        let lead = (offset % DIO_ALIGN as u64) as usize;
+        let cached = self.meta.lock().unwrap().get(block);
+        let data = match cached {
+            Some(d) => d,
+            None => {
+                let start = block * DIO_ALIGN as u64;
+                let mut bounce = AlignedBuf::new(DIO_ALIGN)?;
+                let got = self.pread_full(bounce.as_mut_slice(), start)?;
+                let d: Arc<[u8]> = Arc::from(&bounce.as_mut_slice()[..got]);
+                self.meta.lock().unwrap().put(block, d.clone());
+                d
+            }
+        };
+        if lead + buf.len() > data.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "read of {} bytes at {offset} ends past the image end ({})",
+                    buf.len(),
+                    self.len
+                ),
+            ));
+        }
+        buf.copy_from_slice(&data[lead..lead + buf.len()]);
+        Ok(())
+    }
+
     fn read_direct(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if buf.len() < DIO_ALIGN && (offset % DIO_ALIGN as u64) as usize + buf.len() <= DIO_ALIGN {
+            return self.read_small(buf, offset);
+        }
         let mut done = 0usize;
         while done < buf.len() {
             let want = (buf.len() - done).min(MAX_CHUNK);

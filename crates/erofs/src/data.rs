@@ -29,10 +29,15 @@ pub struct Extent {
     pub phys: Phys,
 }
 
-/// The extent containing `offset` (which must be below the file size) of an uncompressed
-/// inode.
+/// The extent containing `offset` (below the file size) of an uncompressed inode.
 pub fn map(img: &Image, inode: &Inode, offset: u64) -> Result<Extent> {
-    debug_assert!(offset < inode.size);
+    if offset >= inode.size {
+        return Err(Error::WrongType {
+            image: img.name().into(),
+            nid: inode.nid,
+            what: "no data mapped at or past the end of the file",
+        });
+    }
     match inode.layout {
         layout::FLAT_PLAIN | layout::FLAT_INLINE => map_flat(img, inode, offset),
         layout::CHUNK_BASED => map_chunk(img, inode, offset),
@@ -61,12 +66,20 @@ fn map_flat(img: &Image, inode: &Inode, offset: u64) -> Result<Extent> {
     let plain_end = (nblocks - inline_tail as u64) * bs;
     if offset < plain_end {
         let len = plain_end.min(inode.size);
-        let start = inode.start_block.ok_or_else(|| {
-            img.corrupt_nid(
+        let Some(start) = inode.start_block else {
+            // As the kernel: a plain inode without blocks reads as zeros.
+            if !inline_tail {
+                return Ok(Extent {
+                    logical: 0,
+                    len,
+                    phys: Phys::Hole,
+                });
+            }
+            return Err(img.corrupt_nid(
                 inode.nid,
-                format!("{} bytes of data in blocks but no start block", inode.size),
-            )
-        })?;
+                format!("{len} bytes of data in blocks but no start block"),
+            ));
+        };
         let pos = start
             .checked_mul(bs)
             .ok_or_else(|| img.corrupt_nid(inode.nid, format!("start block {start} overflows")))?;
@@ -126,25 +139,28 @@ fn map_chunk(img: &Image, inode: &Inode, offset: u64) -> Result<Extent> {
     })?;
     let block = if indexes {
         let ci = ChunkIndex::read_from_bytes(raw).expect("sized");
-        if ci.startblk_lo.get() == NULL_ADDR {
+        let mask: u64 = if inode.chunk_format & chunk::BLOCKS_48BIT != 0 {
+            (1 << 48) - 1
+        } else {
+            (1 << 32) - 1
+        };
+        let start = ((ci.startblk_hi.get() as u64) << 32 | ci.startblk_lo.get() as u64) & mask;
+        if (start ^ NULL_ADDR as u64) & mask == 0 {
             None
         } else {
-            if ci.device_id.get() != 0 {
+            // The kernel masks the device id with the extra-device count: with none, it
+            // is ignored.
+            let devices = sb.extra_devices as u32 + 1;
+            let dev_mask = (devices.next_power_of_two() - 1) as u16;
+            let dev = ci.device_id.get() & dev_mask;
+            if dev != 0 {
                 return Err(Error::Unsupported {
                     image: img.name().into(),
                     at: format!("nid {}", inode.nid),
-                    what: format!(
-                        "chunk {chunk_nr} on extra device {} (multi-device images)",
-                        ci.device_id.get()
-                    ),
+                    what: format!("chunk {chunk_nr} on extra device {dev} (multi-device images)"),
                 });
             }
-            let hi = if sb.is_48bit() || inode.chunk_format & chunk::BLOCKS_48BIT != 0 {
-                ci.startblk_hi.get() as u64
-            } else {
-                0
-            };
-            Some(ci.startblk_lo.get() as u64 | hi << 32)
+            Some(start)
         }
     } else {
         let b = u32::from_le_bytes(raw[..4].try_into().expect("4 bytes"));

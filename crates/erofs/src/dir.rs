@@ -43,56 +43,81 @@ fn block_count(img: &Image, dir: &Inode) -> Result<u64> {
     Ok(dir.size.div_ceil(img.superblock().dir_block_size()))
 }
 
-/// Read and decode directory block `index` of `dir`.
-fn read_block(img: &Image, dir: &Inode, index: u64) -> Result<Vec<DirEntry>> {
+/// Read the raw bytes of directory block `index` of `dir` into `data`.
+fn read_block_raw(img: &Image, dir: &Inode, index: u64, data: &mut Vec<u8>) -> Result<()> {
     let dbs = img.superblock().dir_block_size();
     let start = index * dbs;
     let len = dbs.min(dir.size - start) as usize;
-    let mut data = vec![0u8; len];
-    let n = img.read_at(dir, start, &mut data)?;
+    data.resize(len, 0);
+    let n = img.read_at(dir, start, data)?;
     if n != len {
         return Err(img.corrupt_nid(dir.nid, format!("directory block {index} is short")));
     }
+    Ok(())
+}
+
+/// Read and decode directory block `index` of `dir`.
+fn read_block(img: &Image, dir: &Inode, index: u64) -> Result<Vec<DirEntry>> {
+    let mut data = Vec::new();
+    read_block_raw(img, dir, index, &mut data)?;
     parse_block(&data)
         .map_err(|what| img.corrupt_nid(dir.nid, format!("directory block {index}: {what}")))
 }
 
-/// Decode one directory block: validate name offsets, lengths, types and order.
-pub fn parse_block(data: &[u8]) -> std::result::Result<Vec<DirEntry>, String> {
-    let len = data.len();
-    if len < DIRENT_SIZE {
-        return Err(format!("{len} bytes cannot hold a directory entry"));
+/// A directory block, entries decoded on demand (lookups touch only log2(n) of them).
+struct Block<'a> {
+    data: &'a [u8],
+    names_start: usize,
+    count: usize,
+}
+
+impl<'a> Block<'a> {
+    fn new(data: &'a [u8]) -> std::result::Result<Block<'a>, String> {
+        let len = data.len();
+        if len < DIRENT_SIZE {
+            return Err(format!("{len} bytes cannot hold a directory entry"));
+        }
+        let first = Dirent::read_from_prefix(data).expect("sized").0;
+        let names_start = first.nameoff.get() as usize;
+        if names_start < DIRENT_SIZE
+            || !names_start.is_multiple_of(DIRENT_SIZE)
+            || names_start >= len
+        {
+            return Err(format!(
+                "first name offset {names_start} is not a multiple of 12 inside the {len} byte block"
+            ));
+        }
+        Ok(Block {
+            data,
+            names_start,
+            count: names_start / DIRENT_SIZE,
+        })
     }
-    let first = Dirent::read_from_prefix(data).expect("sized").0;
-    let names_start = first.nameoff.get() as usize;
-    if names_start < DIRENT_SIZE || !names_start.is_multiple_of(DIRENT_SIZE) || names_start >= len {
-        return Err(format!(
-            "first name offset {names_start} is not a multiple of 12 inside the {len} byte block"
-        ));
+
+    fn dirent(&self, i: usize) -> Dirent {
+        Dirent::read_from_prefix(&self.data[i * DIRENT_SIZE..])
+            .expect("inside the entry array")
+            .0
     }
-    let count = names_start / DIRENT_SIZE;
-    let mut out: Vec<DirEntry> = Vec::with_capacity(count);
-    for i in 0..count {
-        let d = Dirent::read_from_prefix(&data[i * DIRENT_SIZE..])
-            .expect("in block")
-            .0;
+
+    /// Entry `i`: its name (validated), nid and raw file type.
+    fn entry(&self, i: usize) -> std::result::Result<(&'a [u8], u64, u8), String> {
+        let len = self.data.len();
+        let d = self.dirent(i);
         let off = d.nameoff.get() as usize;
-        let end = if i + 1 < count {
-            Dirent::read_from_prefix(&data[(i + 1) * DIRENT_SIZE..])
-                .expect("in block")
-                .0
-                .nameoff
-                .get() as usize
+        let end = if i + 1 < self.count {
+            self.dirent(i + 1).nameoff.get() as usize
         } else {
             len
         };
-        if off < names_start || off >= end || end > len {
+        if off < self.names_start || off >= end || end > len {
             return Err(format!(
-                "entry {i}: name offsets {off}..{end} out of order or outside {names_start}..{len}"
+                "entry {i}: name offsets {off}..{end} out of order or outside {}..{len}",
+                self.names_start
             ));
         }
-        let mut name = &data[off..end];
-        if i + 1 == count {
+        let mut name = &self.data[off..end];
+        if i + 1 == self.count {
             // The last name runs to the first NUL or the end of the block.
             if let Some(z) = name.iter().position(|&b| b == 0) {
                 name = &name[..z];
@@ -110,22 +135,37 @@ pub fn parse_block(data: &[u8]) -> std::result::Result<Vec<DirEntry>, String> {
                 String::from_utf8_lossy(name)
             ));
         }
-        let file_type = FileType::from_dirent(d.file_type)
-            .ok_or_else(|| format!("entry {i}: unknown file type {}", d.file_type))?;
+        Ok((name, d.nid.get(), d.file_type))
+    }
+
+    fn dir_entry(&self, i: usize) -> std::result::Result<DirEntry, String> {
+        let (name, nid, t) = self.entry(i)?;
+        let file_type =
+            FileType::from_dirent(t).ok_or_else(|| format!("entry {i}: unknown file type {t}"))?;
+        Ok(DirEntry {
+            name: name.to_vec(),
+            nid,
+            file_type,
+        })
+    }
+}
+
+/// Decode one directory block: validate name offsets, lengths, types and order.
+pub fn parse_block(data: &[u8]) -> std::result::Result<Vec<DirEntry>, String> {
+    let b = Block::new(data)?;
+    let mut out: Vec<DirEntry> = Vec::with_capacity(b.count);
+    for i in 0..b.count {
+        let e = b.dir_entry(i)?;
         if let Some(prev) = out.last()
-            && prev.name.as_slice() >= name
+            && prev.name >= e.name
         {
             return Err(format!(
                 "entry {i}: name {:?} is not after {:?}",
-                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(&e.name),
                 String::from_utf8_lossy(&prev.name)
             ));
         }
-        out.push(DirEntry {
-            name: name.to_vec(),
-            nid: d.nid.get(),
-            file_type,
-        });
+        out.push(e);
     }
     Ok(out)
 }
@@ -153,34 +193,49 @@ pub fn read_dir(img: &Image, dir: &Inode) -> Result<Vec<DirEntry>> {
     Ok(out)
 }
 
-/// Find `name` in `dir` by binary search.
+/// Find `name` in `dir` by binary search: over blocks by their first name, then within the
+/// block. Only the entries compared are decoded.
 pub fn lookup(img: &Image, dir: &Inode, name: &[u8]) -> Result<Option<DirEntry>> {
     let nblocks = block_count(img, dir)?;
     if name.is_empty() || name.len() > NAME_LEN {
         return Ok(None);
     }
-    // Find the last block whose first name is <= name.
+    let bad =
+        |b: u64, what: String| img.corrupt_nid(dir.nid, format!("directory block {b}: {what}"));
+    let (mut data, mut cand) = (Vec::new(), Vec::new());
+    // The last block whose first name is <= name.
     let (mut lo, mut hi) = (0u64, nblocks);
-    let mut candidate: Option<Vec<DirEntry>> = None;
+    let mut candidate = None;
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let entries = read_block(img, dir, mid)?;
-        match entries[0].name.as_slice().cmp(name) {
-            Ordering::Equal => return Ok(Some(entries[0].clone())),
+        read_block_raw(img, dir, mid, &mut data)?;
+        let block = Block::new(&data).map_err(|w| bad(mid, w))?;
+        let (first, _, _) = block.entry(0).map_err(|w| bad(mid, w))?;
+        match first.cmp(name) {
+            Ordering::Equal => return block.dir_entry(0).map(Some).map_err(|w| bad(mid, w)),
             Ordering::Less => {
                 lo = mid + 1;
-                candidate = Some(entries);
+                candidate = Some(mid);
+                std::mem::swap(&mut data, &mut cand);
             }
             Ordering::Greater => hi = mid,
         }
     }
-    let Some(entries) = candidate else {
+    let Some(b) = candidate else {
         return Ok(None);
     };
-    Ok(entries
-        .binary_search_by(|e| e.name.as_slice().cmp(name))
-        .ok()
-        .map(|i| entries[i].clone()))
+    let block = Block::new(&cand).map_err(|w| bad(b, w))?;
+    let (mut lo, mut hi) = (1usize, block.count);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let (n, _, _) = block.entry(mid).map_err(|w| bad(b, w))?;
+        match n.cmp(name) {
+            Ordering::Equal => return block.dir_entry(mid).map(Some).map_err(|w| bad(b, w)),
+            Ordering::Less => lo = mid + 1,
+            Ordering::Greater => hi = mid,
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

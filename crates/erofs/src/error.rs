@@ -5,13 +5,18 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The image could not be read (I/O error or read past its end).
-    #[error("{image}: cannot read {len} bytes at offset {offset}: {source}")]
+    #[error("{image}: cannot read {len} bytes at offset {offset}: {cause}")]
     Io {
         image: String,
         offset: u64,
         len: usize,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
+    },
+    /// The image file could not be opened or its size found.
+    #[error("{image}: cannot open: {cause}")]
+    Open {
+        image: String,
+        cause: std::io::Error,
     },
     /// Not an EROFS image at all.
     #[error("{image}: not an EROFS image: {what}")]

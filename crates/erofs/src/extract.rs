@@ -22,12 +22,11 @@ use std::path::{Path, PathBuf};
 pub enum ExtractError {
     #[error(transparent)]
     Image(#[from] Error),
-    #[error("{path}: {op}: {source}")]
+    #[error("{path}: {op}: {cause}")]
     Io {
         path: PathBuf,
         op: &'static str,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("{0}: destination exists and is not an empty directory")]
     NotEmpty(PathBuf),
@@ -48,10 +47,10 @@ pub struct ExtractStats {
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> ExtractError + 'a {
-    move |source| ExtractError::Io {
+    move |cause| ExtractError::Io {
         path: path.to_path_buf(),
         op,
-        source,
+        cause,
     }
 }
 
@@ -300,4 +299,22 @@ fn restore(
         }
     }
     apply_metadata(img, inode, &to, stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_stay_inside_the_destination() {
+        let d = Path::new("/dest");
+        assert_eq!(target(d, b"/").unwrap(), PathBuf::from("/dest"));
+        assert_eq!(target(d, b"/a/b").unwrap(), PathBuf::from("/dest/a/b"));
+        for bad in [&b"/a/../../etc"[..], b"/..", b"/a/./b", b"/a\0b"] {
+            assert!(
+                matches!(target(d, bad), Err(ExtractError::UnsafeName { .. })),
+                "{bad:?}"
+            );
+        }
+    }
 }

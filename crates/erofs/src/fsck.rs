@@ -6,7 +6,7 @@
 
 use crate::data::{self, Phys};
 use crate::error::Error;
-use crate::format::{compat, fingerprint as fpfmt};
+use crate::format::fingerprint as fpfmt;
 use crate::image::Image;
 use crate::inode::{FileType, Inode};
 use crate::walk::{Visit, walk};
@@ -185,7 +185,7 @@ impl Checker<'_> {
             Ok(r) => r,
             Err(e) => return self.problem(path, describe(&e)),
         };
-        if self.img.superblock().has_compat(compat::XATTR_FILTER) {
+        if self.img.superblock().xattr_filter_active() {
             match xattr::ibody_header(self.img, inode) {
                 Ok(Some(h)) => {
                     let present = !xattr::expected_filter(&raw);
@@ -310,6 +310,10 @@ impl Checker<'_> {
     }
 
     fn finish(mut self) -> FsckReport {
+        // Link counts only mean something when the whole tree could be walked.
+        if self.report.problem_count > 0 {
+            return self.report;
+        }
         let mut bad: Vec<(Vec<u8>, String)> = Vec::new();
         for (found, nlink, path) in self.links.values() {
             if found != nlink {

@@ -14,6 +14,11 @@ use std::sync::Arc;
 /// Longest symlink target we read (PATH_MAX).
 const MAX_SYMLINK: u64 = 4096;
 
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<Image>();
+};
+
 /// An EROFS image opened for reading. `Send + Sync`: share it with `Arc`.
 #[derive(Debug)]
 pub struct Image {
@@ -31,11 +36,9 @@ impl Image {
     pub fn open(path: impl AsRef<Path>) -> Result<Image> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let f = std::fs::File::open(path).map_err(|source| Error::Io {
+        let f = std::fs::File::open(path).map_err(|cause| Error::Open {
             image: name.clone(),
-            offset: 0,
-            len: 0,
-            source,
+            cause,
         })?;
         Image::from_source(Arc::new(f), name)
     }
@@ -44,11 +47,9 @@ impl Image {
     pub fn from_source(src: Arc<dyn ReadAt>, name: impl Into<String>) -> Result<Image> {
         let name = name.into();
         let sb = Superblock::read(src.as_ref(), &name)?;
-        let len = src.len().map_err(|source| Error::Io {
+        let len = src.len().map_err(|cause| Error::Open {
             image: name.clone(),
-            offset: 0,
-            len: 0,
-            source,
+            cause,
         })?;
         let mut img = Image {
             src,
@@ -121,11 +122,11 @@ impl Image {
     pub(crate) fn read_raw(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.src
             .read_exact_at(buf, offset)
-            .map_err(|source| Error::Io {
+            .map_err(|cause| Error::Io {
                 image: self.name.clone(),
                 offset,
                 len: buf.len(),
-                source,
+                cause,
             })
     }
 

@@ -50,6 +50,8 @@ pub struct Superblock {
     pub xattr_prefix_start: u32,
     /// Nid of the packed inode (0 = none).
     pub packed_nid: u64,
+    /// Nonzero when the name filter's on-disk format changed (the filter is then unused).
+    pub xattr_filter_reserved: u8,
     /// Long-prefix index of the fingerprint xattr, when ISHARE_XATTRS is set.
     pub ishare_xattr_prefix_id: Option<u8>,
     /// mkfs time in seconds after `epoch` (48-bit layout).
@@ -67,11 +69,11 @@ fn corrupt(image: &str, what: String) -> Error {
 }
 
 fn read(src: &dyn ReadAt, image: &str, buf: &mut [u8], offset: u64) -> Result<()> {
-    src.read_exact_at(buf, offset).map_err(|source| Error::Io {
+    src.read_exact_at(buf, offset).map_err(|cause| Error::Io {
         image: image.to_string(),
         offset,
         len: buf.len(),
-        source,
+        cause,
     })
 }
 
@@ -95,11 +97,9 @@ pub fn checksum_len(block_bits: u8) -> usize {
 impl Superblock {
     /// Read and validate the superblock of `src`.
     pub fn read(src: &dyn ReadAt, image: &str) -> Result<Superblock> {
-        let len = src.len().map_err(|source| Error::Io {
+        let len = src.len().map_err(|cause| Error::Open {
             image: image.to_string(),
-            offset: 0,
-            len: 0,
-            source,
+            cause,
         })?;
         if len < SUPER_OFFSET + SUPERBLOCK_SIZE as u64 {
             return Err(Error::NotErofs {
@@ -252,6 +252,7 @@ impl Superblock {
             xattr_prefix_count,
             xattr_prefix_start: raw.xattr_prefix_start.get(),
             packed_nid: raw.packed_nid.get(),
+            xattr_filter_reserved: raw.xattr_filter_reserved,
             ishare_xattr_prefix_id,
             build_time: raw.build_time.get(),
             metabox_nid,
@@ -279,6 +280,11 @@ impl Superblock {
 
     pub fn has_incompat(&self, bit: u32) -> bool {
         self.feature_incompat & bit != 0
+    }
+
+    /// Whether inodes' xattr name filters may be trusted (as the kernel decides).
+    pub fn xattr_filter_active(&self) -> bool {
+        self.has_compat(compat::XATTR_FILTER) && self.xattr_filter_reserved == 0
     }
 
     /// 48-bit block addresses.

@@ -320,7 +320,7 @@ pub(crate) fn get(img: &Image, inode: &Inode, name: &[u8]) -> Result<Option<Vec<
     let Some(h) = ibody_header(img, inode)? else {
         return Ok(None);
     };
-    if img.superblock().has_compat(compat::XATTR_FILTER)
+    if img.superblock().xattr_filter_active()
         && h.name_filter & (1 << xattr_name::filter_bit(index, suffix)) != 0
     {
         return Ok(None);

@@ -195,6 +195,15 @@ fn compare_fingerprints_with(vector: &str, name: Option<&str>) {
     assert!(prefix_is_plain(&ours) && prefix_is_plain(&theirs));
 
     let (wa, wb) = (ours.walk(), theirs.walk());
+    // tiny.txt carries only the fingerprint: its filter in upstream's image is exactly our
+    // hash of the fingerprint name.
+    let fp_name = o.fingerprint.as_ref().unwrap();
+    let bit = erofs::xattr_name::filter_bit(fp_name.base_index, &fp_name.infix);
+    assert_eq!(
+        wb["tiny.txt"].filter,
+        Some(!(1u32 << bit)),
+        "upstream filter of tiny.txt"
+    );
     assert_eq!(
         wa.keys().collect::<Vec<_>>(),
         wb.keys().collect::<Vec<_>>(),
@@ -466,6 +475,29 @@ fn hostile_tars_fail_with_clear_errors_and_keep_the_destination() {
     set_checksum(&mut h);
     t[n - 512..].copy_from_slice(&h);
     cases.push(("declared 8 GiB, nothing there", t, "truncated"));
+    let mut t = Vec::new();
+    let long = format!("user.{}", "n".repeat(300));
+    member(
+        &mut t,
+        "x",
+        b'0',
+        b"",
+        "",
+        &[(&format!("SCHILY.xattr.{long}"), b"v")],
+    );
+    end(&mut t);
+    cases.push(("xattr name too long", t, "longer than 255 bytes"));
+    let mut t = Vec::new();
+    member(
+        &mut t,
+        "x",
+        b'0',
+        b"",
+        "",
+        &[("SCHILY.acl.access", b"user:bob:rwx")],
+    );
+    end(&mut t);
+    cases.push(("ACL with a user name", t, "not a numeric"));
     cases.push(("garbage", vec![0x55; 4096], "checksum"));
     cases.push(("empty", Vec::new(), "end-of-archive"));
     for (what, tar, want) in cases {
@@ -569,5 +601,288 @@ fn bad_options_are_refused() {
             .unwrap_err()
             .to_string();
         assert!(err.contains("block size"), "{err}");
+    }
+}
+
+// ---- a directory tree with the format's edge cases ----
+
+fn set_mtime(path: &Path, sec: i64, nsec: i64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let ts = [
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+    ];
+    // SAFETY: c is NUL-terminated and ts points to two timespecs.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(r, 0, "utimensat {}", path.display());
+}
+
+fn lchown(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+}
+
+fn setxattr(path: &Path, name: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: both strings are NUL-terminated; value is valid for its length.
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr {name} on {}", path.display());
+}
+
+/// A tree of edge cases: 40-deep nesting, a 1500-entry directory, 255-byte names, sizes
+/// around block boundaries, a tail that cannot be inlined beside a 3000-byte xattr, large
+/// ids, nanosecond and pre-1970 mtimes, hardlinks, a long symlink, special files.
+fn edge_tree(root: &Path) {
+    use std::fs;
+    let mut d = root.join("deep");
+    for i in 0..40 {
+        d = d.join(format!("d{i:02}"));
+    }
+    fs::create_dir_all(&d).unwrap();
+    fs::write(d.join("bottom"), b"bottom\n").unwrap();
+    let many = root.join("many");
+    fs::create_dir(&many).unwrap();
+    for i in 0..1500 {
+        let len = 1 + (i * 37) % 255;
+        let name: String = format!("{i:04}")
+            .chars()
+            .chain(std::iter::repeat('n'))
+            .take(len.max(4))
+            .collect();
+        fs::write(many.join(name), []).unwrap();
+    }
+    fs::write(many.join("x".repeat(255)), b"long name").unwrap();
+    let sizes = root.join("sizes");
+    fs::create_dir(&sizes).unwrap();
+    for s in [
+        1usize, 511, 512, 513, 4031, 4032, 4033, 4095, 4096, 4097, 8191, 12288, 70000,
+    ] {
+        let data: Vec<u8> = (0..s).map(|i| (i * 7 + s) as u8).collect();
+        fs::write(sizes.join(format!("s{s}")), data).unwrap();
+    }
+    let x = sizes.join("xattr-heavy");
+    fs::write(&x, vec![b'x'; 4000]).unwrap();
+    setxattr(&x, "user.big", &[b'v'; 3000]);
+    setxattr(&x, "trusted.t", b"1");
+    let ids = root.join("ids");
+    fs::create_dir(&ids).unwrap();
+    let big = ids.join("big-ids");
+    fs::write(&big, b"ids").unwrap();
+    lchown(&big, 100_000, 4_000_000_000);
+    let small = ids.join("small-ids");
+    fs::write(&small, b"ids").unwrap();
+    lchown(&small, 1000, 1000);
+    let links = root.join("links");
+    fs::create_dir(&links).unwrap();
+    fs::write(links.join("a"), b"linked").unwrap();
+    fs::hard_link(links.join("a"), links.join("b")).unwrap();
+    fs::hard_link(links.join("a"), root.join("c")).unwrap();
+    std::os::unix::fs::symlink("t".repeat(4000), links.join("long-symlink")).unwrap();
+    std::os::unix::fs::symlink("a", links.join("short-symlink")).unwrap();
+    let special = root.join("special");
+    fs::create_dir(&special).unwrap();
+    let c = std::ffi::CString::new(special.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: c is NUL-terminated.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o640) }, 0);
+    let c = std::ffi::CString::new(special.join("chr").to_str().unwrap()).unwrap();
+    let dev = libc::makedev(300, 70000);
+    // SAFETY: c is NUL-terminated.
+    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, dev) };
+    assert_eq!(r, 0);
+    let _sock = std::os::unix::net::UnixListener::bind(special.join("sock")).unwrap();
+    fs::write(root.join("skip.o"), b"excluded").unwrap();
+    // mtimes last, deepest first, so creating children does not change them again.
+    let mut all: Vec<PathBuf> = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() && !p.is_symlink() {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+        all.push(p);
+    }
+    all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for (i, p) in all.iter().enumerate() {
+        let (sec, nsec) = match i % 4 {
+            0 => (1_600_000_000 + i as i64, 0),
+            1 => (1_650_000_000 + i as i64, 123_456_789),
+            2 => (-86_400 - i as i64, 500),
+            _ => (1_700_000_000, 0),
+        };
+        set_mtime(p, sec, nsec);
+    }
+}
+
+#[test]
+fn kernel_shows_an_edge_case_directory_exactly() {
+    if !require(
+        "kernel_shows_an_edge_case_directory_exactly",
+        &[Need::KernelErofs],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    edge_tree(&src);
+    let mut expected = manifest::of_tree(&src).unwrap();
+    expected.remove("skip.o");
+    let o = Options {
+        exclude: vec![build::Pattern::new("*.o").unwrap()],
+        ..opts()
+    };
+    for (bs, inline) in [(4096, true), (512, true), (1024, false)] {
+        let o = Options {
+            block_size: bs,
+            inline,
+            ..o.clone()
+        };
+        let img = build_to(
+            tmp.path(),
+            &format!("edge-{bs}.erofs"),
+            Source::Dir(src.clone()),
+            &o,
+        );
+        assert_kernel_shows(
+            &img,
+            &expected,
+            &format!("edge tree, block size {bs}, inline {inline}"),
+        );
+    }
+    // Owner overrides apply to every inode.
+    let o = Options {
+        uid: Some(5),
+        gid: Some(70_000),
+        ..o
+    };
+    let img = build_to(tmp.path(), "edge-ids.erofs", Source::Dir(src.clone()), &o);
+    for e in expected.values_mut() {
+        e["uid"] = 5.into();
+        e["gid"] = 70_000.into();
+    }
+    assert_kernel_shows(&img, &expected, "edge tree with --uid/--gid");
+}
+
+#[test]
+fn tar_excludes_cover_whole_subtrees_and_their_hardlinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Vec::new();
+    member(&mut t, "keep/a", b'0', b"a", "", &[]);
+    member(&mut t, "cache/x", b'0', b"x", "", &[]);
+    member(&mut t, "cache/sub/y", b'0', b"y", "", &[]);
+    member(&mut t, "keep/l", b'1', b"", "cache/x", &[]);
+    member(&mut t, "keep/b.o", b'0', b"o", "", &[]);
+    end(&mut t);
+    let o = Options {
+        exclude: vec![
+            build::Pattern::new("cache").unwrap(),
+            build::Pattern::new("*.o").unwrap(),
+        ],
+        ..opts()
+    };
+    let img = build_tar(tmp.path(), t, &o).unwrap();
+    let bytes = std::fs::read(&img).unwrap();
+    let w = common::Image::new(&bytes).walk();
+    assert_eq!(w.keys().collect::<Vec<_>>(), vec![".", "keep", "keep/a"]);
+    assert_eq!(common::Image::new(&bytes).data(w["keep/a"].nid), b"a");
+}
+
+#[test]
+fn gnu_ustar_and_pax_tars_of_one_tree_show_it() {
+    if !require(
+        "gnu_ustar_and_pax_tars_of_one_tree_show_it",
+        &[Need::KernelErofs],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    // Paths over 100 bytes (GNU long names, ustar prefix), a long symlink target (GNU long
+    // link), a hardlink, a device.
+    let long_dir = src.join("d".repeat(60)).join("e".repeat(60));
+    std::fs::create_dir_all(&long_dir).unwrap();
+    std::fs::write(long_dir.join("f".repeat(90)), b"deep").unwrap();
+    std::os::unix::fs::symlink("t".repeat(300), src.join("longlink")).unwrap();
+    std::fs::hard_link(long_dir.join("f".repeat(90)), src.join("hard")).unwrap();
+    let c = std::ffi::CString::new(src.join("blk").to_str().unwrap()).unwrap();
+    let dev = libc::makedev(8, 3);
+    // SAFETY: c is NUL-terminated.
+    let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o660, dev) };
+    assert_eq!(r, 0);
+    set_mtime(&src, 1_700_000_000, 0);
+    let expected = manifest::of_tree(&src).unwrap();
+    for (format, owner) in [
+        ("gnu", "4000000000"),
+        ("ustar", "1000"),
+        ("posix", "4000000000"),
+    ] {
+        let tar = tmp.path().join(format!("{format}.tar"));
+        // ustar holds no link target over 100 bytes: leave out the long symlink and the
+        // hardlink to the long path.
+        let skip: &[&str] = if format == "ustar" {
+            &["--exclude=./longlink", "--exclude=./hard"]
+        } else {
+            &[]
+        };
+        let st = Command::new("tar")
+            .args(skip)
+            .arg(format!("--format={format}"))
+            .arg(format!("--owner=:{owner}"))
+            .arg(format!("--group=:{owner}"))
+            .arg("-cf")
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success(), "tar --format={format}");
+        let img = build_to(
+            tmp.path(),
+            &format!("{format}.erofs"),
+            Source::Tar(Box::new(std::fs::File::open(&tar).unwrap())),
+            &opts(),
+        );
+        let mut want = expected.clone();
+        if format == "ustar" {
+            want.remove("longlink");
+            want.remove("hard");
+            let deep = format!("{}/{}/{}", "d".repeat(60), "e".repeat(60), "f".repeat(90));
+            want.get_mut(&deep).unwrap()["nlink"] = 1.into();
+        }
+        for e in want.values_mut() {
+            e["uid"] = owner.parse::<u64>().unwrap().into();
+            e["gid"] = owner.parse::<u64>().unwrap().into();
+            if format != "posix" {
+                // Only PAX headers carry nanoseconds.
+                let ns = e["mtime_ns"].as_i64().unwrap();
+                e["mtime_ns"] = (ns - ns.rem_euclid(1_000_000_000)).into();
+            }
+        }
+        assert_kernel_shows(&img, &want, &format!("tar --format={format}"));
     }
 }

@@ -236,3 +236,44 @@ fn compressed_images_fail_with_a_clear_error() {
         assert!(errors > 0, "{name}: no compressed inode met");
     }
 }
+
+#[test]
+fn lookup_finds_every_entry_and_nothing_else() {
+    if !require(
+        "lookup_finds_every_entry_and_nothing_else",
+        &[Need::Testdata],
+    ) {
+        return;
+    }
+    for name in ["plain-b512-fp", "plain-fp", "chunked-4k-fp"] {
+        let img = Image::open(testdata::image(name)).unwrap();
+        let mut dirs = 0;
+        walk(&img, |v| {
+            if let Visit::Inode { inode, .. } = v
+                && inode.is_dir()
+            {
+                dirs += 1;
+                let entries = img.read_dir(inode).unwrap();
+                for e in &entries {
+                    assert_eq!(img.lookup(inode, &e.name).unwrap().as_ref(), Some(e));
+                    let mut after = e.name.clone();
+                    after.push(0x01);
+                    assert_eq!(img.lookup(inode, &after).unwrap(), None);
+                }
+                for missing in [&b"\x01"[..], b"~~~~", b"-", &[0xffu8; 255][..]] {
+                    assert_eq!(img.lookup(inode, missing).unwrap(), None);
+                }
+            }
+            ControlFlow::Continue(())
+        });
+        assert!(dirs > 10);
+        // Resolve goes through lookups, ".." included.
+        let a = img.resolve("/big/mixed.bin").unwrap();
+        let b = img.resolve("big/../big/./mixed.bin").unwrap();
+        assert_eq!(a, b);
+        assert!(matches!(
+            img.resolve("/big/mixed.bin/x"),
+            Err(erofs::Error::NotFound { .. })
+        ));
+    }
+}

@@ -162,7 +162,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let show = !args.quiet && std::io::stderr().is_terminal();
     let bar = Bar(if show {
-        indicatif::ProgressBar::new_spinner()
+        let b = indicatif::ProgressBar::new_spinner();
+        // Tar input: the total is unknown, show bytes and rate.
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec}")
+                .expect("valid template"),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
     } else {
         indicatif::ProgressBar::hidden()
     });

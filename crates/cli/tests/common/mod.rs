@@ -13,6 +13,14 @@ use erofs_share_daemon::control::{self, MountStatus, Request, Response, Status};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_erofs-share");
 
+static CACHE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Serialises the tests of one binary that drop caches or measure the page cache: a
+/// drop_caches in one test would empty the cache another is measuring.
+pub fn cache_lock() -> std::sync::MutexGuard<'static, ()> {
+    CACHE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[derive(Debug)]
 pub struct Daemon {
     pub child: Option<Child>,
@@ -294,10 +302,12 @@ pub fn flat_plain_file(image: &Path) -> String {
                     }
                 }
             }
-            erofs::inode::FileType::Reg if inode.layout == 0 && inode.size > 16384 => {
-                if best.as_ref().is_none_or(|(s, _)| inode.size > *s) {
-                    best = Some((inode.size, path.clone()));
-                }
+            erofs::inode::FileType::Reg
+                if inode.layout == 0
+                    && inode.size > 16384
+                    && best.as_ref().is_none_or(|(s, _)| inode.size > *s) =>
+            {
+                best = Some((inode.size, path.clone()));
             }
             _ => {}
         }

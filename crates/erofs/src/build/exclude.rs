@@ -41,6 +41,15 @@ pub fn excluded(patterns: &[Pattern], path: &[u8]) -> bool {
     patterns.iter().any(|p| p.matches(path))
 }
 
+/// Whether a path given as components, or any directory above it, is excluded (for sources
+/// that list paths without walking directories, like tar).
+pub fn excluded_or_under(patterns: &[Pattern], comps: &[&[u8]]) -> bool {
+    if patterns.is_empty() {
+        return false;
+    }
+    (1..=comps.len()).any(|n| excluded(patterns, &comps[..n].join(&b'/')))
+}
+
 fn glob(p: &[u8], s: &[u8]) -> bool {
     // Iterative matcher with single-star backtracking: linear in practice, never exponential.
     let (mut pi, mut si) = (0, 0);
@@ -136,5 +145,8 @@ mod tests {
         assert!(Pattern::new("f[0-9]?").unwrap().matches(b"d/f1x"));
         assert!(!Pattern::new("f[!0-9]").unwrap().matches(b"f1"));
         assert!(Pattern::new("").is_err());
+        let under = [Pattern::new("cache").unwrap()];
+        assert!(excluded_or_under(&under, &[b"var", b"cache", b"x"]));
+        assert!(!excluded_or_under(&under, &[b"var", b"caches"]));
     }
 }

@@ -30,6 +30,9 @@ pub fn read(
     }
     let mut tree = Tree::new();
     tree.nodes[0] = node_of(root, &md)?;
+    // The image being written may sit inside the source: never include it.
+    let own = img.file.metadata().map_err(BuildError::Write)?;
+    let own = (own.dev(), own.ino());
     let mut hardlinks: HashMap<(u64, u64), NodeId> = HashMap::new();
     // (directory node, its path, its path relative to root)
     let mut stack: Vec<(NodeId, PathBuf, Vec<u8>)> = vec![(0, root.to_path_buf(), Vec::new())];
@@ -52,6 +55,9 @@ pub fn read(
             }
             let md = std::fs::symlink_metadata(&child_path).map_err(BuildError::io(&child_path))?;
             let key = (md.dev(), md.ino());
+            if key == own {
+                continue;
+            }
             let id = match hardlinks.get(&key) {
                 Some(&id) if !md.is_dir() => id,
                 _ => {
@@ -102,6 +108,8 @@ fn node_of(path: &Path, md: &std::fs::Metadata) -> Result<Node, BuildError> {
     n.mtime = md.mtime();
     n.mtime_nsec = md.mtime_nsec() as u32;
     n.xattrs = xattrs_of(path).map_err(BuildError::io(path))?;
+    super::xattrs::validate(&n.xattrs)
+        .map_err(|m| BuildError::Source(format!("{}: {m}", path.display())))?;
     Ok(n)
 }
 

@@ -518,7 +518,7 @@ impl Builder<'_> {
         let src = |m: String| BuildError::Source(m);
         let mut comps = components(&e.path).map_err(src)?;
         let shown = String::from_utf8_lossy(&e.path).into_owned();
-        if !comps.is_empty() && super::exclude::excluded(&self.opts.exclude, &comps.join(&b'/')) {
+        if super::exclude::excluded_or_under(&self.opts.exclude, &comps) {
             return Ok(());
         }
         let mut typeflag = e.typeflag;
@@ -544,6 +544,7 @@ impl Builder<'_> {
             typeflag = b'3';
             devmajor_minor = (0, 0);
         }
+        super::xattrs::validate(&e.xattrs).map_err(|m| src(format!("{shown:?}: {m}")))?;
         let perm = (e.mode & 0o7777) as u16;
         let uid =
             u32::try_from(e.uid).map_err(|_| src(format!("{shown:?}: uid {} too large", e.uid)))?;
@@ -591,6 +592,10 @@ impl Builder<'_> {
             }
             b'1' => {
                 let target = components(&e.link).map_err(src)?;
+                if super::exclude::excluded_or_under(&self.opts.exclude, &target) {
+                    // The file it names was left out: so is this name.
+                    return Ok(());
+                }
                 let id = self.lookup(&target).ok_or_else(|| {
                     src(format!(
                         "hardlink {shown:?} to {:?}, which is not in the archive before it",

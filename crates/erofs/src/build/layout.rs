@@ -3,6 +3,7 @@
 
 use crate::fingerprint::XattrName;
 use crate::format::{DIRENT_SIZE, ISLOT_BITS, SUPER_OFFSET, SUPERBLOCK_SIZE};
+use std::collections::BTreeSet;
 use std::ops::Range;
 
 /// Byte offset of the long xattr prefix table: right after the superblock.
@@ -35,63 +36,70 @@ pub fn dir_blocks(names: &[&[u8]], block_size: u64) -> (Vec<Range<usize>>, u64) 
     (blocks, size)
 }
 
-/// Places inode records in the metadata area. Records are 32-byte aligned (nid = offset / 32).
-/// A record with inline data never crosses a block boundary (the kernel requires the inline
-/// tail in one block); when it does not fit at the end, the rest of that block is kept as a
-/// hole that later, smaller records fill (first fit).
-#[derive(Debug)]
-pub struct MetaAllocator {
-    block_size: u64,
-    cursor: u64,
-    holes: Vec<(u64, u64)>,
+/// Place inode records in the metadata area, which starts `start` bytes into its first block
+/// (after the shared xattrs). Records are 32-byte aligned (nid = offset / 32). `sizes[0]`, the
+/// root, goes first so its nid stays small. Every record of at most a block stays inside one
+/// block (the kernel needs an inline tail in one block), packed best-fit decreasing to waste
+/// little; larger ones (no inline data, huge xattr bodies) follow at the end. Returns each
+/// record's offset and the end of the area.
+pub fn pack(block_size: u64, start: u64, sizes: &[u64]) -> (Vec<u64>, u64) {
+    let slot = |s: u64| s.max(1).next_multiple_of(SLOT);
+    let mut offsets = vec![0u64; sizes.len()];
+    let Some(&root) = sizes.first() else {
+        return (offsets, start);
+    };
+    let first = start.next_multiple_of(SLOT);
+    offsets[0] = first;
+    let mut end = first + slot(root);
+    // Blocks' used bytes, and free space → blocks with that much room.
+    let mut used: Vec<u64> = Vec::new();
+    let mut by_free: BTreeSet<(u64, usize)> = BTreeSet::new();
+    let base = end.next_multiple_of(block_size);
+    if base > end && base - end >= SLOT {
+        // The rest of the root's block is usable too.
+        used.push(end % block_size);
+        by_free.insert((base - end, 0));
+    }
+    let first_block = if used.is_empty() {
+        base
+    } else {
+        base - block_size
+    };
+    let mut order: Vec<usize> = (1..sizes.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(slot(sizes[i])), i));
+    let mut large = Vec::new();
+    for i in order {
+        let size = slot(sizes[i]);
+        if size > block_size {
+            large.push(i);
+            continue;
+        }
+        let b = match by_free.range((size, 0)..).next().copied() {
+            Some(key) => {
+                by_free.remove(&key);
+                key.1
+            }
+            None => {
+                used.push(0);
+                used.len() - 1
+            }
+        };
+        offsets[i] = first_block + b as u64 * block_size + used[b];
+        used[b] += size;
+        let free = block_size - used[b];
+        if free >= SLOT {
+            by_free.insert((free, b));
+        }
+    }
+    end = end.max(first_block + used.len() as u64 * block_size);
+    for i in large {
+        offsets[i] = end;
+        end += slot(sizes[i]);
+    }
+    (offsets, end)
 }
 
 const SLOT: u64 = 1 << ISLOT_BITS;
-const MAX_HOLES: usize = 256;
-
-impl MetaAllocator {
-    pub fn new(block_size: u64, start: u64) -> MetaAllocator {
-        MetaAllocator {
-            block_size,
-            cursor: start.next_multiple_of(SLOT),
-            holes: Vec::new(),
-        }
-    }
-
-    /// Offset for a record of `size` bytes; `in_one_block` for records with inline data
-    /// (their size is at most a block).
-    pub fn place(&mut self, size: u64, in_one_block: bool) -> u64 {
-        let size = size.max(1).next_multiple_of(SLOT);
-        if let Some(i) = self.holes.iter().position(|&(_, len)| len >= size) {
-            let (off, len) = self.holes[i];
-            if len - size >= SLOT {
-                self.holes[i] = (off + size, len - size);
-            } else {
-                self.holes.remove(i);
-            }
-            return off;
-        }
-        let in_block = self.cursor % self.block_size;
-        if in_one_block && in_block + size > self.block_size {
-            let rest = self.block_size - in_block;
-            if rest >= SLOT {
-                if self.holes.len() == MAX_HOLES {
-                    self.holes.remove(0);
-                }
-                self.holes.push((self.cursor, rest));
-            }
-            self.cursor += rest;
-        }
-        let off = self.cursor;
-        self.cursor += size;
-        off
-    }
-
-    /// End of the used area.
-    pub fn end(&self) -> u64 {
-        self.cursor
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -112,13 +120,26 @@ mod tests {
     }
 
     #[test]
-    fn inline_records_stay_in_one_block_and_holes_get_filled() {
-        let mut m = MetaAllocator::new(4096, 0);
-        assert_eq!(m.place(4000, true), 0);
-        // Does not fit in the rest of block 0: goes to block 1, leaving a 96-byte hole.
-        assert_eq!(m.place(200, true), 4096);
-        assert_eq!(m.place(32, false), 4000);
-        assert_eq!(m.place(64, false), 4032);
-        assert_eq!(m.place(32, true), 4096 + 224);
+    fn records_stay_in_one_block_and_pack_tightly() {
+        let sizes = [64, 4000, 3000, 1000, 96, 64, 32, 5000];
+        let (off, end) = pack(4096, 1152, &sizes);
+        assert_eq!(off[0], 1152);
+        for (i, (&o, &s)) in off.iter().zip(&sizes).enumerate() {
+            assert_eq!(o % 32, 0);
+            if s <= 4096 {
+                assert_eq!(o / 4096, (o + s - 1) / 4096, "record {i} crosses a block");
+            }
+        }
+        let mut spans: Vec<(u64, u64)> =
+            off.iter().zip(&sizes).map(|(&o, &s)| (o, o + s)).collect();
+        spans.sort();
+        assert!(
+            spans.windows(2).all(|w| w[0].1 <= w[1].0),
+            "overlap: {spans:?}"
+        );
+        // Best fit: the small records fill the ends of the 4000 and 3000 + 1000 blocks.
+        assert_eq!(off[4] / 4096, 1);
+        assert_eq!((off[5] / 4096, off[6] / 4096), (2, 0));
+        assert_eq!(end, 3 * 4096 + 5024);
     }
 }

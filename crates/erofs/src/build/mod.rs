@@ -66,7 +66,8 @@ pub struct Options {
     pub fingerprint: Option<XattrName>,
     /// Inline the tails of files, directories and symlinks after their inodes.
     pub inline: bool,
-    /// Build time in seconds since the epoch (the superblock epoch is never later).
+    /// Build time in seconds since 1970: the mtime of directories a tar implies without a
+    /// header of their own (file mtimes are kept as they are).
     pub build_time: u64,
     /// Volume uuid.
     pub uuid: [u8; 16],
@@ -236,7 +237,8 @@ pub fn build(
     };
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o666 & !(mask as u32));
     img.file.set_permissions(perms).map_err(BuildError::Write)?;
-    img.file.sync_all().map_err(BuildError::Write)?;
+    // No fsync, like mkfs.erofs: the rename protects the destination from failed builds;
+    // callers that need durability sync the image themselves.
     tmp.persist(dst).map_err(|e| BuildError::io(dst)(e.error))?;
     Ok(summary)
 }

@@ -1,7 +1,7 @@
 //! Serialising the laid-out tree: inodes (compact where lossless), xattr bodies, directory
 //! blocks, symlink targets, the shared xattr area, the prefix table and the superblock.
 
-use super::layout::{self, MetaAllocator, PREFIX_TABLE_OFFSET};
+use super::layout::{self, PREFIX_TABLE_OFFSET};
 use super::tree::{Content, Kind, NodeId, Tree};
 use super::xattrs::{self, FingerprintPrefix, SharedXattrs};
 use super::{BuildError, ImageFile, Options, Summary};
@@ -9,6 +9,7 @@ use crate::format::{
     self, DIRENT_SIZE, Dirent, EROFS_MAGIC, I_DATALAYOUT_BIT, InodeCompact, InodeExtended,
     NULL_ADDR, SUPER_OFFSET, SuperBlock, compat, incompat,
 };
+use std::collections::HashMap;
 use zerocopy::{FromZeros, IntoBytes};
 
 /// Where the shared xattr area may grow before the inodes move to their own blocks (keeps
@@ -42,13 +43,23 @@ impl Planned {
     }
 }
 
-/// The superblock epoch: no later than the build time nor than any inode's mtime, so every
-/// whole-second mtime after it fits a compact inode.
-fn epoch(tree: &Tree, order: &[(NodeId, NodeId)], build_time: u64) -> u64 {
-    order
-        .iter()
-        .filter_map(|&(id, _)| u64::try_from(tree.nodes[id].mtime).ok())
-        .fold(build_time, u64::min)
+/// The superblock epoch and its nanoseconds: the most common mtime among the inodes (the
+/// earliest of the most common; the build time when no mtime is after 1970). Compact inodes
+/// are used only for inodes with exactly this mtime, stored as `i_mtime = 0`: kernels before
+/// compact-inode mtimes (Linux < 6.15) show every compact inode the epoch, so any other
+/// choice would lose mtimes there.
+fn epoch(tree: &Tree, order: &[(NodeId, NodeId)], build_time: u64) -> (u64, u32) {
+    let mut count: HashMap<(u64, u32), u64> = HashMap::new();
+    for &(id, _) in order {
+        let n = &tree.nodes[id];
+        if let Ok(sec) = u64::try_from(n.mtime) {
+            *count.entry((sec, n.mtime_nsec)).or_default() += 1;
+        }
+    }
+    count
+        .into_iter()
+        .max_by_key(|&(t, c)| (c, std::cmp::Reverse(t)))
+        .map_or((build_time, 0), |(t, _)| t)
 }
 
 /// Lay out and write everything but the file data (already in the data area).
@@ -57,7 +68,7 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     let order = tree.bfs();
     let ids: Vec<NodeId> = order.iter().map(|&(id, _)| id).collect();
     let shared = SharedXattrs::collect(tree, &ids)?;
-    let epoch = epoch(tree, &order, opts.build_time);
+    let (epoch, fixed_nsec) = epoch(tree, &order, opts.build_time);
     let fp_prefix = opts
         .fingerprint
         .clone()
@@ -90,13 +101,12 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
             Kind::Symlink(t) => t.len() as u64,
             _ => 0,
         };
-        let mtime_rel = n.mtime.checked_sub(epoch as i64);
         let compact = size <= u32::MAX as u64
             && n.uid <= u16::MAX as u32
             && n.gid <= u16::MAX as u32
             && n.nlink <= u16::MAX as u32
-            && n.mtime_nsec == 0
-            && mtime_rel.is_some_and(|r| (0..=u32::MAX as i64).contains(&r));
+            && n.mtime == epoch as i64
+            && n.mtime_nsec == fixed_nsec;
         let mut p = Planned {
             node: id,
             parent,
@@ -147,15 +157,18 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     } else {
         (xattr_blkaddr + (shared.bytes.len() as u64).div_ceil(bs), 0)
     };
-    let mut alloc = MetaAllocator::new(bs, meta_start);
+    let sizes: Vec<u64> = plans
+        .iter()
+        .map(|p| (p.isize() + p.xattr.len() + p.inline_len) as u64)
+        .collect();
+    let (offsets, meta_end) = layout::pack(bs, meta_start, &sizes);
     let mut nid_of = vec![u64::MAX; tree.nodes.len()];
-    for p in &mut plans {
-        let len = (p.isize() + p.xattr.len() + p.inline_len) as u64;
-        p.offset = alloc.place(len, p.inline_len > 0);
-        nid_of[p.node] = p.offset >> format::ISLOT_BITS;
+    for (p, off) in plans.iter_mut().zip(offsets) {
+        p.offset = off;
+        nid_of[p.node] = off >> format::ISLOT_BITS;
     }
     let root_nid = u16::try_from(nid_of[0]).map_err(|_| BuildError::TooMany("shared xattrs"))?;
-    let meta_len = alloc.end().next_multiple_of(bs);
+    let meta_len = meta_end.next_multiple_of(bs);
     let mut meta = vec![0u8; meta_len as usize];
     if meta_blkaddr == xattr_blkaddr {
         meta[..shared.bytes.len()].copy_from_slice(&shared.bytes);
@@ -177,7 +190,7 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
                 i_mode: n.mode().into(),
                 i_nb: (n.nlink as u16).into(),
                 i_size: (p.size as u32).into(),
-                i_mtime: ((n.mtime - epoch as i64) as u32).into(),
+                i_mtime: 0.into(),
                 i_u: p.i_u.into(),
                 i_ino: ino.into(),
                 i_uid: (n.uid as u16).into(),
@@ -253,6 +266,7 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     sb.rootnid_2b = root_nid.into();
     sb.inos = (plans.len() as u64).into();
     sb.epoch = epoch.into();
+    sb.fixed_nsec = fixed_nsec.into();
     sb.blocks_lo = blocks_lo.into();
     sb.meta_blkaddr = u32::try_from(meta_blkaddr)
         .map_err(|_| BuildError::TooMany("blocks"))?

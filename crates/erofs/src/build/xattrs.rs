@@ -50,6 +50,18 @@ fn split<'a>(name: &'a [u8], value: &[u8]) -> Result<(u8, &'a [u8]), BuildError>
     Ok((index, suffix))
 }
 
+/// Check every pair of an inode can be stored (names and value sizes); the error names the
+/// offending xattr, the caller adds the path.
+pub fn validate(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> Result<(), String> {
+    for (n, v) in xattrs {
+        split(n, v).map_err(|e| match e {
+            BuildError::Source(m) => m,
+            other => other.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
 /// Upper bound of an inode's xattr body (every pair inline), to decide tail inlining before
 /// the shared table exists.
 pub fn max_ibody_size(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>, fingerprint: bool) -> usize {

@@ -1,0 +1,326 @@
+//! Hostile input: thousands of seeded random corruptions of the upstream vectors (byte and
+//! bit flips, overwritten ranges, planted extreme values, truncations), each driven through
+//! every reader path: open, the tree walk, lookups, all data, symlinks, xattrs,
+//! fingerprints, extents and fsck. No case may panic or exceed its time bound.
+//!
+//! Mutations aim mostly at metadata (superblock, inodes with their xattrs and inline data,
+//! chunk indexes, directory blocks, the prefix table), found by a clean walk first; half of
+//! the cases re-seal the superblock checksum so they get past it, as an attacker would.
+
+use erofs::data::{self, Phys};
+use erofs::fsck::{FsckOptions, fsck};
+use erofs::walk::{Visit, walk};
+use erofs::{FileType, Image};
+use std::ops::ControlFlow;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use testkit::{Need, require, testdata};
+
+/// Cases per image. Release builds (as CI runs) do them all; debug builds a tenth.
+/// `EROFS_SHARE_CORRUPTION_CASES` overrides it (for longer fuzzing runs).
+fn cases_per_image() -> usize {
+    std::env::var("EROFS_SHARE_CORRUPTION_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if cfg!(debug_assertions) { 20 } else { 200 })
+}
+/// Longest a single case may take.
+const CASE_LIMIT: Duration = Duration::from_secs(5);
+/// Data read per case by the driver (beyond it, files are skipped).
+const READ_BUDGET: u64 = 8 << 20;
+
+/// splitmix64: small, seedable, good enough to pick mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+/// Byte ranges holding metadata, found by walking the clean image.
+fn metadata_regions(img: &Image) -> Vec<(u64, u64)> {
+    let sb = img.superblock();
+    let bs = sb.block_size();
+    let mut out = vec![(0u64, 8192u64.min(img.len())), (1024, 256)];
+    if sb.xattr_prefix_count > 0 {
+        out.push((sb.xattr_prefix_start as u64 * 4, 512));
+    }
+    if sb.xattr_blkaddr != 0 {
+        out.push((sb.xattr_blkaddr as u64 * bs, 4 * bs));
+    }
+    walk(img, |v| {
+        if let Visit::Inode { inode, .. } = v
+            && let Some(pos) = inode.image_offset()
+        {
+            let mut len = inode.inode_size() + inode.xattr_size();
+            if inode.layout == erofs::format::layout::FLAT_INLINE {
+                len += inode.size % bs;
+            }
+            if inode.layout == erofs::format::layout::CHUNK_BASED {
+                len += 64;
+            }
+            out.push((pos, len.min(2 * bs)));
+            if inode.is_dir()
+                && let Ok((ext, _)) = data::extents(img, inode, 64)
+            {
+                for e in ext {
+                    if let Phys::Image(p) = e.phys {
+                        out.push((p, e.len.min(4 * bs)));
+                    }
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    out.retain(|&(s, l)| l > 0 && s < img.len());
+    out
+}
+
+/// Values that tend to break size, count and offset fields.
+const NASTY: [u64; 12] = [
+    0,
+    1,
+    0x7f,
+    0xff,
+    0x7fff,
+    0xffff,
+    0x7fff_ffff,
+    0xffff_ffff,
+    0x1_0000_0000,
+    0x7fff_ffff_ffff_ffff,
+    u64::MAX,
+    4096,
+];
+
+enum Mutation {
+    /// (offset, original bytes) to restore.
+    InPlace(u64, Vec<u8>),
+    Truncate(u64),
+}
+
+fn mutate(rng: &mut Rng, buf: &mut [u8], regions: &[(u64, u64)]) -> (Mutation, String) {
+    let len = buf.len() as u64;
+    let pick = |rng: &mut Rng| -> u64 {
+        if rng.below(10) < 8 {
+            let (s, l) = regions[rng.below(regions.len() as u64) as usize];
+            (s + rng.below(l)).min(len - 1)
+        } else {
+            rng.below(len)
+        }
+    };
+    match rng.below(10) {
+        0 => {
+            // Truncate: mostly inside metadata, sometimes just short of the end.
+            let at = if rng.below(2) == 0 {
+                pick(rng)
+            } else {
+                len - 1 - rng.below(len.min(8192))
+            };
+            (Mutation::Truncate(at), format!("truncate to {at}"))
+        }
+        1..=4 => {
+            let at = pick(rng);
+            let n = (1 + rng.below(4)).min(len - at);
+            let old = buf[at as usize..(at + n) as usize].to_vec();
+            for b in &mut buf[at as usize..(at + n) as usize] {
+                *b ^= 1 << rng.below(8);
+            }
+            (
+                Mutation::InPlace(at, old),
+                format!("flip bits in {n} bytes at {at}"),
+            )
+        }
+        5..=6 => {
+            let at = pick(rng);
+            let n = (1 + rng.below(64)).min(len - at);
+            let old = buf[at as usize..(at + n) as usize].to_vec();
+            let fill = rng.below(3);
+            for b in &mut buf[at as usize..(at + n) as usize] {
+                *b = match fill {
+                    0 => 0,
+                    1 => 0xff,
+                    _ => rng.next() as u8,
+                };
+            }
+            (
+                Mutation::InPlace(at, old),
+                format!("overwrite {n} bytes at {at} (fill {fill})"),
+            )
+        }
+        _ => {
+            let width = [2u64, 4, 8][rng.below(3) as usize];
+            let at = (pick(rng) & !(width - 1)).min(len - width);
+            let old = buf[at as usize..(at + width) as usize].to_vec();
+            let v = NASTY[rng.below(NASTY.len() as u64) as usize];
+            buf[at as usize..(at + width) as usize]
+                .copy_from_slice(&v.to_le_bytes()[..width as usize]);
+            (
+                Mutation::InPlace(at, old),
+                format!("write {v:#x} as {width} bytes at {at}"),
+            )
+        }
+    }
+}
+
+fn reseal(buf: &mut [u8]) {
+    if buf.len() < 1024 + 128 {
+        return;
+    }
+    let bits = buf[1024 + 12].clamp(9, 16);
+    let n = erofs::superblock::checksum_len(bits);
+    if buf.len() < 1024 + n {
+        return;
+    }
+    buf[1028..1032].fill(0);
+    let c = erofs::superblock::checksum_of(&buf[1024..1024 + n]);
+    buf[1028..1032].copy_from_slice(&c.to_le_bytes());
+}
+
+/// Every reader path over one (possibly corrupt) image. Errors are fine; panics are not.
+fn drive(img: &Image) -> (usize, bool) {
+    let mut touched = 0usize;
+    let mut budget = READ_BUDGET;
+    let mut buf = vec![0u8; 64 * 1024];
+    let _ = img.root();
+    for p in ["/", "big/mixed.bin", "/dir1500", "/a/b/c", "/.."] {
+        let _ = img.resolve(p);
+    }
+    walk(img, |v| {
+        let Visit::Inode {
+            inode,
+            entry,
+            parent,
+            ..
+        } = v
+        else {
+            return ControlFlow::Continue(());
+        };
+        touched += 1;
+        let _ = img.xattrs(inode);
+        let _ = img.listed_xattrs(inode);
+        let _ = img.fingerprint(inode);
+        let _ = img.get_xattr(inode, b"user.a");
+        let _ = img.get_xattr(inode, b"trusted.erofs.fingerprint");
+        let _ = img.get_xattr(inode, b"system.posix_acl_access");
+        if let (Some(e), Ok(dir)) = (entry, img.inode(parent)) {
+            let _ = img.lookup(&dir, &e.name);
+        }
+        match inode.file_type() {
+            FileType::Reg | FileType::Dir => {
+                if !inode.is_compressed() {
+                    let _ = data::extents(img, inode, 1024);
+                }
+                let mut off = 0u64;
+                while off < inode.size && budget > 0 {
+                    match img.read_at(inode, off, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            off += n as u64;
+                            budget = budget.saturating_sub(n as u64);
+                        }
+                    }
+                }
+                // Random access past the middle and at the end.
+                let _ = img.read_at(inode, inode.size / 2, &mut buf[..100]);
+                let _ = img.read_at(inode, inode.size.saturating_sub(1), &mut buf[..10]);
+            }
+            FileType::Symlink => {
+                let _ = img.read_link(inode);
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    });
+    let r = fsck(
+        img,
+        &FsckOptions {
+            verify_fingerprints: true,
+            max_problems: 100,
+            data_budget: Some(2 << 20),
+        },
+    );
+    assert!(r.problems.len() <= 100);
+    (touched, !r.is_clean())
+}
+
+#[test]
+fn thousands_of_corruptions_never_panic_or_hang() {
+    if !require(
+        "thousands_of_corruptions_never_panic_or_hang",
+        &[Need::Testdata],
+    ) {
+        return;
+    }
+    let started = Instant::now();
+    let per_image = cases_per_image();
+    let mut rng = Rng(0x5EED_E20F);
+    let (mut cases, mut opened, mut detected, mut slowest) =
+        (0usize, 0usize, 0usize, Duration::ZERO);
+    for name in testdata::image_names() {
+        let mut buf = std::fs::read(testdata::image(&name)).unwrap();
+        let regions = {
+            let clean = Image::from_source(Arc::new(buf.clone()), name.clone()).unwrap();
+            metadata_regions(&clean)
+        };
+        let sb_block = (0u64, 4096u64);
+        for case in 0..per_image {
+            let (m, what) = mutate(&mut rng, &mut buf, &regions);
+            let seal = rng.below(2) == 0;
+            // The checksum covers the first block: save it to undo the re-seal.
+            let saved_sb = buf[..sb_block.1 as usize].to_vec();
+            let src: Vec<u8> = match &m {
+                Mutation::Truncate(at) => buf[..*at as usize].to_vec(),
+                Mutation::InPlace(..) => std::mem::take(&mut buf),
+            };
+            let mut src = src;
+            if seal {
+                reseal(&mut src);
+            }
+            let src = Arc::new(src);
+            let t = Instant::now();
+            let label = format!("{name} case {case}: {what}, resealed {seal}");
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                match Image::from_source(src.clone(), label.clone()) {
+                    Ok(img) => Some(drive(&img)),
+                    Err(e) => {
+                        // Errors name the image.
+                        assert!(e.to_string().contains(&label), "{e}");
+                        None
+                    }
+                }
+            }));
+            let took = t.elapsed();
+            let outcome = result.unwrap_or_else(|_| panic!("PANIC in {label}"));
+            assert!(took < CASE_LIMIT, "{label}: took {took:?}");
+            slowest = slowest.max(took);
+            opened += outcome.is_some() as usize;
+            detected += outcome.is_some_and(|(_, problems)| problems) as usize;
+            cases += 1;
+            // Undo the mutation for the next case.
+            if let Mutation::InPlace(at, old) = m {
+                buf = Arc::try_unwrap(src).expect("image dropped");
+                buf[at as usize..at as usize + old.len()].copy_from_slice(&old);
+                buf[..saved_sb.len()].copy_from_slice(&saved_sb);
+            }
+        }
+    }
+    eprintln!(
+        "{cases} corruption cases ({opened} opened, fsck found problems in {detected}) in {:?}, slowest {slowest:?}",
+        started.elapsed()
+    );
+    assert!(cases >= 19 * per_image, "{cases} cases");
+    assert!(
+        opened > cases / 3,
+        "too few cases got past open: {opened}/{cases}"
+    );
+}
