@@ -213,6 +213,47 @@ pub fn prediction_table(a: &Analysis) -> Table {
     t
 }
 
+/// The chart of a `bench memory` run: one group per setup, the measured page cache growth
+/// beside what `analyze` predicted for it. `measured` holds (setup label, bytes) rows; labels
+/// are matched to the prediction by the names above.
+pub fn memory_chart(title: &str, measured: &[(String, u64)], predicted: &Analysis) -> BarChart {
+    let ps = predicted.page_size;
+    let predict = |label: &str| -> f64 {
+        let pages = match label {
+            KERNEL => predicted.kernel_pages,
+            NO_SHARE => predicted.pages_without,
+            ONE_DOMAIN => predicted.pages_with,
+            IDEAL => predicted.file_pages_with,
+            _ => 0,
+        };
+        (pages * ps) as f64 / MB
+    };
+    let short = |label: &str| -> String {
+        match label {
+            KERNEL => "kernel erofs".into(),
+            NO_SHARE => "erofs-share --no-share".into(),
+            ONE_DOMAIN => "erofs-share, one domain".into(),
+            IDEAL => "ideal".into(),
+            other => other.into(),
+        }
+    };
+    BarChart {
+        title: title.into(),
+        y_label: "page cache after reading every file (MiB)".into(),
+        groups: measured.iter().map(|(l, _)| short(l)).collect(),
+        series: vec![
+            (
+                "measured (bench memory)".into(),
+                measured.iter().map(|(_, b)| *b as f64 / MB).collect(),
+            ),
+            (
+                "predicted (analyze)".into(),
+                measured.iter().map(|(l, _)| predict(l)).collect(),
+            ),
+        ],
+    }
+}
+
 /// `part` of `whole` in percent.
 pub fn percent(part: u64, whole: u64) -> String {
     if whole == 0 {
@@ -394,6 +435,26 @@ mod tests {
         assert_eq!(change(241, 163), "−32 %");
         assert_eq!(change(100, 100), "+0 %");
         assert_eq!(change(0, 5), "–");
+    }
+
+    #[test]
+    fn memory_chart_pairs_each_row_with_its_prediction() {
+        let a = crate::analyze::analyze(&[], 4096);
+        let a = Analysis {
+            kernel_pages: 256,
+            pages_without: 128,
+            pages_with: 64,
+            file_pages_with: 32,
+            ..a
+        };
+        let rows: Vec<(String, u64)> = [(KERNEL, 3), (NO_SHARE, 2), (ONE_DOMAIN, 1), (IDEAL, 0)]
+            .iter()
+            .map(|(l, mib)| (l.to_string(), mib << 20))
+            .collect();
+        let c = memory_chart("t", &rows, &a);
+        assert_eq!(c.groups[0], "kernel erofs");
+        assert_eq!(c.series[0].1, vec![3.0, 2.0, 1.0, 0.0]);
+        assert_eq!(c.series[1].1, vec![1.0, 0.5, 0.25, 0.125]);
     }
 
     #[test]

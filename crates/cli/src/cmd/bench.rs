@@ -32,6 +32,9 @@ pub struct MemoryArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the figures, beside `analyze`'s predictions, as a PNG bar chart.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
     /// Measure each setup this many times; the shortest times and the largest page-cache
     /// growth are kept (other activity on the host only adds time and drops cache).
     #[arg(long, default_value_t = 3)]
@@ -71,6 +74,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = bench::run_memory(&a.images, &work, a.runs);
     bench::cleanup(&work);
     let r = report.map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(path) = &a.plot {
+        let measured: Vec<(String, u64)> = r
+            .rows
+            .iter()
+            .map(|x| (x.setup.clone(), x.cache_growth))
+            .chain([(erofs_share_measure::report::IDEAL.to_string(), r.ideal)])
+            .collect();
+        super::bench_plot::write(path, &a.images, &measured)?;
+    }
     if a.json {
         let rows: Vec<_> = r
             .rows

@@ -2,6 +2,7 @@
 
 pub mod analyze;
 pub mod bench;
+pub mod bench_plot;
 pub mod bench_runtime;
 pub mod daemon;
 pub mod demo;
