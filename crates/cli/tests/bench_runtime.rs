@@ -116,11 +116,9 @@ fn runs_pairs_then_stops_on_ctrl_c_and_leaves_nothing() {
     let t = tempfile::tempdir().unwrap();
     let redis = pair(&corpus, "redis", t.path());
     let nginx = pair(&corpus, "nginx", t.path());
-    // TODO(daemon): nginx's workers (www-data) get EIO on shared files (see
-    // notes/FROM_MEASURE.md); add "share" for nginx once the daemon serves other users.
     for (app, images, setups) in [
         ("redis", &redis, "kernel,no-share,share"),
-        ("nginx", &nginx, "kernel,no-share"),
+        ("nginx", &nginx, "kernel,no-share,share"),
     ] {
         let child = bin()
             .args([
@@ -159,7 +157,7 @@ fn runs_pairs_then_stops_on_ctrl_c_and_leaves_nothing() {
                 assert!(c["load"]["requests"].as_u64().unwrap() >= 500);
             }
         }
-        if app == "redis" {
+        {
             // Libraries both containers map are charged once with sharing.
             let file = |row: &serde_json::Value| -> u64 {
                 row["containers"]

@@ -40,7 +40,7 @@ fn stopped(pid: u32) -> bool {
 const ATTEMPTS: usize = 5;
 
 /// How many times `drop_caches` was written since boot (`/proc/vmstat`).
-fn drops() -> Result<u64, PageCacheError> {
+pub fn drops() -> Result<u64, PageCacheError> {
     let s = std::fs::read_to_string("/proc/vmstat").map_err(|source| PageCacheError::Io {
         what: "/proc/vmstat".into(),
         source,
