@@ -133,6 +133,7 @@ impl CgroupTree {
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
         let path = base.join(name);
+        remove_stale(&base, version);
         if version == CgroupVersion::V2 {
             enable_memory(&base)?;
         }
@@ -162,6 +163,35 @@ impl CgroupTree {
             path,
             version: self.version,
         })
+    }
+}
+
+/// Remove trees left by a run of ours that was killed outright (its pid is gone): kill what
+/// is still in them and remove them. Best effort: a failure leaves them for the next run.
+fn remove_stale(base: &Path, version: CgroupVersion) {
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(CGROUP_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        eprintln!(
+            "erofs-share: removing cgroup {} left by a run that was killed",
+            e.path().display()
+        );
+        drop(CgroupTree {
+            path: e.path(),
+            version,
+        });
     }
 }
 

@@ -126,10 +126,28 @@ pub fn wait_http(
         let mut conn = HttpConn::new(s)?;
         match conn.get(path) {
             Ok(_) => Ok(()),
-            Err(e) if e.starts_with("status") => Err(Probe::Wrong(format!("GET {path}: {e}"))),
-            Err(e) => Err(Probe::Retry(e)),
+            Err(e @ GetError::Status(_)) => Err(Probe::Wrong(format!("GET {path}: {e}"))),
+            Err(GetError::Transport(e)) => Err(Probe::Retry(e)),
         }
     })
+}
+
+/// Why one HTTP request failed.
+#[derive(Debug)]
+enum GetError {
+    /// Connecting, sending or reading failed (the server may not be up yet).
+    Transport(String),
+    /// A complete answer with another status than 200.
+    Status(String),
+}
+
+impl std::fmt::Display for GetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GetError::Transport(e) => f.write_str(e),
+            GetError::Status(s) => write!(f, "status {s:?}"),
+        }
+    }
 }
 
 /// A keep-alive HTTP/1.1 connection that reads whole responses.
@@ -153,18 +171,18 @@ impl HttpConn {
     /// One request; Ok(keep_alive) when the answer is a complete 200 response (keep_alive
     /// false when the server said it closes the connection, e.g. at nginx's
     /// keepalive_requests).
-    fn get(&mut self, path: &str) -> Result<bool, String> {
+    fn get(&mut self, path: &str) -> Result<bool, GetError> {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: erofs-share-bench\r\n\r\n"
         );
         self.reader
             .get_mut()
             .write_all(req.as_bytes())
-            .map_err(|e| format!("send: {e}"))?;
+            .map_err(|e| GetError::Transport(format!("send: {e}")))?;
         let mut line = String::new();
         self.reader
             .read_line(&mut line)
-            .map_err(|e| format!("status line: {e}"))?;
+            .map_err(|e| GetError::Transport(format!("status line: {e}")))?;
         let status = line.split_whitespace().nth(1).unwrap_or("").to_string();
         let mut length = None;
         let mut keep_alive = true;
@@ -173,9 +191,9 @@ impl HttpConn {
             let n = self
                 .reader
                 .read_line(&mut h)
-                .map_err(|e| format!("header: {e}"))?;
+                .map_err(|e| GetError::Transport(format!("header: {e}")))?;
             if n == 0 {
-                return Err("connection closed in headers".into());
+                return Err(GetError::Transport("connection closed in headers".into()));
             }
             if h == "\r\n" || h == "\n" {
                 break;
@@ -188,17 +206,22 @@ impl HttpConn {
                 }
             }
         }
-        let length = length.ok_or("response without Content-Length")?;
+        let length =
+            length.ok_or_else(|| GetError::Transport("response without Content-Length".into()))?;
         if length > MAX_BODY {
-            return Err(format!("body of {length} bytes is over {MAX_BODY}"));
+            return Err(GetError::Transport(format!(
+                "body of {length} bytes is over {MAX_BODY}"
+            )));
         }
         let copied = std::io::copy(&mut (&mut self.reader).take(length), &mut std::io::sink())
-            .map_err(|e| format!("body: {e}"))?;
+            .map_err(|e| GetError::Transport(format!("body: {e}")))?;
         if copied != length {
-            return Err(format!("body: {copied} of {length} bytes"));
+            return Err(GetError::Transport(format!(
+                "body: {copied} of {length} bytes"
+            )));
         }
         if status != "200" {
-            return Err(format!("status {status:?}"));
+            return Err(GetError::Status(status));
         }
         Ok(keep_alive)
     }
@@ -254,7 +277,7 @@ pub fn http_get(
                                 conn = Some(c);
                             }
                         }
-                        Err(e) => fail(e),
+                        Err(e) => fail(e.to_string()),
                     }
                 }
             });
@@ -356,6 +379,30 @@ mod tests {
         let stats = http_get(addr, "/", 6, 1, Duration::from_secs(10), &|| false).unwrap();
         assert_eq!(stats.requests, 6);
         assert_eq!(h.join().unwrap(), 6);
+    }
+
+    #[test]
+    fn readiness_fails_fast_on_a_wrong_answer() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while line != "\r\n" {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+            }
+            let mut w = s;
+            w.write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+        });
+        let t = Instant::now();
+        let e = wait_http(addr, "/", Duration::from_secs(30), &|| false).unwrap_err();
+        assert!(matches!(e, LoadError::Wrong { .. }), "{e}");
+        assert!(e.to_string().contains("500"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        h.join().unwrap();
     }
 
     #[test]

@@ -39,16 +39,20 @@ fn stopped(pid: u32) -> bool {
 /// How often someone may drop the caches under a measurement before we give up.
 const ATTEMPTS: usize = 5;
 
-/// How many times `drop_caches` was written since boot (`/proc/vmstat`).
+/// How many times `drop_caches` was written since boot (`/proc/vmstat`): page cache drops
+/// and slab drops (evicting an inode frees its page cache too).
 pub fn drops() -> Result<u64, PageCacheError> {
     let s = std::fs::read_to_string("/proc/vmstat").map_err(|source| PageCacheError::Io {
         what: "/proc/vmstat".into(),
         source,
     })?;
     Ok(s.lines()
-        .find_map(|l| l.strip_prefix("drop_pagecache "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
+        .filter_map(|l| {
+            l.strip_prefix("drop_pagecache ")
+                .or_else(|| l.strip_prefix("drop_slab "))
+        })
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum())
 }
 
 /// Drop the page cache, then read every regular file under `dirs` and return how many bytes

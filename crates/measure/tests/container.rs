@@ -186,3 +186,24 @@ fn failures_are_reported_and_cleaned_up() {
     drop(tree);
     assert!(!tree_path.exists(), "cgroups left behind");
 }
+
+#[test]
+fn trees_of_killed_runs_are_removed() {
+    if !testkit::require("trees_of_killed_runs_are_removed", &[Need::Root]) {
+        return;
+    }
+    let (base, _) = erofs_share_measure::container::memory_hierarchy().unwrap();
+    // A pid that has just exited stands for a run killed with SIGKILL.
+    let mut dead = Command::new("true").spawn().unwrap();
+    let pid = dead.id();
+    dead.wait().unwrap();
+    let stale = base.join(format!(
+        "{}{pid}-0",
+        erofs_share_measure::container::CGROUP_PREFIX
+    ));
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::create_dir(stale.join("redis-0")).unwrap();
+    let tree = CgroupTree::create().unwrap();
+    assert!(!stale.exists(), "stale tree left");
+    drop(tree);
+}
