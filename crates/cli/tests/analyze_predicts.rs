@@ -62,3 +62,26 @@ fn analyze_matches_the_page_cache_of_every_setup() {
         );
     }
 }
+
+#[test]
+fn analyze_names_a_bad_image() {
+    let t = tempfile::tempdir().unwrap();
+    let bad = t.path().join("not-erofs.img");
+    std::fs::write(&bad, vec![0x42u8; 8192]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+        .arg("analyze")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not-erofs.img") && err.contains("not an EROFS image"),
+        "{err}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+        .arg("analyze")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no image is a usage error");
+}
