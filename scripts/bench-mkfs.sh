@@ -3,7 +3,7 @@
 # same directory, alternating runs, with the page cache warm; print each run, the medians and
 # the image sizes.
 #
-#   scripts/bench-mkfs.sh DIR [RUNS] [ERofs-SHARE BINARY]
+#   scripts/bench-mkfs.sh DIR [RUNS] [erofs-share binary, default target/release/erofs-share]
 #
 # DIR is an extracted image tree, e.g. (as root, keeping owners and xattrs):
 #   mkdir /var/tmp/redis-a && tar --xattrs --xattrs-include='*' --acls --numeric-owner \
@@ -24,9 +24,10 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+
 i=1
 while [ "$i" -le "$runs" ]; do
     rm -f "$out/ours.erofs" "$out/theirs.erofs"
-    t0=$(now); "$ours" mkfs --quiet "$out/ours.erofs" "$dir"; t1=$(now)
-    mkfs.erofs --quiet "$out/theirs.erofs" "$dir" >/dev/null; t2=$(now)
-    o=$(echo "$t1 - $t0" | bc); t=$(echo "$t2 - $t1" | bc)
+    # Flush the previous run's dirty pages first, so no run pays for another's writeback.
+    sync; t0=$(now); "$ours" mkfs --quiet "$out/ours.erofs" "$dir"; t1=$(now)
+    sync; t2=$(now); mkfs.erofs --quiet "$out/theirs.erofs" "$dir" >/dev/null; t3=$(now)
+    o=$(echo "$t1 - $t0" | bc); t=$(echo "$t3 - $t2" | bc)
     echo "run $i: erofs-share mkfs ${o}s, mkfs.erofs ${t}s"
     echo "$o" >>"$out/ours.times"; echo "$t" >>"$out/theirs.times"
     i=$((i + 1))
@@ -34,4 +35,4 @@ done
 so=$(stat -c %s "$out/ours.erofs"); st=$(stat -c %s "$out/theirs.erofs")
 echo "median: erofs-share mkfs $(median <"$out/ours.times")s, mkfs.erofs $(median <"$out/theirs.times")s"
 echo "size: erofs-share mkfs $so bytes, mkfs.erofs $st bytes ($(echo "scale=3; ($so - $st) * 100 / $st" | bc) %)"
-echo "versions: $("$ours" --version), $(mkfs.erofs --help 2>&1 | head -1 || true)"
+echo "versions: $("$ours" --version), mkfs.erofs $(dpkg-query -W -f '${Version}' erofs-utils 2>/dev/null || echo '?')"

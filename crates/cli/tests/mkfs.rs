@@ -48,6 +48,19 @@ fn builds_from_a_directory_and_the_kernel_shows_it() {
         return;
     }
     let m = LoopMount::new(&img).unwrap();
+    // No inode may be number 0 (readdir hides such entries, here the root's `.` and `..`).
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(
+        std::fs::metadata(m.path()).unwrap().ino(),
+        0,
+        "root inode number"
+    );
+    let ls = Command::new("ls").arg("-a").arg(m.path()).output().unwrap();
+    let names = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(
+        names.lines().any(|l| l == ".") && names.lines().any(|l| l == ".."),
+        "{names}"
+    );
     manifest::assert_same(
         &manifest::of_tree(&src).unwrap(),
         &manifest::of_tree(m.path()).unwrap(),

@@ -35,7 +35,25 @@ fn tar_source() -> Source {
 fn build_to(dir: &Path, name: &str, source: Source, opts: &Options) -> PathBuf {
     let dst = dir.join(name);
     build::build(&dst, source, opts, &NoProgress).unwrap_or_else(|e| panic!("{name}: {e}"));
+    our_fsck_accepts(&dst);
     dst
+}
+
+/// The crate's own reader checks every inode, all data and every fingerprint.
+fn our_fsck_accepts(image: &Path) {
+    let img = erofs::Image::open(image).unwrap_or_else(|e| panic!("{}: {e}", image.display()));
+    let opts = erofs::fsck::FsckOptions {
+        verify_fingerprints: true,
+        ..Default::default()
+    };
+    let report = erofs::fsck::fsck(&img, &opts);
+    let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        report.is_clean(),
+        "{}: {}",
+        image.display(),
+        problems.join("\n")
+    );
 }
 
 /// The source tree extracted with owners, xattrs and ACLs (needs root).
@@ -109,38 +127,34 @@ fn a_visible_fingerprint_name_shows_the_content_digest() {
         fingerprint: Some(XattrName::new("trusted.erofs.fingerprint").unwrap()),
         ..opts()
     };
-    let img = build_to(tmp.path(), "trusted.erofs", tar_source(), &o);
-    let m = LoopMount::new(&img).unwrap();
-    let mut got = manifest::of_tree(m.path()).unwrap();
-    let mut seen = 0;
-    for (path, e) in got.iter_mut() {
-        let xattrs = e["xattrs"].as_object_mut().unwrap();
-        let fp = xattrs.remove("trusted.erofs.fingerprint");
-        if e["type"] == "file" && e["size"].as_u64().unwrap() > 0 {
-            let want = format!(
-                "{}{}",
-                hex::encode("sha256:"),
-                e["sha256"].as_str().unwrap()
-            );
-            assert_eq!(
-                fp.and_then(|v| v.as_str().map(String::from)),
-                Some(want),
-                "{path}"
-            );
-            seen += 1;
-        } else {
-            assert!(
-                fp.is_none(),
-                "{path}: fingerprint on an empty or non-regular file"
-            );
+    let src = extract_source(tmp.path());
+    for (what, source) in [("tar", tar_source()), ("dir", Source::Dir(src.clone()))] {
+        let img = build_to(tmp.path(), &format!("trusted-{what}.erofs"), source, &o);
+        let m = LoopMount::new(&img).unwrap();
+        let mut got = manifest::of_tree(m.path()).unwrap();
+        let mut seen = 0;
+        for (path, e) in got.iter_mut() {
+            let xattrs = e["xattrs"].as_object_mut().unwrap();
+            let fp = xattrs.remove("trusted.erofs.fingerprint");
+            if e["type"] == "file" && e["size"].as_u64().unwrap() > 0 {
+                let want = format!(
+                    "{}{}",
+                    hex::encode("sha256:"),
+                    e["sha256"].as_str().unwrap()
+                );
+                let fp = fp.and_then(|v| v.as_str().map(String::from));
+                assert_eq!(fp, Some(want), "{what}: {path}");
+                seen += 1;
+            } else {
+                assert!(
+                    fp.is_none(),
+                    "{what}: {path}: fingerprint on an empty or non-regular file"
+                );
+            }
         }
+        assert!(seen > 1000);
+        manifest::assert_same(&manifest::load(&testdata::source_manifest()), &got, what);
     }
-    assert!(seen > 1000);
-    manifest::assert_same(
-        &manifest::load(&testdata::source_manifest()),
-        &got,
-        "trusted name",
-    );
 }
 
 /// Our image and upstream's `name` vector, built from the same tree with the same time and
@@ -406,8 +420,9 @@ fn build_tar(dir: &Path, tar: Vec<u8>, o: &Options) -> Result<PathBuf, BuildErro
         Source::Tar(Box::new(std::io::Cursor::new(tar))),
         o,
         &NoProgress,
-    )
-    .map(|_| dst)
+    )?;
+    our_fsck_accepts(&dst);
+    Ok(dst)
 }
 
 #[test]
@@ -498,6 +513,17 @@ fn hostile_tars_fail_with_clear_errors_and_keep_the_destination() {
     );
     end(&mut t);
     cases.push(("ACL with a user name", t, "not a numeric"));
+    let mut t = Vec::new();
+    member(
+        &mut t,
+        "s",
+        b'2',
+        b"",
+        "",
+        &[("linkpath", "x".repeat(5000).as_bytes())],
+    );
+    end(&mut t);
+    cases.push(("symlink target too long", t, "1 to 4095"));
     cases.push(("garbage", vec![0x55; 4096], "checksum"));
     cases.push(("empty", Vec::new(), "end-of-archive"));
     for (what, tar, want) in cases {
@@ -885,4 +911,69 @@ fn gnu_ustar_and_pax_tars_of_one_tree_show_it() {
         }
         assert_kernel_shows(&img, &want, &format!("tar --format={format}"));
     }
+}
+
+#[test]
+fn mangled_tars_never_panic_or_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Vec::new();
+    member(&mut t, "d/", b'5', b"", "", &[("mtime", b"1700000000.5")]);
+    member(
+        &mut t,
+        "d/f",
+        b'0',
+        &[9u8; 3000],
+        "",
+        &[("SCHILY.xattr.user.a", b"v")],
+    );
+    member(&mut t, "d/l", b'1', b"", "d/f", &[]);
+    member(&mut t, "d/s", b'2', b"", "f", &[]);
+    member(
+        &mut t,
+        "d/g",
+        b'0',
+        &[1u8; 700],
+        "",
+        &[("SCHILY.acl.access", b"user::rw-,group::r--,other::r--")],
+    );
+    end(&mut t);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let start = std::time::Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    for i in 0..400 {
+        let mut m = t.clone();
+        match i % 3 {
+            0 => m.truncate((next() % t.len() as u64) as usize),
+            1 => {
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() % m.len() as u64) as usize;
+                    m[at] = next() as u8;
+                }
+            }
+            _ => {
+                // Byte flips inside headers, checksums fixed up so the parser goes deeper.
+                let hdr = 512 * (next() % (m.len() as u64 / 512)) as usize;
+                let at = hdr + (next() % 512) as usize;
+                m[at] = next() as u8;
+                let mut h: [u8; 512] = m[hdr..hdr + 512].try_into().unwrap();
+                set_checksum(&mut h);
+                m[hdr..hdr + 512].copy_from_slice(&h);
+            }
+        }
+        match build_tar(tmp.path(), m, &opts()) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert!(!e.to_string().is_empty());
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 100 && ok > 10, "ok {ok}, failed {failed}");
+    assert!(start.elapsed().as_secs() < 60, "took {:?}", start.elapsed());
 }

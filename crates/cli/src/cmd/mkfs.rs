@@ -27,8 +27,8 @@ pub struct Args {
     /// Do not inline file, directory and symlink tails after their inodes.
     #[arg(long)]
     pub no_inline: bool,
-    /// Build time in seconds since 1970 (default: $SOURCE_DATE_EPOCH, else now). File
-    /// mtimes are kept as they are.
+    /// Build time in seconds since 1970 (default: $SOURCE_DATE_EPOCH, else now): the mtime
+    /// of directories a tar only implies. File mtimes are kept as they are.
     #[arg(long, value_name = "SECS")]
     pub timestamp: Option<u64>,
     /// Volume uuid (default: derived from $SOURCE_DATE_EPOCH when set, else random).

@@ -16,7 +16,6 @@ use std::io::{ErrorKind, Read};
 #[derive(Debug, Clone, Copy)]
 pub struct Placement {
     pub start_block: Option<u64>,
-    pub blocks: u64,
     /// The last `size % block_size` bytes go after the inode instead of a block.
     pub inline_tail: bool,
 }
@@ -31,7 +30,7 @@ pub fn can_inline(inline: bool, block_size: u64, size: u64, max_xattr_ibody: usi
 }
 
 /// Reserve the blocks of a file of `size` bytes.
-pub fn place(img: &mut ImageFile, size: u64, inline_tail: bool) -> Placement {
+pub fn place(img: &ImageFile, size: u64, inline_tail: bool) -> Placement {
     let bs = img.block_size();
     let blocks = if inline_tail {
         size / bs
@@ -41,7 +40,6 @@ pub fn place(img: &mut ImageFile, size: u64, inline_tail: bool) -> Placement {
     let start_block = (blocks > 0).then(|| img.alloc(blocks));
     Placement {
         start_block,
-        blocks,
         inline_tail,
     }
 }
@@ -65,23 +63,30 @@ pub fn store(
         size
     };
     let mut hasher = hash.then(Sha256::new);
-    let mut buf = vec![0u8; (1 << 20).min(block_bytes.next_multiple_of(bs).max(bs) as usize)];
-    let mut offset = at.start_block.map_or(0, |b| b * bs);
-    let mut done = 0u64;
-    while done < block_bytes {
-        let want = (block_bytes - done).min(buf.len() as u64) as usize;
-        read_exact(r, &mut buf[..want], read_err)?;
-        if let Some(h) = hasher.as_mut() {
-            h.update(&buf[..want]);
-        }
-        // Pad the last partial block so the image has no unwritten gap.
-        let padded = want.next_multiple_of(bs as usize);
-        buf[want..padded].fill(0);
-        img.write_at(&buf[..padded], offset)?;
-        offset += padded as u64;
-        done += want as u64;
-        progress.advance(want as u64);
+    // One buffer per thread, reused for every file: no allocation and no fresh pages to
+    // fault in per file.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; CHUNK]);
     }
+    BUF.with_borrow_mut(|buf| {
+        let mut offset = at.start_block.map_or(0, |b| b * bs);
+        let mut done = 0u64;
+        while done < block_bytes {
+            let want = (block_bytes - done).min(buf.len() as u64) as usize;
+            read_exact(r, &mut buf[..want], read_err)?;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf[..want]);
+            }
+            // Pad the last partial block so the image has no unwritten gap.
+            let padded = want.next_multiple_of(bs as usize);
+            buf[want..padded].fill(0);
+            img.write_at(&buf[..padded], offset)?;
+            offset += padded as u64;
+            done += want as u64;
+            progress.advance(want as u64);
+        }
+        Ok::<(), BuildError>(())
+    })?;
     let inline_tail = if at.inline_tail {
         let mut tail = vec![0u8; (size - block_bytes) as usize];
         read_exact(r, &mut tail, read_err)?;
@@ -98,11 +103,13 @@ pub fn store(
         .map(|h| crate::fingerprint::value_of_digest(&h.finalize().into()));
     Ok(Stored {
         start_block: at.start_block,
-        blocks: at.blocks,
         inline_tail,
         fingerprint,
     })
 }
+
+/// Bytes read and written at a time (a multiple of every block size).
+const CHUNK: usize = 1 << 20;
 
 fn read_exact(
     r: &mut dyn Read,

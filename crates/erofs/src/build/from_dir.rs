@@ -1,26 +1,30 @@
-//! A directory source: walk it (not following symlinks, not crossing into excluded paths),
-//! then store every regular file's content, hashing files in parallel.
+//! A directory source: walk it (not following symlinks, not entering excluded paths) while
+//! other threads read, hash and store the regular files it finds.
 
 use super::exclude;
 use super::file_data::{self, Placement};
-use super::tree::{Content, Kind, Node, NodeId, Tree, encode_dev};
+use super::tree::{Content, Kind, Node, NodeId, Stored, Tree, encode_dev};
 use super::xattrs::max_ibody_size;
 use super::{BuildError, ImageFile, Options, Progress};
-use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Read the tree under `root` and store its files' content in `img`.
+/// Read the tree under `root` and store its files' content in `img`. One thread walks the
+/// tree and reserves each regular file's blocks as it finds it (a fixed order, so builds are
+/// reproducible); the files are read, hashed and written by the other threads meanwhile.
 pub fn read(
     root: &Path,
     opts: &Options,
-    img: &mut ImageFile,
+    img: &ImageFile,
     progress: &dyn Progress,
 ) -> Result<Tree, BuildError> {
+    tracing::debug!("walking {}", root.display());
     let md = std::fs::symlink_metadata(root).map_err(BuildError::io(root))?;
     if !md.is_dir() {
         return Err(BuildError::Source(format!(
@@ -28,56 +32,135 @@ pub fn read(
             root.display()
         )));
     }
-    let mut tree = Tree::new();
-    tree.nodes[0] = node_of(root, &md)?;
     // The image being written may sit inside the source: never include it.
     let own = img.file.metadata().map_err(BuildError::Write)?;
     let own = (own.dev(), own.ino());
-    let mut hardlinks: HashMap<(u64, u64), NodeId> = HashMap::new();
-    // (directory node, its path, its path relative to root)
-    let mut stack: Vec<(NodeId, PathBuf, Vec<u8>)> = vec![(0, root.to_path_buf(), Vec::new())];
-    while let Some((dir, path, rel)) = stack.pop() {
-        let mut names: Vec<_> = std::fs::read_dir(&path)
-            .map_err(BuildError::io(&path))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(BuildError::io(&path))?;
-        names.sort();
-        for name in names {
-            let child_path = path.join(&name);
-            let mut child_rel = rel.clone();
-            if !child_rel.is_empty() {
-                child_rel.push(b'/');
+    let stored: Mutex<Vec<(NodeId, Result<Stored, BuildError>)>> = Mutex::new(Vec::new());
+    let failed = AtomicBool::new(false);
+    let tree = rayon::scope(|scope| -> Result<Tree, BuildError> {
+        let mut tree = Tree::new();
+        tree.nodes[0] = node_of(root, &md)?;
+        let mut total = 0u64;
+        let mut hardlinks: HashMap<(u64, u64), NodeId> = HashMap::new();
+        // (directory node, its path, its path relative to root)
+        let mut stack: Vec<(NodeId, PathBuf, Vec<u8>)> = vec![(0, root.to_path_buf(), Vec::new())];
+        while let Some((dir, path, rel)) = stack.pop() {
+            if failed.load(Ordering::Relaxed) {
+                break;
             }
-            child_rel.extend_from_slice(name.as_bytes());
-            if exclude::excluded(&opts.exclude, &child_rel) {
-                continue;
-            }
-            let md = std::fs::symlink_metadata(&child_path).map_err(BuildError::io(&child_path))?;
-            let key = (md.dev(), md.ino());
-            if key == own {
-                continue;
-            }
-            let id = match hardlinks.get(&key) {
-                Some(&id) if !md.is_dir() => id,
-                _ => {
-                    let id = tree.add(node_of(&child_path, &md)?);
-                    if !md.is_dir() && md.nlink() > 1 {
-                        hardlinks.insert(key, id);
-                    }
-                    id
+            let mut names: Vec<_> = std::fs::read_dir(&path)
+                .map_err(BuildError::io(&path))?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<Result<_, _>>()
+                .map_err(BuildError::io(&path))?;
+            names.sort();
+            for name in names {
+                let child_path = path.join(&name);
+                let mut child_rel = rel.clone();
+                if !child_rel.is_empty() {
+                    child_rel.push(b'/');
                 }
-            };
-            tree.entries_mut(dir)
-                .expect("stack holds directories")
-                .insert(name.as_bytes().to_vec(), id);
-            if md.is_dir() {
-                stack.push((id, child_path, child_rel));
+                child_rel.extend_from_slice(name.as_bytes());
+                if exclude::excluded(&opts.exclude, &child_rel) {
+                    continue;
+                }
+                let md =
+                    std::fs::symlink_metadata(&child_path).map_err(BuildError::io(&child_path))?;
+                let key = (md.dev(), md.ino());
+                if key == own {
+                    continue;
+                }
+                let id = match hardlinks.get(&key) {
+                    Some(&id) if !md.is_dir() => id,
+                    _ => {
+                        let node = node_of(&child_path, &md)?;
+                        if let Kind::File { size, .. } = node.kind {
+                            total += size;
+                            let job = job(img, opts, &node, size);
+                            let id = tree.nodes.len();
+                            let (stored, failed) = (&stored, &failed);
+                            let path = child_path.clone();
+                            scope.spawn(move |_| {
+                                if failed.load(Ordering::Relaxed) {
+                                    return;
+                                }
+                                let r = store_one(img, &job, size, &path, progress);
+                                failed.fetch_or(r.is_err(), Ordering::Relaxed);
+                                stored
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .push((id, r));
+                            });
+                        }
+                        let id = tree.add(node);
+                        if !md.is_dir() && md.nlink() > 1 {
+                            hardlinks.insert(key, id);
+                        }
+                        id
+                    }
+                };
+                tree.entries_mut(dir)
+                    .expect("stack holds directories")
+                    .insert(name.as_bytes().to_vec(), id);
+                if md.is_dir() {
+                    stack.push((id, child_path, child_rel));
+                }
             }
         }
+        progress.set_total(total);
+        tracing::debug!(inodes = tree.nodes.len(), "walked {}", root.display());
+        Ok(tree)
+    });
+    let mut tree = tree?;
+    for (id, r) in stored.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        let s = r?;
+        if let Kind::File { content, .. } = &mut tree.nodes[id].kind {
+            *content = Content::Stored(s);
+        }
     }
-    store_files(&mut tree, opts, img, progress)?;
+    tracing::debug!("stored file contents");
     Ok(tree)
+}
+
+/// How one file will be stored: its blocks, reserved now, and whether it is hashed.
+struct Job {
+    at: Placement,
+    hash: bool,
+}
+
+fn job(img: &ImageFile, opts: &Options, node: &Node, size: u64) -> Job {
+    let hash = opts.fingerprint.is_some() && size > 0;
+    let inline = file_data::can_inline(
+        opts.inline,
+        img.block_size(),
+        size,
+        max_ibody_size(&node.xattrs, hash),
+    );
+    Job {
+        at: file_data::place(img, size, inline),
+        hash,
+    }
+}
+
+/// Read, hash and write one file; it must still have the size the walk saw.
+fn store_one(
+    img: &ImageFile,
+    job: &Job,
+    size: u64,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<Stored, BuildError> {
+    let err = |e: std::io::Error| BuildError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut f = std::fs::File::open(path).map_err(err)?;
+    let s = file_data::store(img, &job.at, size, &mut f, job.hash, progress, &err)?;
+    let mut extra = [0u8; 1];
+    if f.read(&mut extra).map_err(err)? != 0 {
+        return Err(err(std::io::Error::other("file grew while it was read")));
+    }
+    Ok(s)
 }
 
 fn node_of(path: &Path, md: &std::fs::Metadata) -> Result<Node, BuildError> {
@@ -88,7 +171,7 @@ fn node_of(path: &Path, md: &std::fs::Metadata) -> Result<Node, BuildError> {
     } else if ft.is_file() {
         Kind::File {
             size: md.len(),
-            content: Content::Path(path.to_path_buf()),
+            content: Content::Pending,
         }
     } else if ft.is_symlink() {
         let t = std::fs::read_link(path).map_err(BuildError::io(path))?;
@@ -161,56 +244,4 @@ fn xattrs_of(path: &Path) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
         }
     }
     Ok(out)
-}
-
-/// Reserve every file's blocks in tree order, then read, hash and write them in parallel.
-fn store_files(
-    tree: &mut Tree,
-    opts: &Options,
-    img: &mut ImageFile,
-    progress: &dyn Progress,
-) -> Result<(), BuildError> {
-    let bs = img.block_size();
-    let mut jobs: Vec<(NodeId, PathBuf, u64, Placement)> = Vec::new();
-    let mut total = 0u64;
-    for (id, _) in tree.bfs() {
-        let n = &tree.nodes[id];
-        if let Kind::File {
-            size,
-            content: Content::Path(path),
-        } = &n.kind
-        {
-            let fp = opts.fingerprint.is_some() && *size > 0;
-            let inline =
-                file_data::can_inline(opts.inline, bs, *size, max_ibody_size(&n.xattrs, fp));
-            let at = file_data::place(img, *size, inline);
-            total += size;
-            jobs.push((id, path.clone(), *size, at));
-        }
-    }
-    progress.set_total(total);
-    let hash = opts.fingerprint.is_some();
-    let img = &*img;
-    let stored: Vec<(NodeId, super::tree::Stored)> = jobs
-        .into_par_iter()
-        .map(|(id, path, size, at)| {
-            let err = |e: std::io::Error| BuildError::Io {
-                path: path.clone(),
-                source: e,
-            };
-            let mut f = std::fs::File::open(&path).map_err(err)?;
-            let s = file_data::store(img, &at, size, &mut f, hash, progress, &err)?;
-            let mut extra = [0u8; 1];
-            if f.read(&mut extra).map_err(err)? != 0 {
-                return Err(err(std::io::Error::other("file grew while it was read")));
-            }
-            Ok((id, s))
-        })
-        .collect::<Result<_, BuildError>>()?;
-    for (id, s) in stored {
-        if let Kind::File { content, .. } = &mut tree.nodes[id].kind {
-            *content = Content::Stored(s);
-        }
-    }
-    Ok(())
 }

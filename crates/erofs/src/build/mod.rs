@@ -14,18 +14,20 @@
 
 pub mod acl;
 pub mod exclude;
-pub mod file_data;
-pub mod from_dir;
-pub mod from_tar;
-pub mod layout;
-pub mod tree;
-pub mod write;
-pub mod xattrs;
+pub(crate) mod file_data;
+pub(crate) mod from_dir;
+pub(crate) mod from_tar;
+pub(crate) mod layout;
+pub(crate) mod tar;
+pub(crate) mod tree;
+pub(crate) mod write;
+pub(crate) mod xattrs;
 
 use crate::fingerprint::XattrName;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use exclude::Pattern;
 
@@ -164,8 +166,9 @@ pub struct Summary {
 pub struct ImageFile {
     pub(crate) file: File,
     pub(crate) blkszbits: u8,
-    /// Next free block of the data area.
-    pub(crate) next_block: u64,
+    /// Next free block of the data area. Atomic so that readers storing content in parallel
+    /// can share the image while one thread reserves blocks in a fixed order.
+    pub(crate) next_block: AtomicU64,
 }
 
 impl ImageFile {
@@ -174,10 +177,13 @@ impl ImageFile {
     }
 
     /// Reserve `n` consecutive blocks of the data area.
-    pub(crate) fn alloc(&mut self, n: u64) -> u64 {
-        let start = self.next_block;
-        self.next_block += n;
-        start
+    pub(crate) fn alloc(&self, n: u64) -> u64 {
+        self.next_block.fetch_add(n, Ordering::Relaxed)
+    }
+
+    /// The first block not reserved yet.
+    pub(crate) fn end_block(&self) -> u64 {
+        self.next_block.load(Ordering::Relaxed)
     }
 
     pub(crate) fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), BuildError> {
@@ -209,11 +215,11 @@ pub fn build(
     let mut img = ImageFile {
         file,
         blkszbits,
-        next_block: first_data_block,
+        next_block: AtomicU64::new(first_data_block),
     };
     let mut tree = match source {
-        Source::Dir(path) => from_dir::read(&path, opts, &mut img, progress)?,
-        Source::Tar(reader) => from_tar::read(reader, opts, &mut img, progress)?,
+        Source::Dir(path) => from_dir::read(&path, opts, &img, progress)?,
+        Source::Tar(reader) => from_tar::read(reader, opts, &img, progress)?,
     };
     if opts.uid.is_some() || opts.gid.is_some() {
         for n in &mut tree.nodes {
@@ -223,6 +229,7 @@ pub fn build(
     }
     tree.count_links()?;
     let summary = write::image(&tree, opts, &mut img)?;
+    tracing::debug!("wrote the metadata");
     let mut perms = img
         .file
         .metadata()

@@ -5,7 +5,6 @@
 use super::BuildError;
 use crate::format::mode;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 /// Index of a node in [`Tree::nodes`]; the root is 0.
 pub type NodeId = usize;
@@ -13,8 +12,8 @@ pub type NodeId = usize;
 /// Where a regular file's content is, before and after it went into the image.
 #[derive(Debug, Clone)]
 pub enum Content {
-    /// Not read yet: the file at this path (directory source).
-    Path(PathBuf),
+    /// Not read yet (directory source: its reader is on the way).
+    Pending,
     /// Written: see [`Stored`].
     Stored(Stored),
 }
@@ -24,8 +23,6 @@ pub enum Content {
 pub struct Stored {
     /// First data block of the block-aligned part (none when it has no blocks).
     pub start_block: Option<u64>,
-    /// Number of data blocks (including a padded tail block when the tail is not inline).
-    pub blocks: u64,
     /// The tail bytes to inline after the inode (FLAT_INLINE), if inlined.
     pub inline_tail: Option<Vec<u8>>,
     /// The fingerprint xattr value, when fingerprints are on and the file is not empty.

@@ -151,7 +151,7 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     }
 
     // The metadata area: shared xattrs, then the inodes, root first.
-    let xattr_blkaddr = img.next_block;
+    let xattr_blkaddr = img.end_block();
     let (meta_blkaddr, meta_start) = if shared.bytes.len() <= SHARED_INLINE_MAX {
         (xattr_blkaddr, shared.bytes.len() as u64)
     } else {
@@ -161,7 +161,8 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
         .iter()
         .map(|p| (p.isize() + p.xattr.len() + p.inline_len) as u64)
         .collect();
-    let (offsets, meta_end) = layout::pack(bs, meta_start, &sizes);
+    // nid 0 would be inode number 0, which readdir treats as a deleted entry: skip slot 0.
+    let (offsets, meta_end) = layout::pack(bs, meta_start.max(1 << format::ISLOT_BITS), &sizes);
     let mut nid_of = vec![u64::MAX; tree.nodes.len()];
     for (p, off) in plans.iter_mut().zip(offsets) {
         p.offset = off;

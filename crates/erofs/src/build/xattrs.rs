@@ -124,10 +124,6 @@ impl SharedXattrs {
     pub fn len(&self) -> usize {
         self.ids.len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
 }
 
 /// An inode's xattr body (header, shared ids, inline entries), or empty when it has none.
@@ -143,6 +139,10 @@ pub fn ibody(
     let mut shared_ids = Vec::new();
     let mut inline = Vec::new();
     for (n, v) in xattrs {
+        // The fingerprint replaces a source xattr of the same name.
+        if fingerprint.is_some_and(|(p, _)| n.as_slice() == p.name.full.as_bytes()) {
+            continue;
+        }
         let (index, suffix) = split(n, v)?;
         present |= 1 << xattr_name::filter_bit(index, suffix);
         match shared.ids.get(&(n.clone(), v.clone())) {
@@ -230,5 +230,10 @@ mod tests {
         assert_eq!(&body[12..16], &[0x00, 0x80, 39, 0]);
         assert_eq!(body.len(), 12 + 44);
         assert_eq!(icount(body.len()), 12);
+        // A source xattr with the fingerprint's name gives way to the fingerprint.
+        let mut x = BTreeMap::new();
+        x.insert(b"erofs.fingerprint.v1".to_vec(), b"forged".to_vec());
+        let again = ibody(&x, &SharedXattrs::default(), Some((&p, &v))).unwrap();
+        assert_eq!(again, body);
     }
 }
