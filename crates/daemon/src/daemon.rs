@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fuser::{Config, INodeNo, MountOption, Notifier, Session, SessionACL};
+use fuser::{Config, Filesystem, INodeNo, Notifier, Session, SessionACL};
 
 use crate::control::{self, DomainStatus, MountStatus, Request, Response, Status};
 use crate::dedup_fs::{self, DedupFs};
@@ -192,17 +192,14 @@ impl Daemon {
             _ => {}
         }
         let fs = ImageFs::new(mounted.clone(), dom.is_some());
-        let mut config = Config::default();
-        config.mount_options = vec![
-            MountOption::RO,
-            MountOption::FSName(format!("{IMAGE_FSNAME}{}", image.display())),
-            MountOption::DefaultPermissions,
-            MountOption::NoAtime,
-        ];
-        config.acl = SessionACL::All;
-        config.n_threads = Some(THREADS);
-        config.clone_fd = true;
-        let session = match Session::new(fs, &mountpoint, &config) {
+        let fsname = format!("{IMAGE_FSNAME}{}", image.display());
+        let session = match session_on(
+            fs,
+            &mountpoint,
+            &fsname,
+            "default_permissions,allow_other",
+            SessionACL::All,
+        ) {
             Ok(s) => s,
             Err(e) => {
                 if let Some(d) = &dom {
@@ -256,16 +253,15 @@ impl Daemon {
             .create(&dir)
             .map_err(|e| format!("create {}: {e}", dir.display()))?;
         let dom = Arc::new(Domain::new(id.to_string(), dir.clone()));
-        let mut config = Config::default();
-        config.mount_options = vec![
-            MountOption::RO,
-            MountOption::FSName(format!("{DEDUP_FSNAME}{id}")),
-            MountOption::NoAtime,
-        ];
-        config.n_threads = Some(THREADS);
-        config.clone_fd = true;
-        let session = Session::new(DedupFs::new(dom.clone()), &dir, &config)
-            .map_err(|e| format!("mount the dedup filesystem of domain {id:?}: {e}"))?;
+        let fsname = format!("{DEDUP_FSNAME}{id}");
+        let session = session_on(
+            DedupFs::new(dom.clone()),
+            &dir,
+            &fsname,
+            "",
+            SessionACL::Owner,
+        )
+        .map_err(|e| format!("mount the dedup filesystem of domain {id:?}: {e}"))?;
         let notifier = session.notifier();
         let name = format!("dedup-{id}");
         std::thread::Builder::new()
@@ -482,6 +478,64 @@ impl Daemon {
             let _ = fs::remove_dir(&p);
         }
     }
+}
+
+/// Mounts a read-only FUSE filesystem at `mountpoint` ourselves and starts its session.
+///
+/// Not `fuser::Session::new`: a fuser session unmounts its mountpoint path when it ends, and
+/// a lazily detached mount's session ends whenever its last file closes, by which time a new
+/// mount may sit at the same path. Here nobody but the daemon's `detach` ever unmounts.
+fn session_on<FS: Filesystem>(
+    fs: FS,
+    mountpoint: &Path,
+    fsname: &str,
+    options: &str,
+    acl: SessionACL,
+) -> io::Result<Session<FS>> {
+    use std::os::unix::fs::MetadataExt;
+    let rootmode = fs::metadata(mountpoint)?.mode();
+    let dev = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let mut data = format!(
+        "fd={},rootmode={rootmode:o},user_id=0,group_id=0",
+        dev.as_raw_fd()
+    );
+    if !options.is_empty() {
+        data.push(',');
+        data.push_str(options);
+    }
+    let c = |s: &str| {
+        std::ffi::CString::new(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    };
+    let (source, target, fstype, data) = (
+        c(fsname)?,
+        std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+        c("fuse")?,
+        c(&data)?,
+    );
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut config = Config::default();
+    config.n_threads = Some(THREADS);
+    config.clone_fd = true;
+    Session::from_fd(fs, dev.into(), acl, config).inspect_err(|_| {
+        let _ = detach(mountpoint);
+    })
 }
 
 /// Lazy unmount (`umount -l`): the mount leaves the namespace now, open files keep working.

@@ -329,3 +329,25 @@ pub fn reseal_superblock(v: &mut [u8]) {
     let c = erofs::superblock::checksum_of(&v[1024..1024 + n]);
     v[1028..1032].copy_from_slice(&c.to_le_bytes());
 }
+
+/// Runs `attempt` up to three times; panics with the last failure if none passes. For
+/// page-cache measurements on a shared host, where another process's drop_caches can only
+/// make an attempt fail.
+pub fn retry(mut attempt: impl FnMut() -> Result<(), String>) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match attempt() {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("attempt failed: {e}");
+                last = e;
+            }
+        }
+    }
+    panic!("{last}");
+}
+
+/// `Err(msg)` unless `ok`.
+pub fn check(ok: bool, msg: String) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(msg) }
+}
