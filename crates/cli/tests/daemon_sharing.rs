@@ -93,9 +93,7 @@ fn image_mounts_are_read_only_and_cache_unshared_files() {
         read_all(p);
     }
     retry(|| {
-        for p in &all {
-            read_all(p);
-        }
+        let _maps = map_all(&[&m]);
         let before = d.status().mounts[0].image_bytes_read;
         for p in &all {
             read_all(p);
@@ -143,7 +141,7 @@ fn one_domain_holds_one_copy_and_fetches_each_page_once() {
     retry(|| {
         testkit::drop_caches().unwrap();
         let m0 = d.status().domains[0].miss_bytes;
-        read_everything(&[&a, &b]);
+        let _maps = map_all(&[&a, &b]);
         let st = d.status();
         let total = cache_of(&[&a, &b], &st);
         eprintln!("page cache {total} bytes, unique content {unique} bytes");
@@ -199,7 +197,7 @@ fn two_domains_hold_two_copies() {
     let unique = unique_content(&[&a]);
     retry(|| {
         testkit::drop_caches().unwrap();
-        read_everything(&[&a, &b]);
+        let _maps = map_all(&[&a, &b]);
         let st = d.status();
         let total = cache_of(&[&a, &b], &st);
         check(st.domains.len() == 2, format!("{st:?}"))?;
