@@ -1,6 +1,6 @@
 //! File data: where each byte of an inode lives (flat plain, flat inline tail, chunk-based
 //! block maps and chunk indexes with holes) and reading it. Compressed layouts are
-//! dispatched to [`read_compressed`].
+//! dispatched to `read_compressed`, the one place the codecs plug in.
 
 use crate::error::{Error, Result};
 use crate::format::{ChunkIndex, NULL_ADDR, ZMapHeader, chunk, compr_alg, layout};

@@ -181,9 +181,15 @@ impl Image {
         let (space, pos) = self.inode_location(nid)?;
         let mut raw = [0u8; 64];
         let unreadable = |e: Error| self.corrupt_nid(nid, format!("inode unreadable: {e}"));
-        self.read_meta(space, pos, &mut raw[..32])
+        // One read covers an extended inode too, unless that would run past the image.
+        let first = if space == Space::Image && pos.saturating_add(64) <= self.len {
+            64
+        } else {
+            32
+        };
+        self.read_meta(space, pos, &mut raw[..first])
             .map_err(unreadable)?;
-        match Inode::decode(nid, space, pos, &raw[..32], &self.sb) {
+        match Inode::decode(nid, space, pos, &raw[..first], &self.sb) {
             Ok(i) => Ok(i),
             Err(Some(what)) => Err(self.corrupt_nid(nid, what)),
             Err(None) => {

@@ -1,6 +1,12 @@
 //! The EROFS on-disk format: reader, builder, codecs and content fingerprints.
 //!
 //! No FUSE, no daemon: this crate is usable on its own.
+//!
+//! Reading: [`Image`] opens an image over any [`source::ReadAt`] (positioned reads only) and
+//! validates the [`superblock`]; [`inode`], [`dir`], [`data`] and [`xattr`] decode what
+//! their names say, each checking every offset, size and count before use. [`walk`] visits
+//! the whole tree with cycle and depth guards; [`fsck`] checks an image and [`extract`]
+//! restores its tree into a directory.
 
 pub mod build;
 pub mod data;

@@ -259,6 +259,10 @@ pub fn raw(img: &Image, inode: &Inode) -> Result<Vec<RawXattr>> {
     let Some((h, inline)) = read_ibody(img, inode)? else {
         return Ok(Vec::new());
     };
+    decode_all(img, inode, &h, &inline)
+}
+
+fn decode_all(img: &Image, inode: &Inode, h: &IbodyHeader, inline: &[u8]) -> Result<Vec<RawXattr>> {
     let mut out = Vec::new();
     for &id in &h.shared_ids {
         out.push(shared_entry(img, inode, id)?);
@@ -317,7 +321,7 @@ pub(crate) fn get(img: &Image, inode: &Inode, name: &[u8]) -> Result<Option<Vec<
         // The kernel has no handler for these names.
         return Ok(None);
     }
-    let Some(h) = ibody_header(img, inode)? else {
+    let Some((h, inline)) = read_ibody(img, inode)? else {
         return Ok(None);
     };
     if img.superblock().xattr_filter_active()
@@ -325,7 +329,7 @@ pub(crate) fn get(img: &Image, inode: &Inode, name: &[u8]) -> Result<Option<Vec<
     {
         return Ok(None);
     }
-    Ok(raw(img, inode)?
+    Ok(decode_all(img, inode, &h, &inline)?
         .into_iter()
         .find(|x| x.base_index == index && x.name_after_base() == suffix)
         .map(|x| x.value))

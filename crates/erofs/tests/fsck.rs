@@ -38,6 +38,15 @@ fn every_uncompressed_vector_is_clean() {
         if name.contains("fp") {
             assert!(r.fingerprints_verified > 100, "{name}: {r:?}");
         }
+        // A structure-only check reads each stored block once: never more than the image.
+        let r = fsck(&img, &FsckOptions::default());
+        assert!(r.is_clean(), "{name}: {:#?}", r.problems);
+        assert!(
+            r.bytes_read > 0 && r.bytes_read <= img.len(),
+            "{name}: read {} of {}",
+            r.bytes_read,
+            img.len()
+        );
     }
 }
 

@@ -172,3 +172,18 @@ fn a_broken_name_offset_names_the_directory_block() {
         "{e}"
     );
 }
+
+#[test]
+fn the_known_bad_image_does_not_crash_the_reader() {
+    if !require(
+        "the_known_bad_image_does_not_crash_the_reader",
+        &[Need::Testdata],
+    ) {
+        return;
+    }
+    let img = Image::open(testdata::known_bad("lz4hc-all-fragments-ztailpacking")).unwrap();
+    let r = fsck(&img, &FsckOptions::default());
+    // Until the codecs land every compressed file is reported; it must not panic or hang.
+    assert!(!r.is_clean());
+    assert!(r.dirs > 10, "{r:?}");
+}

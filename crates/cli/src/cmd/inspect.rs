@@ -258,6 +258,7 @@ fn render(v: &Value, indent: usize, out: &mut String) {
 fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
+        Value::Array(a) if a.is_empty() => "(none)".into(),
         Value::Array(a) => a.iter().map(scalar).collect::<Vec<_>>().join(", "),
         other => other.to_string(),
     }
