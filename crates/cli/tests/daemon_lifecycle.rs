@@ -306,3 +306,33 @@ impl Drop for Cleanup {
         }
     }
 }
+
+#[test]
+fn a_detached_mount_ending_leaves_a_new_mount_at_its_path_alone() {
+    if !gate("a_detached_mount_ending_leaves_a_new_mount_at_its_path_alone") {
+        return;
+    }
+    let d = Daemon::start();
+    let image = testdata::image("plain-fp");
+    let m = d.mount(&image, "m", Some("d"));
+    let held = std::fs::File::open(m.join(REL)).unwrap();
+    assert!(!d.umount(&m), "busy");
+    let m2 = d.mount(&image, "m", Some("d"));
+    assert_eq!(m, m2);
+    drop(held);
+    // The old session ends now; the new mount must stay.
+    let t = std::time::Instant::now();
+    while d.status().mounts.len() > 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "old session never ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        is_mounted(&m2),
+        "the new mount was unmounted by the old session"
+    );
+    assert!(!read_all(&m2.join(REL)).is_empty());
+}

@@ -92,15 +92,18 @@ fn image_mounts_are_read_only_and_cache_unshared_files() {
     for p in &all {
         read_all(p);
     }
-    let before = d.status().mounts[0].image_bytes_read;
-    for p in &all {
-        read_all(p);
-    }
-    assert_eq!(
-        d.status().mounts[0].image_bytes_read,
-        before,
-        "warm reads reached the image"
-    );
+    retry(|| {
+        let _maps = map_all(&[&m]);
+        let before = d.status().mounts[0].image_bytes_read;
+        for p in &all {
+            read_all(p);
+        }
+        let after = d.status().mounts[0].image_bytes_read;
+        check(
+            after == before,
+            format!("warm reads read {} image bytes", after - before),
+        )
+    });
 }
 
 fn nix_statfs(p: &Path) -> (u64, u64) {
@@ -131,40 +134,51 @@ fn one_domain_holds_one_copy_and_fetches_each_page_once() {
     // Two different images (4 KiB and 512-byte blocks) of the same tree.
     let a = d.mount(&testdata::image(PLAIN), "a", Some("d"));
     let b = d.mount(&testdata::image(PLAIN_B512), "b", Some("d"));
-    testkit::drop_caches().unwrap();
-    read_everything(&[&a, &b]);
-    let st = d.status();
-    let total = cache_of(&[&a, &b], &st);
     let unique = unique_content(&[&a]);
     assert_eq!(unique, unique_content(&[&a, &b]), "same tree");
-    eprintln!("page cache {total} bytes, unique content {unique} bytes");
-    assert!(
-        total as f64 <= 1.10 * unique as f64,
-        "one domain: page cache {total} > 1.10 × unique {unique}"
-    );
-    assert!(total as f64 >= 0.9 * unique as f64, "measure is real");
-    let dom = &st.domains[0];
-    assert!(dom.files_shared > 10, "{dom:?}");
-    // Each page of a dedup file came from the daemon once: misses delivered no more than
-    // the objects' page-rounded sizes.
-    let object_bytes: u64 = std::fs::read_dir(&dom.dedup_mountpoint)
-        .unwrap()
-        .map(|e| page_round(e.unwrap().metadata().unwrap().len()))
-        .sum();
-    assert!(
-        dom.miss_bytes <= object_bytes,
-        "misses delivered {} bytes for {object_bytes} bytes of objects",
-        dom.miss_bytes
-    );
-    assert!(dom.miss_bytes > 0);
-    assert!(dom.saved_bytes > 0, "{dom:?}");
-    // Reading it all again costs the daemon nothing.
-    read_everything(&[&a, &b]);
-    let again = d.status().domains[0].miss_bytes;
-    assert_eq!(
-        again, dom.miss_bytes,
-        "warm reads must not reach the daemon"
-    );
+    // Other processes on a shared host may drop caches mid-measure; that can only make an
+    // attempt fail, never pass, so a few attempts are allowed.
+    retry(|| {
+        testkit::drop_caches().unwrap();
+        let m0 = d.status().domains[0].miss_bytes;
+        let _maps = map_all(&[&a, &b]);
+        let st = d.status();
+        let total = cache_of(&[&a, &b], &st);
+        eprintln!("page cache {total} bytes, unique content {unique} bytes");
+        check(
+            total as f64 <= 1.10 * unique as f64,
+            format!("one domain: page cache {total} > 1.10 × unique {unique}"),
+        )?;
+        check(
+            total as f64 >= 0.9 * unique as f64,
+            format!("measure: {total}"),
+        )?;
+        let dom = &st.domains[0];
+        check(dom.files_shared > 10, format!("{dom:?}"))?;
+        check(dom.saved_bytes > 0, format!("{dom:?}"))?;
+        // Each page of a dedup file came from the daemon once: misses delivered no more
+        // than the objects' page-rounded sizes.
+        let object_bytes: u64 = std::fs::read_dir(&dom.dedup_mountpoint)
+            .unwrap()
+            .map(|e| page_round(e.unwrap().metadata().unwrap().len()))
+            .sum();
+        let missed = dom.miss_bytes - m0;
+        check(
+            missed > 0 && missed <= object_bytes,
+            format!("misses delivered {missed} bytes for {object_bytes} bytes of objects"),
+        )?;
+        // Reading it all again costs the daemon nothing.
+        read_everything(&[&a, &b]);
+        let again = d.status().domains[0].miss_bytes;
+        check(
+            again == dom.miss_bytes,
+            format!(
+                "warm reads reached the daemon: {} bytes",
+                again - dom.miss_bytes
+            ),
+        )
+    });
+    let st = d.status();
     for m in &st.mounts {
         assert!(m.sharing && m.shared_opens > 0, "{m:?}");
         assert!(m.direct_io, "{m:?}");
@@ -180,26 +194,21 @@ fn two_domains_hold_two_copies() {
     let d = Daemon::start();
     let a = d.mount(&testdata::image(PLAIN), "a", Some("d1"));
     let b = d.mount(&testdata::image(PLAIN_B512), "b", Some("d2"));
-    testkit::drop_caches().unwrap();
-    read_everything(&[&a, &b]);
-    let st = d.status();
-    let total = cache_of(&[&a, &b], &st);
     let unique = unique_content(&[&a]);
-    assert_eq!(st.domains.len(), 2);
-    for dom in &st.domains {
-        let c: u64 = std::fs::read_dir(&dom.dedup_mountpoint)
-            .unwrap()
-            .map(|e| cached(&e.unwrap().path()))
-            .sum();
-        eprintln!("domain {}: {c} bytes cached; {dom:?}", dom.id);
-    }
-    assert!(
-        total as f64 >= 1.8 * unique as f64,
-        "two domains must not share: {total} vs unique {unique}"
-    );
-    for dom in &st.domains {
-        assert_eq!(dom.mounts, 1, "{dom:?}");
-    }
+    retry(|| {
+        testkit::drop_caches().unwrap();
+        let _maps = map_all(&[&a, &b]);
+        let st = d.status();
+        let total = cache_of(&[&a, &b], &st);
+        check(st.domains.len() == 2, format!("{st:?}"))?;
+        for dom in &st.domains {
+            check(dom.mounts == 1, format!("{dom:?}"))?;
+        }
+        check(
+            total as f64 >= 1.8 * unique as f64,
+            format!("two domains must not share: {total} vs unique {unique}"),
+        )
+    });
 }
 
 #[test]

@@ -180,7 +180,20 @@ fn stress_readers_mmaps_and_mount_cycles() {
                 let mp = d.mount(&plain, "cycle", Some("s"));
                 let rel = &files[rng.below(files.len() as u64) as usize];
                 // Sometimes keep a file open across the unmount (lazy detach).
-                let held = (rng.below(2) == 0).then(|| std::fs::File::open(mp.join(rel)).unwrap());
+                let held = if rng.below(2) == 0 {
+                    match std::fs::File::open(mp.join(rel)) {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            failures
+                                .lock()
+                                .unwrap()
+                                .push(format!("cycle open {rel}: {e}"));
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
                 if let Err(e) = check(&mut rng, &mp, rel, &want[rel], &failures) {
                     failures.lock().unwrap().push(format!("cycle {rel}: {e}"));
                 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fuser::{Config, INodeNo, MountOption, Notifier, Session, SessionACL};
+use fuser::{Config, Filesystem, INodeNo, Notifier, Session, SessionACL};
 
 use crate::control::{self, DomainStatus, MountStatus, Request, Response, Status};
 use crate::dedup_fs::{self, DedupFs};
@@ -174,8 +174,10 @@ impl Daemon {
             return Err("the domain id must not be empty".into());
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Passthrough needs CAP_SYS_ADMIN: without it no dedup mount is made at all.
+        let can_pass = crate::image_fs::has_cap_sys_admin();
         let dom = match (&domain, share) {
-            (Some(d), true) => Some(self.domain_for(d)?),
+            (Some(d), true) if can_pass => Some(self.domain_for(d)?),
             _ => None,
         };
         let mounted = MountedImage::open(id, image.to_path_buf(), mountpoint.clone(), dom.clone())
@@ -189,20 +191,20 @@ impl Daemon {
         match (&domain, share) {
             (None, _) => mounted.set_unshared("no domain given"),
             (Some(_), false) => mounted.set_unshared("--no-share"),
+            (Some(_), true) if !can_pass => {
+                mounted.set_unshared("the daemon lacks CAP_SYS_ADMIN, which FUSE passthrough needs")
+            }
             _ => {}
         }
         let fs = ImageFs::new(mounted.clone(), dom.is_some());
-        let mut config = Config::default();
-        config.mount_options = vec![
-            MountOption::RO,
-            MountOption::FSName(format!("{IMAGE_FSNAME}{}", image.display())),
-            MountOption::DefaultPermissions,
-            MountOption::NoAtime,
-        ];
-        config.acl = SessionACL::All;
-        config.n_threads = Some(THREADS);
-        config.clone_fd = true;
-        let session = match Session::new(fs, &mountpoint, &config) {
+        let fsname = format!("{IMAGE_FSNAME}{}", image.display());
+        let session = match session_on(
+            fs,
+            &mountpoint,
+            &fsname,
+            "default_permissions,allow_other",
+            SessionACL::All,
+        ) {
             Ok(s) => s,
             Err(e) => {
                 if let Some(d) = &dom {
@@ -256,16 +258,15 @@ impl Daemon {
             .create(&dir)
             .map_err(|e| format!("create {}: {e}", dir.display()))?;
         let dom = Arc::new(Domain::new(id.to_string(), dir.clone()));
-        let mut config = Config::default();
-        config.mount_options = vec![
-            MountOption::RO,
-            MountOption::FSName(format!("{DEDUP_FSNAME}{id}")),
-            MountOption::NoAtime,
-        ];
-        config.n_threads = Some(THREADS);
-        config.clone_fd = true;
-        let session = Session::new(DedupFs::new(dom.clone()), &dir, &config)
-            .map_err(|e| format!("mount the dedup filesystem of domain {id:?}: {e}"))?;
+        let fsname = format!("{DEDUP_FSNAME}{id}");
+        let session = session_on(
+            DedupFs::new(dom.clone()),
+            &dir,
+            &fsname,
+            "",
+            SessionACL::Owner,
+        )
+        .map_err(|e| format!("mount the dedup filesystem of domain {id:?}: {e}"))?;
         let notifier = session.notifier();
         let name = format!("dedup-{id}");
         std::thread::Builder::new()
@@ -484,13 +485,163 @@ impl Daemon {
     }
 }
 
+/// Mounts a read-only FUSE filesystem at `mountpoint` ourselves and starts its session.
+///
+/// Not `fuser::Session::new`: a fuser session unmounts its mountpoint path when it ends, and
+/// a lazily detached mount's session ends whenever its last file closes, by which time a new
+/// mount may sit at the same path. Here nobody but the daemon's `detach` ever unmounts.
+fn session_on<FS: Filesystem>(
+    fs: FS,
+    mountpoint: &Path,
+    fsname: &str,
+    options: &str,
+    acl: SessionACL,
+) -> io::Result<Session<FS>> {
+    let mut config = Config::default();
+    config.n_threads = Some(THREADS);
+    config.clone_fd = true;
+    match mount_fuse(mountpoint, fsname, options) {
+        Ok(dev) => Session::from_fd(fs, dev, acl, config).inspect_err(|_| {
+            let _ = detach(mountpoint);
+        }),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+            // Not privileged: the setuid fusermount3 mounts for us, accessible to this user
+            // only (allow_other needs user_allow_other in /etc/fuse.conf).
+            let dev = fusermount(mountpoint, fsname)?;
+            Session::from_fd(fs, dev, SessionACL::Owner, config).inspect_err(|_| {
+                let _ = detach(mountpoint);
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Mounts through the setuid `fusermount3` (for a daemon without CAP_SYS_ADMIN): it mounts
+/// and hands the /dev/fuse fd back over a socket named by `_FUSE_COMMFD`.
+fn fusermount(mountpoint: &Path, fsname: &str) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let (ours, theirs) = UnixStream::pair()?;
+    // SAFETY: fcntl on an fd we own: the helper must inherit it across exec.
+    unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFD, 0) };
+    let opts = format!(
+        "ro,nosuid,nodev,noatime,default_permissions,fsname={}",
+        fsname.replace(',', "_")
+    );
+    let out = std::process::Command::new("fusermount3")
+        .arg("-o")
+        .arg(opts)
+        .arg("--")
+        .arg(mountpoint)
+        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .output()?;
+    drop(theirs);
+    if !out.status.success() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "fusermount3: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one control message carrying one fd (CMSG_SPACE(4) is 24 on 64-bit Linux).
+    let mut cbuf = [0u64; 8];
+    // SAFETY: a zeroed msghdr is a valid empty header; the fields set below point at live
+    // buffers of the stated sizes.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: recvmsg writes at most the buffers described by msg.
+    let n = unsafe { libc::recvmsg(ours.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: CMSG_FIRSTHDR/CMSG_DATA walk the control buffer recvmsg just filled.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            let _ = detach(mountpoint);
+            return Err(io::Error::other("fusermount3 sent no /dev/fuse descriptor"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
+        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// mount(2) of a read-only, nosuid, nodev FUSE filesystem; returns its /dev/fuse fd.
+fn mount_fuse(mountpoint: &Path, fsname: &str, options: &str) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let rootmode = fs::metadata(mountpoint)?.mode();
+    let dev = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let mut data = format!(
+        "fd={},rootmode={rootmode:o},user_id=0,group_id=0",
+        dev.as_raw_fd()
+    );
+    if !options.is_empty() {
+        data.push(',');
+        data.push_str(options);
+    }
+    let c = |b: &[u8]| {
+        std::ffi::CString::new(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    };
+    let (source, target, fstype, data) = (
+        c(fsname.as_bytes())?,
+        c(mountpoint.as_os_str().as_bytes())?,
+        c(b"fuse")?,
+        c(data.as_bytes())?,
+    );
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(dev.into())
+}
+
 /// Lazy unmount (`umount -l`): the mount leaves the namespace now, open files keep working.
 pub fn detach(path: &Path) -> io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: c is a valid NUL-terminated path.
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EPERM) {
+            return Err(e);
+        }
+        // An unprivileged daemon's mounts go through the setuid helper.
+        let out = std::process::Command::new("fusermount3")
+            .args(["-u", "-z", "--"])
+            .arg(path)
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "fusermount3 -u -z {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
     }
     Ok(())
 }
