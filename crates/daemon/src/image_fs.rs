@@ -42,6 +42,8 @@ use crate::source::UncachedFile;
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Decoded inodes kept for reads and attribute replies; cleared when full.
 const INODE_CACHE_MAX: usize = 65_536;
+/// Directory listings kept while the kernel reads them in chunks; cleared when full.
+const LISTING_CACHE_MAX: usize = 256;
 
 /// One mounted image: the reader, its file, its domain and its counters.
 #[derive(Debug)]
@@ -138,7 +140,6 @@ struct Backing {
 enum Handle {
     Passthrough(#[allow(dead_code)] Arc<Backing>),
     Data(Arc<Inode>),
-    Dir(Arc<Vec<DirEntry>>),
 }
 
 #[derive(Debug, Default)]
@@ -147,6 +148,8 @@ struct State {
     /// The sharing decision per nid: the object, or None for "not shared".
     sharing: HashMap<u64, Option<Arc<DedupObject>>>,
     backings: HashMap<u64, Arc<Backing>>,
+    /// Recent directory listings: the kernel asks for a big directory in several chunks.
+    listings: HashMap<u64, Arc<Vec<DirEntry>>>,
     handles: HashMap<u64, Handle>,
     next_fh: u64,
 }
@@ -219,6 +222,27 @@ impl ImageFs {
         }
         st.inodes.insert(nid, inode.clone());
         Ok(inode)
+    }
+
+    /// The entries of directory `ino`, from the listing cache or the image.
+    fn listing(&self, ino: INodeNo) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        let nid = self.nid_of(ino);
+        if let Some(l) = self.state.lock().unwrap().listings.get(&nid) {
+            return Ok(l.clone());
+        }
+        let dir = self.inode(nid)?;
+        if dir.file_type() != ErofsType::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let image = &self.mount.image;
+        let what = || format!("readdir nid {nid}");
+        let entries = Arc::new(safely(image, what, || image.read_dir(&dir))?);
+        let mut st = self.state.lock().unwrap();
+        if st.listings.len() >= LISTING_CACHE_MAX {
+            st.listings.clear();
+        }
+        st.listings.insert(nid, entries.clone());
+        Ok(entries)
     }
 
     fn attr(&self, inode: &Inode) -> FileAttr {
@@ -413,6 +437,7 @@ impl Filesystem for ImageFs {
             st.backings.remove(&nid);
         }
         st.inodes.remove(&nid);
+        st.listings.remove(&nid);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -573,36 +598,24 @@ impl Filesystem for ImageFs {
         reply.error(Errno::ENOTTY);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let dir = match self.inode(self.nid_of(ino)) {
-            Ok(d) => d,
-            Err(e) => return reply.error(e),
-        };
-        let image = &self.mount.image;
-        let what = || format!("readdir nid {}", dir.nid);
-        match safely(image, what, || image.read_dir(&dir)) {
-            Ok(entries) => {
-                let fh = self.new_handle(Handle::Dir(Arc::new(entries)));
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-                );
-            }
-            Err(e) => reply.error(e),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS switches the kernel to "no opendir" mode: directory opens cost no round trip
+        // and get FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, so a listing is read from the image
+        // once and then served from the kernel's cache.
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.state.lock().unwrap().handles.get(&fh.0) {
-            Some(Handle::Dir(e)) => e.clone(),
-            _ => return reply.error(Errno::EBADF),
+        let entries = match self.listing(ino) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let name = OsStr::from_bytes(&e.name);
@@ -616,14 +629,14 @@ impl Filesystem for ImageFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.state.lock().unwrap().handles.get(&fh.0) {
-            Some(Handle::Dir(e)) => e.clone(),
-            _ => return reply.error(Errno::EBADF),
+        let entries = match self.listing(ino) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             // An entry whose inode cannot be decoded is left out here; a lookup of its name
@@ -643,18 +656,6 @@ impl Filesystem for ImageFs {
                 break;
             }
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.state.lock().unwrap().handles.remove(&fh.0);
         reply.ok();
     }
 
