@@ -83,11 +83,12 @@ fn processes_with(needle: &str) -> Vec<String> {
 
 fn assert_nothing_left(pid: u32, images: &[PathBuf], pids: &[i32]) {
     assert_eq!(our_cgroups(pid), Vec::<PathBuf>::new(), "cgroups left");
-    // The private daemon's state directory and mount points carry this prefix.
+    // The private daemon's state directory and the mount points carry these prefixes
+    // (crates/measure/src/share.rs).
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let left: Vec<&str> = mountinfo
         .lines()
-        .filter(|l| l.contains("erofs-share-bench-"))
+        .filter(|l| l.contains("erofs-share-bench-mnt-") || l.contains("erofs-share-bench-state-"))
         .collect();
     assert!(left.is_empty(), "mounts left: {left:#?}");
     let daemons = processes_with("erofs-share-bench-state-");
@@ -120,17 +121,11 @@ fn runs_pairs_then_stops_on_ctrl_c_and_leaves_nothing() {
         ("redis", &redis, "kernel,no-share,share"),
         ("nginx", &nginx, "kernel,no-share,share"),
     ] {
+        let png = t.path().join(format!("{app}.png"));
         let child = bin()
-            .args([
-                "bench",
-                "runtime",
-                "--app",
-                app,
-                "--requests",
-                "500",
-                "--json",
-            ])
-            .args(["--setups", setups])
+            .args(["bench", "runtime", "--app", app, "--requests", "500"])
+            .args(["--json", "--setups", setups, "--plot"])
+            .arg(&png)
             .args(images)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -143,6 +138,7 @@ fn runs_pairs_then_stops_on_ctrl_c_and_leaves_nothing() {
             "{app}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        assert_eq!(&std::fs::read(&png).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let rows = v.as_array().unwrap();
         assert_eq!(rows.len(), setups.split(',').count());

@@ -377,6 +377,8 @@ impl BarChart {
             .axis_desc_style((FONT, 18))
             .draw()?;
         let slot = 0.8 / n_series as f64;
+        // Small values keep a decimal.
+        let decimals = if max < 100.0 { 1 } else { 0 };
         for (s, (name, values)) in self.series.iter().enumerate() {
             let color = PALETTE[s % PALETTE.len()];
             chart
@@ -391,7 +393,7 @@ impl BarChart {
             chart.draw_series(values.iter().enumerate().map(|(g, &v)| {
                 let x = g as f64 + 0.1 + (s as f64 + 0.46) * slot;
                 Text::new(
-                    format!("{v:.0}"),
+                    format!("{v:.decimals$}"),
                     (x, v + top * 0.01),
                     (FONT, 14)
                         .into_font()

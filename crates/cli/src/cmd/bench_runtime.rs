@@ -31,6 +31,9 @@ pub struct Args {
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the containers' memory per setup as a PNG bar chart.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
 }
 
 fn mounter(name: &str) -> anyhow::Result<Box<dyn Mounter>> {
@@ -70,12 +73,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("bench runtime: {} ({})", args.app, m.label());
         results.push(runtime::run_setup(&config, m.as_ref())?);
     }
+    if let Some(path) = &args.plot {
+        chart(args.app, &results).write_png(path, 1000, 560)?;
+        eprintln!("plot written to {}", path.display());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         print!("{}", text(args.app, &results));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One group per setup; a bar per container and one for their total (memory.current, MiB).
+fn chart(app: App, results: &[SetupResult]) -> report::BarChart {
+    let n = results.first().map_or(0, |r| r.containers.len());
+    let mut series: Vec<(String, Vec<f64>)> = (0..n)
+        .map(|i| (format!("{app} #{}", i + 1), Vec::new()))
+        .collect();
+    series.push(("total".into(), Vec::new()));
+    for r in results {
+        for (i, c) in r.containers.iter().enumerate().take(n) {
+            series[i].1.push(c.memory.current as f64 / report::MB);
+        }
+        series[n].1.push(r.total().current as f64 / report::MB);
+    }
+    report::BarChart {
+        title: format!("{app}: container memory under load"),
+        y_label: "memory.current (MiB)".into(),
+        groups: results.iter().map(|r| r.setup.clone()).collect(),
+        series,
+    }
 }
 
 /// The table in the upstream form: container memory MB per setup, one column per container
