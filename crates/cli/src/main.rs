@@ -38,13 +38,17 @@ enum Command {
     Analyze(cmd::analyze::Args),
     /// Measure what sharing saves.
     Bench(cmd::bench::Args),
+    /// Show what sharing saves on two versions of a tree from this machine (measured as root,
+    /// predicted otherwise).
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EROFS_SHARE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // fuser logs every reply to a connection that went away (lazy unmounts).
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=off")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -60,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Daemon(a) => cmd::daemon::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,11 +1,164 @@
-//! `erofs-share bench`.
+//! `erofs-share bench`: measure what sharing saves.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::bail;
+use erofs_share_daemon::bench;
 
 /// Arguments of `erofs-share bench`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    pub what: What,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`bench` is not implemented yet")
+/// What to measure.
+#[derive(Debug, clap::Subcommand)]
+pub enum What {
+    /// Page cache and read times: kernel erofs vs erofs-share unshared vs one domain (root).
+    Memory(MemoryArgs),
+    /// Run each image's application as a container and measure its memory (root).
+    Runtime(super::bench_runtime::Args),
+}
+
+/// Arguments of `erofs-share bench memory`.
+#[derive(Debug, clap::Args)]
+pub struct MemoryArgs {
+    /// Scratch directory for mountpoints and the private daemon state (default: a new
+    /// directory under /tmp, removed afterwards).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw the figures, beside `analyze`'s predictions, as a PNG bar chart.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+    /// Measure each setup this many times; the shortest times and the largest page-cache
+    /// growth are kept (other activity on the host only adds time and drops cache).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// The images, read all together in every setup.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let a = match args.what {
+        What::Memory(a) => a,
+        What::Runtime(a) => return super::bench_runtime::run(a),
+    };
+    for i in &a.images {
+        if !i.is_file() {
+            bail!("{}: not an image file", i.display());
+        }
+    }
+    let tmp;
+    let work = match &a.work_dir {
+        Some(w) => {
+            std::fs::create_dir_all(w)?;
+            w.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("erofs-share-bench-")
+                .tempdir_in("/tmp")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let report = bench::run_memory(&a.images, &work, a.runs);
+    bench::cleanup(&work);
+    let r = report.map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(path) = &a.plot {
+        let measured: Vec<(String, u64)> = r
+            .rows
+            .iter()
+            .map(|x| (x.setup.clone(), x.cache_growth))
+            .chain([(erofs_share_measure::report::IDEAL.to_string(), r.ideal)])
+            .collect();
+        super::bench_plot::write(path, &a.images, &measured)?;
+    }
+    if a.json {
+        let rows: Vec<_> = r
+            .rows
+            .iter()
+            .map(|x| {
+                serde_json::json!({
+                    "setup": x.setup,
+                    "page_cache_growth_bytes": x.cache_growth,
+                    "meminfo_cached_growth_bytes": x.meminfo_growth,
+                    "bytes_read": x.bytes_read,
+                    "cold_s": x.cold.as_secs_f64(),
+                    "warm_s": x.warm.as_secs_f64(),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "images": r.images,
+            "rows": rows,
+            "ideal_bytes": r.ideal,
+            "total_content_bytes": r.total_content,
+            "images_cached_after_bytes": r.images_cached_after,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let names: Vec<String> = r.images.iter().map(|i| i.display().to_string()).collect();
+    println!("images: {}", names.join(" "));
+    println!(
+        "file content: {:.1} MiB in all, {:.1} MiB distinct (page-rounded); best of {} runs",
+        mib(r.total_content),
+        mib(r.ideal),
+        a.runs
+    );
+    println!();
+    println!(
+        "| setup | page cache growth MiB | meminfo Cached growth MiB | cold read s | warm read s |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    for x in &r.rows {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            x.setup,
+            mib(x.cache_growth),
+            mib(x.meminfo_growth),
+            x.cold.as_secs_f64(),
+            x.warm.as_secs_f64()
+        );
+    }
+    println!(
+        "| ideal: unique file content | {:.1} | – | – | – |",
+        mib(r.ideal)
+    );
+    println!();
+    println!(
+        "page cache growth: cachestat(2) over every file and directory of the setup's mounts \
+         plus its loop devices or dedup files; meminfo: system-wide, includes other activity"
+    );
+    println!();
+    let kernel = &r.rows[0];
+    let shared = &r.rows[2];
+    println!(
+        "one domain vs ideal: {:.2}× (target ≤ 1.10); kernel vs ideal: {:.2}×",
+        shared.cache_growth as f64 / r.ideal as f64,
+        kernel.cache_growth as f64 / r.ideal as f64
+    );
+    println!(
+        "one domain vs kernel: cold {:.2}× (target ≤ 2), warm {:.2}× (target ≤ 1.5)",
+        shared.cold.as_secs_f64() / kernel.cold.as_secs_f64(),
+        shared.warm.as_secs_f64() / kernel.warm.as_secs_f64()
+    );
+    for (i, c) in r.images.iter().zip(&r.images_cached_after) {
+        println!(
+            "after the run {} has {:.1} MiB in the page cache",
+            i.display(),
+            mib(*c)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,7 +2,10 @@
 
 pub mod analyze;
 pub mod bench;
+pub mod bench_plot;
+pub mod bench_runtime;
 pub mod daemon;
+pub mod demo;
 pub mod extract;
 pub mod fsck;
 pub mod inspect;

@@ -1,11 +1,122 @@
-//! `erofs-share mount`.
+//! `erofs-share mount`: ask the daemon (started in the background if none runs) to mount an
+//! image.
 
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use erofs_share_daemon::control::{self, Request};
 
 /// Arguments of `erofs-share mount`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Share identical files with the other mounts of this domain (trusted images only).
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Do not share files, even with a domain.
+    #[arg(long)]
+    pub no_share: bool,
+    /// The daemon's state directory.
+    #[arg(long, default_value = erofs_share_daemon::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The EROFS image file.
+    pub image: PathBuf,
+    /// An existing directory to mount it on.
+    pub mountpoint: PathBuf,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`mount` is not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let image = args
+        .image
+        .canonicalize()
+        .with_context(|| format!("image {}", args.image.display()))?;
+    let mountpoint = args
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
+    ensure_daemon(&args.state_dir)?;
+    let resp = control::request(
+        &args.state_dir,
+        &Request::Mount {
+            image,
+            mountpoint,
+            domain: args.domain,
+            share: !args.no_share,
+        },
+    )
+    .context("talk to the daemon")?;
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_default());
+    }
+    if let Some(m) = resp.mount {
+        match (&m.domain, m.unshared_reason) {
+            (Some(d), None) => println!(
+                "mounted {} at {} (sharing in domain {d:?})",
+                m.image.display(),
+                m.mountpoint.display()
+            ),
+            (_, Some(why)) => println!(
+                "mounted {} at {} (not shared: {why})",
+                m.image.display(),
+                m.mountpoint.display()
+            ),
+            (None, None) => println!(
+                "mounted {} at {}",
+                m.image.display(),
+                m.mountpoint.display()
+            ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts `erofs-share daemon --state-dir DIR` in the background unless one answers.
+pub fn ensure_daemon(state_dir: &Path) -> anyhow::Result<()> {
+    if control::request(state_dir, &Request::Status).is_ok() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("create {}", state_dir.display()))?;
+    let log_path = state_dir.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("open {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("find the erofs-share executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("daemon")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; detaching from our session keeps the daemon alive
+    // when this terminal goes.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("start the daemon")?;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        if control::request(state_dir, &Request::Status).is_ok() {
+            return Ok(());
+        }
+        if let Some(st) = child.try_wait()? {
+            bail!(
+                "the daemon exited at start ({st}); see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "the daemon did not answer within 10 s; see {}",
+        log_path.display()
+    )
 }

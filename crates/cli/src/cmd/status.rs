@@ -1,11 +1,80 @@
-//! `erofs-share status`.
+//! `erofs-share status`: mounts, domains and what sharing saves.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use erofs_share_daemon::control::{self, Request};
 
 /// Arguments of `erofs-share status`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's state directory.
+    #[arg(long, default_value = erofs_share_daemon::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`status` is not implemented yet")
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let resp = control::request(&args.state_dir, &Request::Status)
+        .with_context(|| format!("no daemon answers at {}", args.state_dir.display()))?;
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_default());
+    }
+    let st = resp.status.context("the daemon's answer has no status")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("daemon pid {} (state {})", st.pid, st.state_dir.display());
+    println!("mounts: {}", st.mounts.len());
+    for m in &st.mounts {
+        let sharing = match (&m.domain, &m.unshared_reason) {
+            (Some(d), None) => format!("domain {d}"),
+            (_, Some(r)) => format!("unshared: {r}"),
+            (None, None) => "unshared".into(),
+        };
+        println!(
+            "  {} <- {} [{}]{} opens shared/unshared {}/{}, image read {}{}{}",
+            m.mountpoint.display(),
+            m.image.display(),
+            sharing,
+            if m.detached { " (detached)" } else { "" },
+            m.shared_opens,
+            m.unshared_opens,
+            mib(m.image_bytes_read),
+            if m.size_mismatches > 0 {
+                format!(", {} size mismatches", m.size_mismatches)
+            } else {
+                String::new()
+            },
+            if m.read_errors > 0 {
+                format!(", {} read errors", m.read_errors)
+            } else {
+                String::new()
+            },
+        );
+    }
+    println!("domains: {}", st.domains.len());
+    for d in &st.domains {
+        println!(
+            "  {}: {} mounts, {} dedup objects, {} files shared, shared page cache {}, \
+             misses served {} ({}), saved vs one copy per mount {}",
+            d.id,
+            d.mounts,
+            d.objects,
+            d.files_shared,
+            mib(d.cached_bytes),
+            d.misses,
+            mib(d.miss_bytes),
+            mib(d.saved_bytes)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,410 @@
+//! A private daemon per test: its own state directory and mountpoints under /tmp, stopped
+//! with SIGTERM (SIGKILL and lazy unmounts if it does not go) when the harness is dropped.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use erofs_share_daemon::control::{self, MountStatus, Request, Response, Status};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_erofs-share");
+
+static CACHE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Serialises the tests of one binary that drop caches or measure the page cache: a
+/// drop_caches in one test would empty the cache another is measuring.
+pub fn cache_lock() -> std::sync::MutexGuard<'static, ()> {
+    CACHE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub state: PathBuf,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("erofs-share-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let state = dir.path().join("state");
+        let mut d = Daemon {
+            child: None,
+            dir,
+            state,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts (again) a daemon on this state directory.
+    pub fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("daemon")
+            .arg("--state-dir")
+            .arg(&self.state)
+            .env("EROFS_SHARE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let t = Instant::now();
+        while control::request(&self.state, &Request::Status).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "daemon did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn request(&self, req: &Request) -> Response {
+        control::request(&self.state, req).unwrap()
+    }
+
+    /// A new empty directory to mount on.
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    pub fn try_mount(
+        &self,
+        image: &Path,
+        name: &str,
+        domain: Option<&str>,
+        share: bool,
+    ) -> Result<MountStatus, String> {
+        let mp = self.mountpoint(name);
+        let r = self.request(&Request::Mount {
+            image: image.canonicalize().unwrap(),
+            mountpoint: mp,
+            domain: domain.map(String::from),
+            share,
+        });
+        if r.ok {
+            Ok(r.mount.unwrap())
+        } else {
+            Err(r.error.unwrap())
+        }
+    }
+
+    pub fn mount(&self, image: &Path, name: &str, domain: Option<&str>) -> PathBuf {
+        self.try_mount(image, name, domain, true)
+            .unwrap_or_else(|e| panic!("mount {}: {e}\n{}", image.display(), self.log()))
+            .mountpoint
+    }
+
+    pub fn umount(&self, mp: &Path) -> bool {
+        let r = self.request(&Request::Umount {
+            mountpoint: mp.to_path_buf(),
+        });
+        assert!(r.ok, "umount {}: {:?}", mp.display(), r.error);
+        r.detached.unwrap()
+    }
+
+    pub fn status(&self) -> Status {
+        self.request(&Request::Status).status.unwrap()
+    }
+
+    /// SIGTERM and wait; true when it exited within `limit`.
+    pub fn stop(&mut self, limit: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: kill on the pid of a child we started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// SIGKILL, leaving its mounts behind.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+        // Whatever is left under our directory (a killed daemon's mounts) goes too.
+        for m in mounts_under(self.dir.path()) {
+            let _ = erofs_share_daemon::daemon::detach(&m);
+        }
+    }
+}
+
+/// Mountpoints under `dir` (from /proc/self/mountinfo), deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    v
+}
+
+/// Every regular file under `root`, relative path → absolute path.
+pub fn regular_files(root: &Path) -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p);
+            } else if md.file_type().is_file() {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, p);
+            } else {
+                let _ = md.file_type().is_fifo();
+            }
+        }
+    }
+    out
+}
+
+/// Reads a whole file, returning its bytes.
+pub fn read_all(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+pub fn page_round(n: u64) -> u64 {
+    n.div_ceil(4096) * 4096
+}
+
+/// Bytes of `p` in the page cache.
+pub fn cached(p: &Path) -> u64 {
+    erofs_share_daemon::daemon::cached_bytes(p).unwrap_or(0)
+}
+
+/// Page cache held by an image mount's own files plus the dedup files of every domain:
+/// everything the daemon's mounts put in the page cache.
+pub fn cache_of(mounts: &[&Path], status: &Status) -> u64 {
+    let mut total = 0;
+    for m in mounts {
+        for p in regular_files(m).values() {
+            total += cached(p);
+        }
+    }
+    for d in &status.domains {
+        for e in std::fs::read_dir(&d.dedup_mountpoint).unwrap() {
+            total += cached(&e.unwrap().path());
+        }
+    }
+    total
+}
+
+/// Page-rounded size of the distinct contents of the regular files under `roots`, with the
+/// distinct (sha256, size) set.
+pub fn unique_content(roots: &[&Path]) -> u64 {
+    use sha2::Digest;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for r in roots {
+        for p in regular_files(r).values() {
+            let data = read_all(p);
+            let key = (sha2::Sha256::digest(&data).to_vec(), data.len());
+            if seen.insert(key) {
+                total += page_round(data.len() as u64);
+            }
+        }
+    }
+    total
+}
+
+/// Inode number of a path, for hardlink-aware accounting.
+pub fn ino(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().ino()
+}
+
+/// A copy of `image` in `dir` with `patch(bytes)` applied.
+pub fn patched_copy(
+    image: &Path,
+    dir: &Path,
+    name: &str,
+    patch: impl FnOnce(&mut Vec<u8>),
+) -> PathBuf {
+    let mut bytes = std::fs::read(image).unwrap();
+    patch(&mut bytes);
+    reseal_superblock(&mut bytes);
+    let out = dir.join(name);
+    std::fs::write(&out, bytes).unwrap();
+    out
+}
+
+/// Byte offset of the on-disk inode of `path` in `image`, and whether it is extended.
+pub fn inode_offset(image: &Path, path: &str) -> (u64, erofs::inode::Inode) {
+    let img = erofs::Image::open(image).unwrap();
+    let inode = img.resolve(path).unwrap();
+    let sb = img.superblock();
+    let off = sb.meta_blkaddr as u64 * sb.block_size() + inode.nid * 32;
+    (off, inode)
+}
+
+/// Path (relative, "/"-separated) of the largest flat-plain (layout 0) regular file of
+/// `image` — a file whose data is one contiguous run of blocks, easy to corrupt or shorten.
+pub fn flat_plain_file(image: &Path) -> String {
+    let img = erofs::Image::open(image).unwrap();
+    let mut best: Option<(u64, String)> = None;
+    let mut stack = vec![(img.root_nid(), String::new())];
+    let mut seen = std::collections::HashSet::new();
+    while let Some((nid, path)) = stack.pop() {
+        if !seen.insert(nid) {
+            continue;
+        }
+        let inode = img.inode(nid).unwrap();
+        match inode.file_type() {
+            erofs::inode::FileType::Dir => {
+                for e in img.read_dir(&inode).unwrap() {
+                    if e.name != b"." && e.name != b".." {
+                        let name = String::from_utf8_lossy(&e.name);
+                        stack.push((e.nid, format!("{path}/{name}")));
+                    }
+                }
+            }
+            erofs::inode::FileType::Reg
+                if inode.layout == 0
+                    && inode.size > 16384
+                    && best.as_ref().is_none_or(|(s, _)| inode.size > *s) =>
+            {
+                best = Some((inode.size, path.clone()));
+            }
+            _ => {}
+        }
+    }
+    best.expect("a flat plain file")
+        .1
+        .trim_start_matches('/')
+        .to_string()
+}
+
+/// Recomputes the superblock checksum (when the image has one) after a patch, so the
+/// patched image is "valid but lying" rather than rejected at mount.
+pub fn reseal_superblock(v: &mut [u8]) {
+    if v[1024 + 8] & erofs::format::compat::SB_CHKSUM as u8 == 0 {
+        return;
+    }
+    let n = erofs::superblock::checksum_len(v[1024 + 12]);
+    v[1028..1032].fill(0);
+    let c = erofs::superblock::checksum_of(&v[1024..1024 + n]);
+    v[1028..1032].copy_from_slice(&c.to_le_bytes());
+}
+
+/// Runs `attempt` up to three times; panics with the last failure if none passes. For
+/// page-cache measurements on a shared host, where another process's drop_caches can only
+/// make an attempt fail.
+pub fn retry(mut attempt: impl FnMut() -> Result<(), String>) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match attempt() {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("attempt failed: {e}");
+                last = e;
+            }
+        }
+    }
+    panic!("{last}");
+}
+
+/// `Err(msg)` unless `ok`.
+pub fn check(ok: bool, msg: String) -> Result<(), String> {
+    if ok { Ok(()) } else { Err(msg) }
+}
+
+/// A read-only shared mapping of a whole file, unmapped on drop.
+pub struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is len bytes long and lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly the mapping made in map_all.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Maps every non-empty regular file under `roots` and touches every page. Mapped pages
+/// survive anyone's drop_caches, so a page-cache measurement taken while the mappings live
+/// is not disturbed by other processes on the host.
+pub fn map_all(roots: &[&Path]) -> Vec<Mapped> {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    for r in roots {
+        for p in regular_files(r).values() {
+            let f = std::fs::File::open(p).unwrap();
+            let len = f.metadata().unwrap().len() as usize;
+            if len == 0 {
+                continue;
+            }
+            // SAFETY: a fresh read-only shared mapping of an open file, owned by Mapped.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    f.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(ptr, libc::MAP_FAILED, "mmap {}", p.display());
+            let m = Mapped { ptr, len };
+            let mut sum = 0u8;
+            for i in (0..len).step_by(4096) {
+                sum = sum.wrapping_add(m.bytes()[i]);
+            }
+            std::hint::black_box(sum);
+            out.push(m);
+        }
+    }
+    out
+}

@@ -1,0 +1,518 @@
+//! The sharing daemon end to end: what image mounts show, one page-cache copy per domain,
+//! mmap, O_DIRECT, size mismatches and corrupt images. Root and /dev/fuse required.
+
+mod common;
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use common::*;
+use testkit::{Need, require, testdata};
+
+const PLAIN: &str = "plain-fp";
+const PLAIN_B512: &str = "plain-b512-fp";
+
+fn gate(name: &str) -> bool {
+    require(name, &[Need::Fuse, Need::Testdata])
+}
+
+/// True when our reader reads every file of `image` (compressed images need the codecs).
+fn reader_reads_all(image: &Path) -> Result<(), String> {
+    let img = erofs::Image::open(image).map_err(|e| e.to_string())?;
+    let mut stack = vec![img.root_nid()];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(nid) = stack.pop() {
+        if !seen.insert(nid) {
+            continue;
+        }
+        let inode = img.inode(nid).map_err(|e| e.to_string())?;
+        match inode.file_type() {
+            erofs::inode::FileType::Dir => {
+                for e in img.read_dir(&inode).map_err(|e| e.to_string())? {
+                    if e.name != b"." && e.name != b".." {
+                        stack.push(e.nid);
+                    }
+                }
+            }
+            erofs::inode::FileType::Reg => {
+                let mut buf = vec![0; inode.size as usize];
+                img.read_at(&inode, 0, &mut buf)
+                    .map_err(|e| e.to_string())?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn image_mounts_show_what_the_kernel_shows() {
+    if !gate("image_mounts_show_what_the_kernel_shows") {
+        return;
+    }
+    let d = Daemon::start();
+    let mut checked = 0;
+    for name in testdata::image_names() {
+        let image = testdata::image(&name);
+        if let Err(e) = reader_reads_all(&image) {
+            eprintln!("not checked over FUSE yet, the reader cannot read {name}: {e}");
+            continue;
+        }
+        let mp = d.mount(&image, &format!("m-{name}"), Some("vectors"));
+        let expected = testkit::manifest::load(&testdata::manifest(&name));
+        let actual = testkit::manifest::of_tree(&mp).unwrap();
+        testkit::manifest::assert_same(&expected, &actual, &format!("{name} over erofs-share"));
+        // statfs answers from the superblock.
+        let st = nix_statfs(&mp);
+        assert!(st.0 > 0, "{name}: statfs blocks");
+        d.umount(&mp);
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} images checked");
+}
+
+#[test]
+fn image_mounts_are_read_only_and_cache_unshared_files() {
+    if !gate("image_mounts_are_read_only_and_cache_unshared_files") {
+        return;
+    }
+    let _cache = cache_lock();
+    let d = Daemon::start();
+    let m = d.mount(&testdata::image(PLAIN), "m", None);
+    let f = m.join("big/text-800k.txt");
+    let rofs = |r: std::io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::EROFS);
+    assert!(rofs(
+        std::fs::OpenOptions::new().write(true).open(&f).map(drop)
+    ));
+    assert!(rofs(std::fs::create_dir(m.join("new"))));
+    assert!(rofs(std::fs::remove_file(&f)));
+    assert!(rofs(std::fs::write(m.join("new-file"), b"x")));
+    // Unshared files live in the mount's own page cache: a second read costs no image read.
+    let all: Vec<_> = regular_files(&m).into_values().collect();
+    for p in &all {
+        read_all(p);
+    }
+    retry(|| {
+        let _maps = map_all(&[&m]);
+        let before = d.status().mounts[0].image_bytes_read;
+        for p in &all {
+            read_all(p);
+        }
+        let after = d.status().mounts[0].image_bytes_read;
+        check(
+            after == before,
+            format!("warm reads read {} image bytes", after - before),
+        )
+    });
+}
+
+fn nix_statfs(p: &Path) -> (u64, u64) {
+    let c = std::ffi::CString::new(p.as_os_str().to_str().unwrap()).unwrap();
+    // SAFETY: statvfs writes into a zeroed struct of the right type.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid path, s is a valid out-pointer.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+    (s.f_blocks, s.f_bsize)
+}
+
+/// Reads every regular file of `mounts`; returns the page cache the daemon's mounts hold.
+fn read_everything(mounts: &[&Path]) {
+    for m in mounts {
+        for p in regular_files(m).values() {
+            read_all(p);
+        }
+    }
+}
+
+#[test]
+fn one_domain_holds_one_copy_and_fetches_each_page_once() {
+    if !gate("one_domain_holds_one_copy_and_fetches_each_page_once") {
+        return;
+    }
+    let _cache = cache_lock();
+    let d = Daemon::start();
+    // Two different images (4 KiB and 512-byte blocks) of the same tree.
+    let a = d.mount(&testdata::image(PLAIN), "a", Some("d"));
+    let b = d.mount(&testdata::image(PLAIN_B512), "b", Some("d"));
+    let unique = unique_content(&[&a]);
+    assert_eq!(unique, unique_content(&[&a, &b]), "same tree");
+    // Other processes on a shared host may drop caches mid-measure; that can only make an
+    // attempt fail, never pass, so a few attempts are allowed.
+    retry(|| {
+        testkit::drop_caches().unwrap();
+        let m0 = d.status().domains[0].miss_bytes;
+        let _maps = map_all(&[&a, &b]);
+        let st = d.status();
+        let total = cache_of(&[&a, &b], &st);
+        eprintln!("page cache {total} bytes, unique content {unique} bytes");
+        check(
+            total as f64 <= 1.10 * unique as f64,
+            format!("one domain: page cache {total} > 1.10 × unique {unique}"),
+        )?;
+        check(
+            total as f64 >= 0.9 * unique as f64,
+            format!("measure: {total}"),
+        )?;
+        let dom = &st.domains[0];
+        check(dom.files_shared > 10, format!("{dom:?}"))?;
+        check(dom.saved_bytes > 0, format!("{dom:?}"))?;
+        // Each page of a dedup file came from the daemon once: misses delivered no more
+        // than the objects' page-rounded sizes.
+        let object_bytes: u64 = std::fs::read_dir(&dom.dedup_mountpoint)
+            .unwrap()
+            .map(|e| page_round(e.unwrap().metadata().unwrap().len()))
+            .sum();
+        let missed = dom.miss_bytes - m0;
+        check(
+            missed > 0 && missed <= object_bytes,
+            format!("misses delivered {missed} bytes for {object_bytes} bytes of objects"),
+        )?;
+        // Reading it all again costs the daemon nothing.
+        read_everything(&[&a, &b]);
+        let again = d.status().domains[0].miss_bytes;
+        check(
+            again == dom.miss_bytes,
+            format!(
+                "warm reads reached the daemon: {} bytes",
+                again - dom.miss_bytes
+            ),
+        )
+    });
+    let st = d.status();
+    for m in &st.mounts {
+        assert!(m.sharing && m.shared_opens > 0, "{m:?}");
+        assert!(m.direct_io, "{m:?}");
+    }
+}
+
+#[test]
+fn two_domains_hold_two_copies() {
+    if !gate("two_domains_hold_two_copies") {
+        return;
+    }
+    let _cache = cache_lock();
+    let d = Daemon::start();
+    let a = d.mount(&testdata::image(PLAIN), "a", Some("d1"));
+    let b = d.mount(&testdata::image(PLAIN_B512), "b", Some("d2"));
+    let unique = unique_content(&[&a]);
+    retry(|| {
+        testkit::drop_caches().unwrap();
+        let _maps = map_all(&[&a, &b]);
+        let st = d.status();
+        let total = cache_of(&[&a, &b], &st);
+        check(st.domains.len() == 2, format!("{st:?}"))?;
+        for dom in &st.domains {
+            check(dom.mounts == 1, format!("{dom:?}"))?;
+        }
+        check(
+            total as f64 >= 1.8 * unique as f64,
+            format!("two domains must not share: {total} vs unique {unique}"),
+        )
+    });
+}
+
+#[test]
+fn mmap_from_two_mounts_is_one_copy_and_maps_show_the_user_path() {
+    if !gate("mmap_from_two_mounts_is_one_copy_and_maps_show_the_user_path") {
+        return;
+    }
+    let _cache = cache_lock();
+    let d = Daemon::start();
+    let a = d.mount(&testdata::image(PLAIN), "a", Some("d"));
+    let b = d.mount(&testdata::image(PLAIN_B512), "b", Some("d"));
+    let rel = "big/text-800k.txt";
+    let expected = std::fs::read(a.join(rel)).unwrap();
+    let size = expected.len();
+    let fa = std::fs::File::open(a.join(rel)).unwrap();
+    let fb = std::fs::File::open(b.join(rel)).unwrap();
+    let ma = map(&fa, size);
+    let mb = map(&fb, size);
+    assert!(
+        ma == &expected[..] && mb == &expected[..],
+        "mapped bytes differ"
+    );
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for p in [a.join(rel), b.join(rel)] {
+        assert!(
+            maps.contains(p.to_str().unwrap()),
+            "/proc/self/maps does not show {}",
+            p.display()
+        );
+    }
+    // One copy: in the dedup file; none in either mount's own inode.
+    let st = d.status();
+    let dedup = &st.domains[0].dedup_mountpoint;
+    let cached_dedup: u64 = std::fs::read_dir(dedup)
+        .unwrap()
+        .map(|e| cached(&e.unwrap().path()))
+        .sum();
+    assert_eq!(cached(&a.join(rel)), 0);
+    assert_eq!(cached(&b.join(rel)), 0);
+    assert!(
+        cached_dedup >= page_round(size as u64) && cached_dedup < 2 * page_round(size as u64),
+        "dedup cache {cached_dedup} for one {size}-byte file"
+    );
+    unmap(ma);
+    unmap(mb);
+}
+
+fn map(f: &std::fs::File, len: usize) -> &'static [u8] {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh read-only shared mapping of an open file; unmapped by unmap().
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the mapping is len bytes long and lives until unmap().
+    unsafe { std::slice::from_raw_parts(p as *const u8, len) }
+}
+
+fn unmap(s: &[u8]) {
+    // SAFETY: s is exactly a mapping made by map().
+    unsafe { libc::munmap(s.as_ptr() as *mut libc::c_void, s.len()) };
+}
+
+#[test]
+fn o_direct_on_a_shared_file_is_einval() {
+    if !gate("o_direct_on_a_shared_file_is_einval") {
+        return;
+    }
+    let d = Daemon::start();
+    let a = d.mount(&testdata::image(PLAIN), "a", Some("d"));
+    let n = d.mount(&testdata::image(PLAIN), "n", Some("d2"));
+    let direct = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(p)
+    };
+    let e = direct(&a.join("big/text-800k.txt")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    // Shared through another domain too; a --no-share mount serves O_DIRECT normally.
+    let ns = d
+        .try_mount(&testdata::image(PLAIN), "ns", Some("d"), false)
+        .unwrap();
+    assert!(ns.unshared_reason.is_some());
+    let f = direct(&ns.mountpoint.join("big/text-800k.txt")).unwrap();
+    drop(f);
+    let _ = n;
+}
+
+#[test]
+fn same_fingerprint_other_size_is_served_correctly_and_unshared() {
+    if !gate("same_fingerprint_other_size_is_served_correctly_and_unshared") {
+        return;
+    }
+    let d = Daemon::start();
+    let image = testdata::image(PLAIN);
+    let rel = flat_plain_file(&image);
+    let rel = rel.as_str();
+    let (off, inode) = inode_offset(&image, rel);
+    let new_size = inode.size - 5000;
+    let crafted = patched_copy(&image, d.dir.path(), "crafted.erofs", |b| {
+        let at = off as usize + 8;
+        if inode.extended {
+            b[at..at + 8].copy_from_slice(&new_size.to_le_bytes());
+        } else {
+            b[at..at + 4].copy_from_slice(&(new_size as u32).to_le_bytes());
+        }
+    });
+    let a = d.mount(&image, "a", Some("d"));
+    let c = d.mount(&crafted, "c", Some("d"));
+    let full = std::fs::read(a.join(rel)).unwrap();
+    let short = std::fs::read(c.join(rel)).unwrap();
+    assert_eq!(short.len() as u64, new_size);
+    assert!(
+        short[..] == full[..new_size as usize],
+        "shortened content differs"
+    );
+    let st = d.status();
+    let cm = st.mounts.iter().find(|m| m.mountpoint == c).unwrap();
+    assert_eq!(cm.size_mismatches, 1, "{cm:?}");
+    assert_eq!(cm.shared_opens, 0);
+    assert_eq!(cm.unshared_opens, 1);
+}
+
+#[test]
+fn a_corrupt_file_is_eio_and_the_rest_of_its_image_works() {
+    if !gate("a_corrupt_file_is_eio_and_the_rest_of_its_image_works") {
+        return;
+    }
+    let d = Daemon::start();
+    let image = testdata::image(PLAIN);
+    let rel = flat_plain_file(&image);
+    let rel = rel.as_str();
+    let (off, inode) = inode_offset(&image, rel);
+    assert_eq!(inode.layout, 0, "a flat plain file is expected here");
+    // Point the file's data far past the end of the image.
+    let bad = patched_copy(&image, d.dir.path(), "bad.erofs", |b| {
+        let at = off as usize + 16;
+        b[at..at + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+    });
+    let good = d.mount(&image, "good", None);
+    for (name, domain) in [("alone", Some("bad-only")), ("nodomain", None)] {
+        let m = d.mount(&bad, name, domain);
+        let e = std::fs::read(m.join(rel)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{name}");
+        for (r, p) in regular_files(&m) {
+            if r != rel {
+                assert!(
+                    read_all(&p) == read_all(&good.join(&r)),
+                    "{name}: {r} differs"
+                );
+            }
+        }
+    }
+    // In a domain with a good image, a miss falls back to the good source whichever
+    // mount opened first.
+    let b1 = d.mount(&bad, "b1", Some("mixed"));
+    let g1 = d.mount(&image, "g1", Some("mixed"));
+    let f = std::fs::File::open(b1.join(rel)).unwrap();
+    let _g = std::fs::File::open(g1.join(rel)).unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut &f, &mut got).unwrap();
+    assert!(
+        got == read_all(&good.join(rel)),
+        "fallback to the good source"
+    );
+    assert!(d.status().mounts.len() >= 5, "the daemon is alive");
+}
+
+#[test]
+fn hostile_images_never_crash_the_daemon() {
+    if !gate("hostile_images_never_crash_the_daemon") {
+        return;
+    }
+    let d = Daemon::start();
+    let image = testdata::image(PLAIN);
+    let meta_end = 64 * 1024;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..12 {
+        let img = patched_copy(&image, d.dir.path(), &format!("h{i}.erofs"), |b| {
+            for _ in 0..64 {
+                let at = 1024 + 128 + (next() as usize % (meta_end - 1152));
+                b[at] ^= 1 << (next() % 8);
+            }
+        });
+        let domain = if i % 2 == 0 { Some("h") } else { None };
+        let Ok(m) = d.try_mount(&img, &format!("h{i}"), domain, true) else {
+            continue;
+        };
+        let m = m.mountpoint;
+        walk_ignoring_errors(&m, 0);
+        d.umount(&m);
+    }
+    let m = d.mount(&image, "after", Some("h"));
+    let good = d.mount(&image, "good", None);
+    let rel = "big/text-800k.txt";
+    assert!(
+        read_all(&m.join(rel)) == read_all(&good.join(rel)),
+        "daemon still serves"
+    );
+}
+
+fn walk_ignoring_errors(p: &Path, depth: usize) {
+    if depth > 50 {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(p) else { return };
+    for e in rd.flatten() {
+        let path = e.path();
+        let Ok(md) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let _ = xattr_names(&path);
+        if md.is_dir() {
+            walk_ignoring_errors(&path, depth + 1);
+        } else if md.is_file() {
+            let _ = std::fs::read(&path);
+        } else if md.file_type().is_symlink() {
+            let _ = std::fs::read_link(&path);
+        }
+    }
+}
+
+fn xattr_names(p: &Path) -> Option<usize> {
+    let c = std::ffi::CString::new(p.as_os_str().to_str()?).ok()?;
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: buf is writable for its length; c is a valid path.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n >= 0).then_some(n as usize)
+}
+
+#[test]
+fn images_from_our_mkfs_share_their_common_files() {
+    if !gate("images_from_our_mkfs_share_their_common_files") {
+        return;
+    }
+    let d = Daemon::start();
+    let mut seed = 7u64;
+    let mut bytes = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as u8
+            })
+            .collect()
+    };
+    let common = bytes(300_000);
+    let (only_a, only_b) = (bytes(50_000), bytes(70_000));
+    let mk = |name: &str, files: &[(&str, &[u8])]| {
+        let src = d.dir.path().join(format!("src-{name}"));
+        for (rel, data) in files {
+            let p = src.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, data).unwrap();
+        }
+        let img = d.dir.path().join(format!("{name}.erofs"));
+        let out = std::process::Command::new(BIN)
+            .args(["mkfs", "-q"])
+            .arg(&img)
+            .arg(&src)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        img
+    };
+    let a = mk("a", &[("lib/libcommon.so", &common), ("bin/a", &only_a)]);
+    let b = mk(
+        "b",
+        &[("usr/lib/libcommon.so.1", &common), ("bin/b", &only_b)],
+    );
+    let ma = d.mount(&a, "a", Some("d"));
+    let mb = d.mount(&b, "b", Some("d"));
+    assert!(read_all(&ma.join("lib/libcommon.so")) == common);
+    assert!(read_all(&mb.join("usr/lib/libcommon.so.1")) == common);
+    assert!(read_all(&ma.join("bin/a")) == only_a);
+    assert!(read_all(&mb.join("bin/b")) == only_b);
+    let dom = &d.status().domains[0];
+    assert_eq!(
+        (dom.objects, dom.files_shared, dom.references),
+        (3, 1, 4),
+        "{dom:?}"
+    );
+}

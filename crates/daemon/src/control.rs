@@ -1,0 +1,270 @@
+//! The control socket: how `erofs-share mount|umount|status` talk to the daemon.
+//!
+//! # Protocol
+//! A unix stream socket at `<state-dir>/control.sock`, mode 0600 inside a 0700 directory, and
+//! the daemon also checks the peer's credentials (root or the daemon's own uid). One request
+//! per connection: the client writes one JSON object and a newline, the daemon answers with
+//! one JSON object and a newline, then closes.
+//!
+//! Requests (`op` selects the operation):
+//! ```json
+//! {"op":"mount","image":"/abs/a.erofs","mountpoint":"/abs/mnt","domain":"web","share":true}
+//! {"op":"umount","mountpoint":"/abs/mnt"}
+//! {"op":"status"}
+//! {"op":"stop"}
+//! ```
+//! `domain` may be null (no sharing); `share` defaults to true. Paths must be absolute.
+//!
+//! Answers: `{"ok":true, …}` or `{"ok":false,"error":"what went wrong"}`. A `mount` answer
+//! carries `"mount"`: a [`MountStatus`] (its `unshared_reason` says why the mount does not
+//! share, e.g. no FUSE passthrough); `umount` carries `"detached": true|false` (false: files
+//! are still open, the mount is detached lazily and its session ends with the last close);
+//! `status` carries `"status"`: a [`Status`].
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// File name of the control socket inside the state directory.
+pub const SOCKET_NAME: &str = "control.sock";
+/// Longest request or answer line accepted (status of thousands of mounts fits easily).
+pub const MAX_LINE: u64 = 16 << 20;
+
+/// A request to the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    /// Mount `image` at `mountpoint`, sharing in `domain` unless `share` is false.
+    Mount {
+        /// Absolute path of the image file.
+        image: PathBuf,
+        /// Absolute path of an existing directory.
+        mountpoint: PathBuf,
+        /// The sharing domain; none shares nothing.
+        #[serde(default)]
+        domain: Option<String>,
+        /// False for `--no-share`.
+        #[serde(default = "yes")]
+        share: bool,
+    },
+    /// Unmount (lazily when busy).
+    Umount {
+        /// Absolute path of the mountpoint.
+        mountpoint: PathBuf,
+    },
+    /// Report mounts, domains and what sharing saves.
+    Status,
+    /// Unmount everything and exit.
+    Stop,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    /// True on success.
+    pub ok: bool,
+    /// What went wrong, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The new mount (answer to `mount`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<MountStatus>,
+    /// Whether the unmount completed at once (answer to `umount`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detached: Option<bool>,
+    /// The daemon's state (answer to `status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl Response {
+    /// A failure answer.
+    pub fn error(e: impl std::fmt::Display) -> Self {
+        Self {
+            ok: false,
+            error: Some(e.to_string()),
+            ..Self::default()
+        }
+    }
+}
+
+/// One image mount.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MountStatus {
+    /// The daemon's id of the mount.
+    pub id: u64,
+    /// The image file.
+    pub image: PathBuf,
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// Its sharing domain, if any.
+    pub domain: Option<String>,
+    /// True when shared files of this mount pass through to the domain's dedup mount.
+    pub sharing: bool,
+    /// Why this mount does not share, when it does not.
+    pub unshared_reason: Option<String>,
+    /// True once unmounted while files were still open (lazy detach).
+    pub detached: bool,
+    /// Opens served by passthrough to a dedup file.
+    pub shared_opens: u64,
+    /// Opens served by the mount's own page cache.
+    pub unshared_opens: u64,
+    /// Files not shared because their size differed from their dedup object's.
+    pub size_mismatches: u64,
+    /// Reads answered with EIO (corrupt data).
+    pub read_errors: u64,
+    /// Bytes read from the image file (by this mount and by dedup misses it served).
+    pub image_bytes_read: u64,
+    /// True when the image file is read with O_DIRECT (else buffered + drop-behind).
+    pub direct_io: bool,
+}
+
+/// One sharing domain.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DomainStatus {
+    /// The domain id.
+    pub id: String,
+    /// Where its internal dedup mount is.
+    pub dedup_mountpoint: PathBuf,
+    /// Image mounts in the domain.
+    pub mounts: u64,
+    /// Live dedup objects.
+    pub objects: u64,
+    /// Objects referenced by two or more mounted files (really shared).
+    pub files_shared: u64,
+    /// Total (mount, file) references over all objects.
+    pub references: u64,
+    /// Bytes of the dedup files now in the page cache (cachestat(2)).
+    pub cached_bytes: u64,
+    /// Page-cache misses the daemon served for the dedup files.
+    pub misses: u64,
+    /// Bytes those misses delivered.
+    pub miss_bytes: u64,
+    /// Page cache saved against one copy per mount: Σ cached × (references − 1).
+    pub saved_bytes: u64,
+}
+
+/// The daemon's state, answer to `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// The daemon's pid.
+    pub pid: u32,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Image mounts.
+    pub mounts: Vec<MountStatus>,
+    /// Live domains.
+    pub domains: Vec<DomainStatus>,
+}
+
+/// Path of the control socket of the daemon using `state_dir`.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_NAME)
+}
+
+/// Sends one request to the daemon at `state_dir` and returns its answer.
+pub fn request(state_dir: &Path, req: &Request) -> io::Result<Response> {
+    let stream = UnixStream::connect(socket_path(state_dir))?;
+    // A mount may wait for the kernel; status reads every dedup file's cache state.
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut line = serde_json::to_vec(req).map_err(io::Error::other)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new((&stream).take(MAX_LINE)).read_line(&mut answer)?;
+    if answer.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the daemon closed the connection without answering",
+        ));
+    }
+    serde_json::from_str(&answer).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad answer from the daemon: {e}"),
+        )
+    })
+}
+
+/// Reads one request line from a client connection.
+pub fn read_request(stream: &UnixStream) -> io::Result<Request> {
+    let mut line = String::new();
+    BufReader::new(stream.take(MAX_LINE)).read_line(&mut line)?;
+    serde_json::from_str(&line)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad request: {e}")))
+}
+
+/// Writes one answer line to a client connection.
+pub fn write_response(mut stream: &UnixStream, resp: &Response) -> io::Result<()> {
+    let mut line = serde_json::to_vec(resp).map_err(io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
+/// The uid of the process at the other end of `stream` (SO_PEERCRED).
+pub fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, which is that large.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_the_documented_form() {
+        let r: Request = serde_json::from_str(
+            r#"{"op":"mount","image":"/a.erofs","mountpoint":"/m","domain":"web"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::Mount {
+                image: "/a.erofs".into(),
+                mountpoint: "/m".into(),
+                domain: Some("web".into()),
+                share: true
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"op":"status"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Umount {
+                mountpoint: "/m".into()
+            })
+            .unwrap(),
+            r#"{"op":"umount","mountpoint":"/m"}"#
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"op":"format"}"#).is_err());
+        let e = serde_json::to_string(&Response::error("no")).unwrap();
+        assert_eq!(e, r#"{"ok":false,"error":"no"}"#);
+    }
+}

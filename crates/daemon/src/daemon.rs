@@ -1,0 +1,864 @@
+//! The daemon: owns the image mounts and the domains, serves the control socket, and on
+//! SIGTERM/SIGINT unmounts image mounts first, dedup mounts last.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fuser::{Config, Filesystem, INodeNo, Notifier, Session, SessionACL};
+
+use crate::control::{self, DomainStatus, MountStatus, Request, Response, Status};
+use crate::dedup_fs::{self, DedupFs};
+use crate::domain::{self, Domain};
+use crate::image_fs::{ImageFs, MountedImage};
+
+/// Default state directory (control socket, pid file, dedup mounts).
+pub const DEFAULT_STATE_DIR: &str = "/run/erofs-share";
+/// Source ("fsname") prefix of image mounts in /proc/mounts, followed by the image path.
+pub const IMAGE_FSNAME: &str = "erofs-share:";
+/// Source prefix of the internal dedup mounts, followed by the domain id.
+pub const DEDUP_FSNAME: &str = "erofs-share-dedup:";
+/// FUSE worker threads per mount.
+const THREADS: usize = 4;
+
+/// Errors starting or running the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call on a named object failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, naming the path.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Another daemon owns the state directory.
+    #[error("another erofs-share daemon already runs with state directory {0}")]
+    AlreadyRunning(PathBuf),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+#[derive(Debug)]
+struct MountRecord {
+    image: Arc<MountedImage>,
+    share: bool,
+    detached: bool,
+}
+
+struct DomainRecord {
+    domain: Arc<Domain>,
+    notifier: Notifier,
+    mounts: usize,
+}
+
+impl std::fmt::Debug for DomainRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DomainRecord")
+            .field("domain", &self.domain.id)
+            .field("mounts", &self.mounts)
+            .finish()
+    }
+}
+
+/// The daemon's registry of mounts and domains.
+#[derive(Debug)]
+pub struct Daemon {
+    state_dir: PathBuf,
+    mounts: Mutex<HashMap<u64, MountRecord>>,
+    domains: Mutex<HashMap<String, DomainRecord>>,
+    /// Serialises mount and umount requests (not reads: those never take it).
+    admin: Mutex<()>,
+    next_id: AtomicU64,
+}
+
+impl Daemon {
+    /// A daemon with no mounts, keeping its dedup mounts under `state_dir`.
+    pub fn new(state_dir: PathBuf) -> Arc<Self> {
+        Arc::new(Self {
+            state_dir,
+            mounts: Mutex::new(HashMap::new()),
+            domains: Mutex::new(HashMap::new()),
+            admin: Mutex::new(()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Answers one control request.
+    pub fn handle(self: &Arc<Self>, req: Request) -> Response {
+        match req {
+            Request::Mount {
+                image,
+                mountpoint,
+                domain,
+                share,
+            } => match self.mount(&image, &mountpoint, domain, share) {
+                Ok(m) => Response {
+                    ok: true,
+                    mount: Some(m),
+                    ..Response::default()
+                },
+                Err(e) => Response::error(e),
+            },
+            Request::Umount { mountpoint } => match self.umount(&mountpoint) {
+                Ok(done) => Response {
+                    ok: true,
+                    detached: Some(done),
+                    ..Response::default()
+                },
+                Err(e) => Response::error(e),
+            },
+            Request::Status => Response {
+                ok: true,
+                status: Some(self.status()),
+                ..Response::default()
+            },
+            Request::Stop => {
+                // SAFETY: kill on our own pid; the signal thread performs the shutdown.
+                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+                Response {
+                    ok: true,
+                    ..Response::default()
+                }
+            }
+        }
+    }
+
+    /// Mounts `image` at `mountpoint`.
+    pub fn mount(
+        self: &Arc<Self>,
+        image: &Path,
+        mountpoint: &Path,
+        domain: Option<String>,
+        share: bool,
+    ) -> Result<MountStatus, String> {
+        if !image.is_absolute() || !mountpoint.is_absolute() {
+            return Err("image and mountpoint must be absolute paths".into());
+        }
+        let _admin = self.admin.lock().unwrap();
+        let mountpoint = mountpoint
+            .canonicalize()
+            .map_err(|e| format!("mountpoint {}: {e}", mountpoint.display()))?;
+        if !mountpoint.is_dir() {
+            return Err(format!(
+                "mountpoint {} is not a directory",
+                mountpoint.display()
+            ));
+        }
+        if self
+            .mounts
+            .lock()
+            .unwrap()
+            .values()
+            .any(|m| !m.detached && m.image.mountpoint == mountpoint)
+        {
+            return Err(format!(
+                "{} is already an erofs-share mount",
+                mountpoint.display()
+            ));
+        }
+        if let Some(d) = &domain
+            && d.is_empty()
+        {
+            return Err("the domain id must not be empty".into());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Passthrough needs CAP_SYS_ADMIN: without it no dedup mount is made at all.
+        let can_pass = crate::image_fs::has_cap_sys_admin();
+        let dom = match (&domain, share) {
+            (Some(d), true) if can_pass => Some(self.domain_for(d)?),
+            _ => None,
+        };
+        let mounted = MountedImage::open(id, image.to_path_buf(), mountpoint.clone(), dom.clone())
+            .map_err(|e| {
+                if let Some(d) = &dom {
+                    self.release_domain(&d.id);
+                }
+                format!("{}: {e}", image.display())
+            });
+        let mounted = Arc::new(mounted?);
+        match (&domain, share) {
+            (None, _) => mounted.set_unshared("no domain given"),
+            (Some(_), false) => mounted.set_unshared("--no-share"),
+            (Some(_), true) if !can_pass => {
+                mounted.set_unshared("the daemon lacks CAP_SYS_ADMIN, which FUSE passthrough needs")
+            }
+            _ => {}
+        }
+        let fs = ImageFs::new(mounted.clone(), dom.is_some());
+        let fsname = format!("{IMAGE_FSNAME}{}", image.display());
+        let session = match session_on(
+            fs,
+            &mountpoint,
+            &fsname,
+            "default_permissions,allow_other",
+            SessionACL::All,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(d) = &dom {
+                    self.release_domain(&d.id);
+                }
+                return Err(format!("mount {}: {e}", mountpoint.display()));
+            }
+        };
+        self.mounts.lock().unwrap().insert(
+            id,
+            MountRecord {
+                image: mounted.clone(),
+                share: dom.is_some(),
+                detached: false,
+            },
+        );
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name(format!("mount-{id}"))
+            .spawn(move || {
+                if let Err(e) = session.run() {
+                    tracing::warn!("mount {id}: session ended: {e}");
+                }
+                me.mount_ended(id);
+            })
+            .map_err(|e| format!("spawn the mount thread: {e}"))?;
+        tracing::info!(
+            "mounted {} at {} (domain {:?}{})",
+            image.display(),
+            mountpoint.display(),
+            domain,
+            mounted
+                .unshared()
+                .map(|r| format!(", unshared: {r}"))
+                .unwrap_or_default()
+        );
+        Ok(self.mount_status(&mounted, dom.is_some(), false))
+    }
+
+    /// The live domain `id`, created (with its dedup mount) when absent; counts one more mount.
+    fn domain_for(&self, id: &str) -> Result<Arc<Domain>, String> {
+        let mut domains = self.domains.lock().unwrap();
+        if let Some(rec) = domains.get_mut(id) {
+            rec.mounts += 1;
+            return Ok(rec.domain.clone());
+        }
+        let dir = self.state_dir.join("dedup").join(domain::dir_name(id));
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let dom = Arc::new(Domain::new(id.to_string(), dir.clone()));
+        let fsname = format!("{DEDUP_FSNAME}{id}");
+        let session = session_on(
+            DedupFs::new(dom.clone()),
+            &dir,
+            &fsname,
+            "",
+            SessionACL::Owner,
+        )
+        .map_err(|e| format!("mount the dedup filesystem of domain {id:?}: {e}"))?;
+        let notifier = session.notifier();
+        let name = format!("dedup-{id}");
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                if let Err(e) = session.run() {
+                    tracing::warn!("dedup mount session ended: {e}");
+                }
+            })
+            .map_err(|e| format!("spawn the dedup thread: {e}"))?;
+        domains.insert(
+            id.to_string(),
+            DomainRecord {
+                domain: dom.clone(),
+                notifier,
+                mounts: 1,
+            },
+        );
+        Ok(dom)
+    }
+
+    /// One mount less in domain `id`; the last one takes the dedup mount down.
+    fn release_domain(&self, id: &str) {
+        let mut domains = self.domains.lock().unwrap();
+        let Some(rec) = domains.get_mut(id) else {
+            return;
+        };
+        rec.mounts -= 1;
+        if rec.mounts == 0 {
+            let rec = domains.remove(id).expect("present");
+            drop(domains);
+            let _ = detach(&rec.domain.dedup_mountpoint);
+            let _ = fs::remove_dir(&rec.domain.dedup_mountpoint);
+        }
+    }
+
+    /// Called when an image mount's FUSE session ends (unmounted, or its last file closed
+    /// after a lazy unmount): its files stop being sources, orphaned objects go.
+    fn mount_ended(&self, id: u64) {
+        let Some(rec) = self.mounts.lock().unwrap().remove(&id) else {
+            return;
+        };
+        tracing::info!("mount {} ({}) ended", id, rec.image.mountpoint.display());
+        let Some(dom) = &rec.image.domain else {
+            return;
+        };
+        let dead = dom.objects.lock().unwrap().detach_mount(id);
+        let notifier = self
+            .domains
+            .lock()
+            .unwrap()
+            .get(&dom.id)
+            .map(|r| r.notifier.clone());
+        if let Some(n) = notifier {
+            for obj in dead {
+                // Drop the orphan's pages and name now rather than at memory pressure.
+                let _ = n.inval_inode(INodeNo(obj.ino), 0, 0);
+                let _ = n.inval_entry(
+                    INodeNo::ROOT,
+                    std::ffi::OsStr::new(&dedup_fs::object_name(obj.ino)),
+                );
+            }
+        }
+        if rec.share {
+            self.release_domain(&dom.id);
+        }
+    }
+
+    /// Unmounts `mountpoint`: lazily, so open and mapped files keep working; returns true
+    /// when the mount's session already ended.
+    pub fn umount(&self, mountpoint: &Path) -> Result<bool, String> {
+        let admin = self.admin.lock().unwrap();
+        let canon = mountpoint.canonicalize().ok();
+        let found = {
+            let mut mounts = self.mounts.lock().unwrap();
+            let found = mounts.iter_mut().find(|(_, m)| {
+                !m.detached
+                    && (m.image.mountpoint == mountpoint
+                        || canon.as_deref() == Some(m.image.mountpoint.as_path()))
+            });
+            found.map(|(id, m)| {
+                m.detached = true;
+                (*id, m.image.mountpoint.clone())
+            })
+        };
+        match found {
+            Some((id, path)) => {
+                if let Err(e) = detach(&path) {
+                    tracing::warn!("umount {}: {e}", path.display());
+                }
+                drop(admin);
+                // Give an idle mount's session a moment to end, so the answer (and status)
+                // says whether it is gone or still busy.
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_secs(1) {
+                    if !self.mounts.lock().unwrap().contains_key(&id) {
+                        return Ok(true);
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Ok(false)
+            }
+            None if is_our_mount(mountpoint, IMAGE_FSNAME) => {
+                // A mount of a previous (killed) daemon: its connection is dead.
+                detach(mountpoint).map_err(|e| format!("umount {}: {e}", mountpoint.display()))?;
+                Ok(true)
+            }
+            None => Err(format!(
+                "{} is not an erofs-share mount",
+                mountpoint.display()
+            )),
+        }
+    }
+
+    fn mount_status(&self, m: &MountedImage, share: bool, detached: bool) -> MountStatus {
+        MountStatus {
+            id: m.id,
+            image: m.image_path.clone(),
+            mountpoint: m.mountpoint.clone(),
+            domain: m.domain.as_ref().map(|d| d.id.clone()),
+            sharing: share && m.unshared().is_none(),
+            unshared_reason: m.unshared(),
+            detached,
+            shared_opens: m.shared_opens.load(Ordering::Relaxed),
+            unshared_opens: m.unshared_opens.load(Ordering::Relaxed),
+            size_mismatches: m.size_mismatches.load(Ordering::Relaxed),
+            read_errors: m.read_errors.load(Ordering::Relaxed),
+            image_bytes_read: m.file.bytes_read(),
+            direct_io: m.file.is_direct(),
+        }
+    }
+
+    /// Mounts, domains and what sharing saves.
+    pub fn status(&self) -> Status {
+        let mut mounts: Vec<MountStatus> = self
+            .mounts
+            .lock()
+            .unwrap()
+            .values()
+            .map(|r| self.mount_status(&r.image, r.share, r.detached))
+            .collect();
+        mounts.sort_by_key(|m| m.id);
+        let domains: Vec<(Arc<Domain>, usize)> = self
+            .domains
+            .lock()
+            .unwrap()
+            .values()
+            .map(|r| (r.domain.clone(), r.mounts))
+            .collect();
+        let mut out = Vec::new();
+        for (dom, nmounts) in domains {
+            let objects = dom.objects.lock().unwrap().objects();
+            let mut st = DomainStatus {
+                id: dom.id.clone(),
+                dedup_mountpoint: dom.dedup_mountpoint.clone(),
+                mounts: nmounts as u64,
+                objects: objects.len() as u64,
+                ..DomainStatus::default()
+            };
+            for obj in objects {
+                let refs = obj.source_count() as u64;
+                st.references += refs;
+                if refs >= 2 {
+                    st.files_shared += 1;
+                }
+                let (m, b) = obj.misses();
+                st.misses += m;
+                st.miss_bytes += b;
+                let cached = cached_bytes(&dom.object_path(obj.ino)).unwrap_or(0);
+                st.cached_bytes += cached;
+                st.saved_bytes += cached * refs.saturating_sub(1);
+            }
+            out.push(st);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Status {
+            pid: std::process::id(),
+            state_dir: self.state_dir.clone(),
+            mounts,
+            domains: out,
+        }
+    }
+
+    /// Unmounts every image mount, then every dedup mount (each lazily).
+    pub fn shutdown(&self, grace: Duration) {
+        let paths: Vec<PathBuf> = {
+            let mut mounts = self.mounts.lock().unwrap();
+            mounts
+                .values_mut()
+                .map(|m| {
+                    m.detached = true;
+                    m.image.mountpoint.clone()
+                })
+                .collect()
+        };
+        for p in &paths {
+            if let Err(e) = detach(p) {
+                tracing::warn!("umount {}: {e}", p.display());
+            }
+        }
+        let t = Instant::now();
+        while t.elapsed() < grace && !self.mounts.lock().unwrap().is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left: Vec<PathBuf> = self
+            .domains
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, r)| r.domain.dedup_mountpoint.clone())
+            .collect();
+        for p in left {
+            let _ = detach(&p);
+            let _ = fs::remove_dir(&p);
+        }
+    }
+}
+
+/// Mounts a read-only FUSE filesystem at `mountpoint` ourselves and starts its session.
+///
+/// Not `fuser::Session::new`: a fuser session unmounts its mountpoint path when it ends, and
+/// a lazily detached mount's session ends whenever its last file closes, by which time a new
+/// mount may sit at the same path. Here nobody but the daemon's `detach` ever unmounts.
+fn session_on<FS: Filesystem>(
+    fs: FS,
+    mountpoint: &Path,
+    fsname: &str,
+    options: &str,
+    acl: SessionACL,
+) -> io::Result<Session<FS>> {
+    let mut config = Config::default();
+    config.n_threads = Some(THREADS);
+    config.clone_fd = true;
+    match mount_fuse(mountpoint, fsname, options) {
+        Ok(dev) => Session::from_fd(fs, dev, acl, config).inspect_err(|_| {
+            let _ = detach(mountpoint);
+        }),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+            // Not privileged: the setuid fusermount3 mounts for us, accessible to this user
+            // only (allow_other needs user_allow_other in /etc/fuse.conf).
+            let dev = fusermount(mountpoint, fsname)?;
+            Session::from_fd(fs, dev, SessionACL::Owner, config).inspect_err(|_| {
+                let _ = detach(mountpoint);
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Mounts through the setuid `fusermount3` (for a daemon without CAP_SYS_ADMIN): it mounts
+/// and hands the /dev/fuse fd back over a socket named by `_FUSE_COMMFD`.
+fn fusermount(mountpoint: &Path, fsname: &str) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let (ours, theirs) = UnixStream::pair()?;
+    // SAFETY: fcntl on an fd we own: the helper must inherit it across exec.
+    unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFD, 0) };
+    let opts = format!(
+        "ro,nosuid,nodev,noatime,default_permissions,fsname={}",
+        fsname.replace(',', "_")
+    );
+    let out = std::process::Command::new("fusermount3")
+        .arg("-o")
+        .arg(opts)
+        .arg("--")
+        .arg(mountpoint)
+        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
+        .output()?;
+    drop(theirs);
+    if !out.status.success() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "fusermount3: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // Room for one control message carrying one fd (CMSG_SPACE(4) is 24 on 64-bit Linux).
+    let mut cbuf = [0u64; 8];
+    // SAFETY: a zeroed msghdr is a valid empty header; the fields set below point at live
+    // buffers of the stated sizes.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: recvmsg writes at most the buffers described by msg.
+    let n = unsafe { libc::recvmsg(ours.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: CMSG_FIRSTHDR/CMSG_DATA walk the control buffer recvmsg just filled.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            let _ = detach(mountpoint);
+            return Err(io::Error::other("fusermount3 sent no /dev/fuse descriptor"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
+        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// mount(2) of a read-only, nosuid, nodev FUSE filesystem; returns its /dev/fuse fd.
+fn mount_fuse(mountpoint: &Path, fsname: &str, options: &str) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let rootmode = fs::metadata(mountpoint)?.mode();
+    let dev = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let mut data = format!(
+        "fd={},rootmode={rootmode:o},user_id=0,group_id=0",
+        dev.as_raw_fd()
+    );
+    if !options.is_empty() {
+        data.push(',');
+        data.push_str(options);
+    }
+    let c = |b: &[u8]| {
+        std::ffi::CString::new(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    };
+    let (source, target, fstype, data) = (
+        c(fsname.as_bytes())?,
+        c(mountpoint.as_os_str().as_bytes())?,
+        c(b"fuse")?,
+        c(data.as_bytes())?,
+    );
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(dev.into())
+}
+
+/// Lazy unmount (`umount -l`): the mount leaves the namespace now, open files keep working.
+pub fn detach(path: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EPERM) {
+            return Err(e);
+        }
+        // An unprivileged daemon's mounts go through the setuid helper.
+        let out = std::process::Command::new("fusermount3")
+            .args(["-u", "-z", "--"])
+            .arg(path)
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "fusermount3 -u -z {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// FUSE mountpoints in /proc/self/mountinfo whose source starts with `fsname_prefix`.
+pub fn our_mounts(fsname_prefix: &str) -> Vec<PathBuf> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let mut fields = right.split(' ');
+            let fstype = fields.next()?;
+            let source = unescape_mountinfo(fields.next()?);
+            let mountpoint = left.split(' ').nth(4)?;
+            (fstype.starts_with("fuse") && source.starts_with(fsname_prefix))
+                .then(|| PathBuf::from(unescape_mountinfo(mountpoint)))
+        })
+        .collect()
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo (three octal digits).
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// True when the FUSE mount at `path` has lost its daemon. Looks up a name that cannot exist:
+/// the root's attributes are cached for long, a failed lookup is not.
+pub fn is_dead(path: &Path) -> bool {
+    fs::symlink_metadata(path.join(".erofs-share-liveness-probe"))
+        .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// True when `path` is a FUSE mountpoint whose source starts with `fsname_prefix`.
+pub fn is_our_mount(path: &Path, fsname_prefix: &str) -> bool {
+    let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    our_mounts(fsname_prefix)
+        .iter()
+        .any(|m| m == path || *m == canon)
+}
+
+/// Bytes of `path` in the page cache, by cachestat(2) (Linux 6.5+).
+pub fn cached_bytes(path: &Path) -> io::Result<u64> {
+    let f = fs::File::open(path)?;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let range = Range { off: 0, len: 0 };
+    let mut st = Stat::default();
+    // SAFETY: cachestat reads `range` and writes `st`, both live, correctly laid out structs.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            f.as_raw_fd(),
+            &range as *const Range,
+            &mut st as *mut Stat,
+            0u32,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    Ok(st.nr_cache * page)
+}
+
+/// Runs the daemon in the foreground until SIGTERM/SIGINT or a `stop` request.
+pub fn run(state_dir: &Path) -> Result<(), Error> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(io_err(format!("create {}", state_dir.display())))?;
+    fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700))
+        .map_err(io_err(format!("chmod {}", state_dir.display())))?;
+    let lock_path = state_dir.join("daemon.lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(format!("open {}", lock_path.display())))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(Error::AlreadyRunning(state_dir.to_path_buf()));
+    }
+    raise_fd_limit();
+    clean_stale_mounts(state_dir);
+    let sock = control::socket_path(state_dir);
+    let _ = fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(io_err(format!("bind {}", sock.display())))?;
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))
+        .map_err(io_err(format!("chmod {}", sock.display())))?;
+    let pid_path = state_dir.join("daemon.pid");
+    fs::write(&pid_path, format!("{}\n", std::process::id()))
+        .map_err(io_err(format!("write {}", pid_path.display())))?;
+
+    // Block the stop signals in every thread; this one waits for them.
+    // SAFETY: sigset manipulation on a local set; pthread_sigmask on the calling thread.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+
+    let daemon = Daemon::new(state_dir.to_path_buf());
+    let d = daemon.clone();
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || serve(listener, d))
+        .map_err(io_err("spawn the control thread"))?;
+    tracing::info!(
+        "erofs-share daemon {} serving {}",
+        std::process::id(),
+        sock.display()
+    );
+
+    let mut sig: libc::c_int = 0;
+    // SAFETY: sigwait on the set built above; writes the signal number into `sig`.
+    while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+    tracing::info!("signal {sig}: unmounting everything");
+    let _ = fs::remove_file(&sock);
+    daemon.shutdown(Duration::from_secs(3));
+    let _ = fs::remove_file(&pid_path);
+    drop(lock);
+    Ok(())
+}
+
+/// Each mount holds a few /dev/fuse clones and its image: lift the soft fd limit to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a local struct of the right type.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { continue };
+        let d = daemon.clone();
+        let _ = std::thread::Builder::new()
+            .name("request".into())
+            .spawn(move || handle_conn(stream, d, me));
+    }
+}
+
+fn handle_conn(stream: UnixStream, daemon: Arc<Daemon>, me: u32) {
+    let resp = match control::peer_uid(&stream) {
+        Ok(uid) if uid == 0 || uid == me => match control::read_request(&stream) {
+            Ok(req) => daemon.handle(req),
+            Err(e) => Response::error(e),
+        },
+        Ok(uid) => Response::error(format!("uid {uid} may not control the daemon")),
+        Err(e) => Response::error(format!("peer credentials: {e}")),
+    };
+    let _ = control::write_response(&stream, &resp);
+}
+
+/// Detaches what a killed daemon left: its dedup mounts under `state_dir`, and image mounts
+/// whose FUSE connection is dead (ENOTCONN).
+fn clean_stale_mounts(state_dir: &Path) {
+    let dedup_root = state_dir.join("dedup");
+    for m in our_mounts(DEDUP_FSNAME) {
+        if m.starts_with(&dedup_root) {
+            tracing::info!("detaching stale dedup mount {}", m.display());
+            let _ = detach(&m);
+            let _ = fs::remove_dir(&m);
+        }
+    }
+    for m in our_mounts(IMAGE_FSNAME) {
+        if is_dead(&m) {
+            tracing::info!("detaching stale image mount {}", m.display());
+            let _ = detach(&m);
+        }
+    }
+}

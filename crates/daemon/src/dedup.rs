@@ -1,0 +1,295 @@
+//! Dedup objects: one per (domain, fingerprint), the user-space twin of the kernel's shared
+//! inode.
+//!
+//! An object's size is fixed by the first file that arrives; a later file with the same key
+//! and another size is not shared (warned and counted). Its sources are the (image, nid)
+//! pairs of every mounted file with that key; a page-cache miss on the object's dedup file is
+//! served from the first source that reads cleanly, so a corrupt or vanished image only costs
+//! a retry on the next one. The object lives while any source references it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A file's content as one source image stores it.
+pub trait Content: Send + Sync + fmt::Debug {
+    /// Reads up to `buf.len()` bytes at `offset`; short only at the end of the file.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// One (image, nid) that holds an object's content.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The daemon's id of the image mount.
+    pub mount_id: u64,
+    /// The file's nid in that image.
+    pub nid: u64,
+    /// How to read it.
+    pub content: Arc<dyn Content>,
+}
+
+/// A shared file: its dedup inode, fixed size and the sources that can fill it.
+#[derive(Debug)]
+pub struct DedupObject {
+    /// Inode number inside the domain's dedup mount (never reused).
+    pub ino: u64,
+    /// Size fixed by the first source.
+    pub size: u64,
+    sources: Mutex<Vec<Source>>,
+    misses: AtomicU64,
+    miss_bytes: AtomicU64,
+}
+
+impl DedupObject {
+    /// Serves a page-cache miss: reads `buf.len()` bytes at `offset` (clamped to the size)
+    /// from the first source that succeeds.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if offset >= self.size {
+            return Ok(0);
+        }
+        let want = (buf.len() as u64).min(self.size - offset) as usize;
+        let buf = &mut buf[..want];
+        let sources: Vec<Source> = self.sources.lock().unwrap().clone();
+        let mut last_err = None;
+        for s in &sources {
+            match read_full(&*s.content, offset, buf) {
+                Ok(n) if n == want => {
+                    self.misses.fetch_add(1, Ordering::Relaxed);
+                    self.miss_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                    return Ok(n);
+                }
+                Ok(n) => {
+                    tracing::warn!(
+                        "dedup object {:#x}: source mount {} nid {} ended at {} (expected {})",
+                        self.ino,
+                        s.mount_id,
+                        s.nid,
+                        offset + n as u64,
+                        offset + want as u64
+                    );
+                    last_err = Some(io::Error::from_raw_os_error(libc::EIO));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "dedup object {:#x}: source mount {} nid {} failed at {offset}: {e}",
+                        self.ino,
+                        s.mount_id,
+                        s.nid
+                    );
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "no live source holds this content")
+        }))
+    }
+
+    /// Number of sources (mounted files) referencing this object.
+    pub fn source_count(&self) -> usize {
+        self.sources.lock().unwrap().len()
+    }
+
+    /// Mount ids of the sources.
+    pub fn source_mounts(&self) -> Vec<u64> {
+        self.sources
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.mount_id)
+            .collect()
+    }
+
+    /// Misses served (read requests answered) and bytes delivered to the page cache.
+    pub fn misses(&self) -> (u64, u64) {
+        (
+            self.misses.load(Ordering::Relaxed),
+            self.miss_bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn read_full(c: &dyn Content, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = c.read_at(offset + got as u64, &mut buf[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}
+
+/// What attaching a file to its domain gave.
+#[derive(Debug)]
+pub enum Attach {
+    /// The file shares this object.
+    Shared(Arc<DedupObject>),
+    /// The key exists with another size: the file stays unshared.
+    SizeMismatch {
+        /// The object's size.
+        expected: u64,
+    },
+}
+
+/// The dedup objects of one domain.
+#[derive(Debug, Default)]
+pub struct DedupTable {
+    by_key: HashMap<Vec<u8>, Arc<DedupObject>>,
+    by_ino: HashMap<u64, Arc<DedupObject>>,
+    /// Next dedup inode number; 1 is the dedup mount's root.
+    next_ino: u64,
+    size_mismatches: u64,
+}
+
+impl DedupTable {
+    /// Adds `source` (a file of `size` bytes with sharing key `key`) to the object of that key,
+    /// creating it when absent. Idempotent for the same (mount, nid).
+    pub fn attach(&mut self, key: &[u8], size: u64, source: Source) -> Attach {
+        if let Some(obj) = self.by_key.get(key) {
+            if obj.size != size {
+                self.size_mismatches += 1;
+                return Attach::SizeMismatch { expected: obj.size };
+            }
+            let mut sources = obj.sources.lock().unwrap();
+            if !sources
+                .iter()
+                .any(|s| s.mount_id == source.mount_id && s.nid == source.nid)
+            {
+                sources.push(source);
+            }
+            drop(sources);
+            return Attach::Shared(obj.clone());
+        }
+        if self.next_ino < 2 {
+            self.next_ino = 2;
+        }
+        let obj = Arc::new(DedupObject {
+            ino: self.next_ino,
+            size,
+            sources: Mutex::new(vec![source]),
+            misses: AtomicU64::new(0),
+            miss_bytes: AtomicU64::new(0),
+        });
+        self.next_ino += 1;
+        self.by_key.insert(key.to_vec(), obj.clone());
+        self.by_ino.insert(obj.ino, obj.clone());
+        Attach::Shared(obj)
+    }
+
+    /// Removes every source of mount `mount_id`; returns the objects left without a source
+    /// (now removed from the table), whose cached pages the caller should drop.
+    pub fn detach_mount(&mut self, mount_id: u64) -> Vec<Arc<DedupObject>> {
+        let mut dead = Vec::new();
+        self.by_key.retain(|_, obj| {
+            let mut sources = obj.sources.lock().unwrap();
+            sources.retain(|s| s.mount_id != mount_id);
+            if sources.is_empty() {
+                dead.push(obj.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for obj in &dead {
+            self.by_ino.remove(&obj.ino);
+        }
+        dead
+    }
+
+    /// The object with dedup inode number `ino`.
+    pub fn get(&self, ino: u64) -> Option<Arc<DedupObject>> {
+        self.by_ino.get(&ino).cloned()
+    }
+
+    /// All live objects, by inode number.
+    pub fn objects(&self) -> Vec<Arc<DedupObject>> {
+        let mut v: Vec<_> = self.by_ino.values().cloned().collect();
+        v.sort_by_key(|o| o.ino);
+        v
+    }
+
+    /// Files that were not shared because their size differed from their object's.
+    pub fn size_mismatches(&self) -> u64 {
+        self.size_mismatches
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Bytes(Vec<u8>);
+    impl Content for Bytes {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+            let off = (offset as usize).min(self.0.len());
+            let n = buf.len().min(self.0.len() - off);
+            buf[..n].copy_from_slice(&self.0[off..off + n]);
+            Ok(n)
+        }
+    }
+    #[derive(Debug)]
+    struct Broken;
+    impl Content for Broken {
+        fn read_at(&self, _: u64, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+    }
+
+    fn src(mount_id: u64, c: impl Content + 'static) -> Source {
+        Source {
+            mount_id,
+            nid: 7,
+            content: Arc::new(c),
+        }
+    }
+
+    #[test]
+    fn first_size_wins_and_mismatch_is_counted() {
+        let mut t = DedupTable::default();
+        let Attach::Shared(a) = t.attach(b"k", 3, src(1, Bytes(b"abc".to_vec()))) else {
+            panic!()
+        };
+        let Attach::Shared(b) = t.attach(b"k", 3, src(2, Bytes(b"abc".to_vec()))) else {
+            panic!()
+        };
+        assert_eq!(a.ino, b.ino);
+        assert_eq!(a.source_count(), 2);
+        assert!(matches!(
+            t.attach(b"k", 4, src(3, Bytes(b"abcd".to_vec()))),
+            Attach::SizeMismatch { expected: 3 }
+        ));
+        assert_eq!(t.size_mismatches(), 1);
+        assert_eq!(a.source_count(), 2);
+    }
+
+    #[test]
+    fn misses_fall_back_to_a_working_source_and_objects_die_with_their_sources() {
+        let mut t = DedupTable::default();
+        let Attach::Shared(o) = t.attach(b"k", 5, src(1, Broken)) else {
+            panic!()
+        };
+        t.attach(b"k", 5, src(2, Bytes(b"hello".to_vec())));
+        let mut buf = [0u8; 16];
+        assert_eq!(o.read(1, &mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"ello");
+        assert_eq!(o.misses(), (1, 4));
+        assert!(t.detach_mount(2).is_empty());
+        assert!(
+            o.read(0, &mut buf).is_err(),
+            "only the broken source is left"
+        );
+        let dead = t.detach_mount(1);
+        assert_eq!(dead.len(), 1);
+        assert!(t.get(o.ino).is_none());
+        // A new object never reuses an inode number.
+        let Attach::Shared(n) = t.attach(b"k", 5, src(3, Bytes(b"hello".to_vec()))) else {
+            panic!()
+        };
+        assert_ne!(n.ino, o.ino);
+    }
+}

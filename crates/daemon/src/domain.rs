@@ -1,0 +1,92 @@
+//! Sharing domains: the only scope inside which files share a page cache.
+//!
+//! A domain is named by the operator (`mount --domain ID`). Each live domain owns one internal
+//! dedup mount ([`crate::dedup_fs`]) and the table of its dedup objects ([`crate::dedup`]).
+//! Files of two mounts share only when both mounts name the same domain and the files carry
+//! the same fingerprint; the key is length-prefixed so that no (domain, fingerprint) pair
+//! can collide with another one by shifting bytes between the two (the kernel's plain
+//! concatenation can).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use crate::dedup::DedupTable;
+
+/// The sharing key of a file: `len(domain) ‖ domain ‖ len(fingerprint) ‖ fingerprint`, lengths
+/// as little-endian u32.
+pub fn share_key(domain: &[u8], fingerprint: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + domain.len() + fingerprint.len());
+    for part in [domain, fingerprint] {
+        key.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+/// Why a fingerprint cannot be used as a sharing key (the kernel's rule: 1 ..= block size).
+pub fn fingerprint_usable(fingerprint: &[u8], block_size: u64) -> bool {
+    !fingerprint.is_empty() && fingerprint.len() as u64 <= block_size
+}
+
+/// The file name under which the domain's dedup mount is mounted inside the state directory:
+/// hex of the domain id, so any byte string is a safe path component.
+pub fn dir_name(id: &str) -> String {
+    hex_encode(id.as_bytes())
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A live domain: its dedup objects and where its internal dedup mount lives.
+#[derive(Debug)]
+pub struct Domain {
+    /// The operator's name for it.
+    pub id: String,
+    /// Mountpoint of the domain's internal dedup FUSE mount.
+    pub dedup_mountpoint: PathBuf,
+    /// Dedup objects of the domain, by key and by dedup inode number.
+    pub objects: Mutex<DedupTable>,
+}
+
+impl Domain {
+    /// A domain with no objects yet, whose dedup mount is (to be) at `dedup_mountpoint`.
+    pub fn new(id: String, dedup_mountpoint: PathBuf) -> Self {
+        Self {
+            id,
+            dedup_mountpoint,
+            objects: Mutex::new(DedupTable::default()),
+        }
+    }
+
+    /// Path of a dedup object's file inside the dedup mount.
+    pub fn object_path(&self, ino: u64) -> PathBuf {
+        self.dedup_mountpoint
+            .join(crate::dedup_fs::object_name(ino))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_unambiguous() {
+        // With plain concatenation these two pairs would give the same bytes.
+        assert_ne!(share_key(b"ab", b"c"), share_key(b"a", b"bc"));
+        assert_ne!(share_key(b"", b"abc"), share_key(b"abc", b""));
+        assert_eq!(share_key(b"d", b"f"), share_key(b"d", b"f"));
+    }
+
+    #[test]
+    fn fingerprint_length_rule() {
+        assert!(!fingerprint_usable(b"", 4096));
+        assert!(fingerprint_usable(&[1; 39], 512));
+        assert!(!fingerprint_usable(&[1; 513], 512));
+    }
+
+    #[test]
+    fn dir_names_are_path_safe() {
+        assert_eq!(dir_name("a/b"), "612f62");
+    }
+}

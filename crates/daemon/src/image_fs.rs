@@ -1,0 +1,711 @@
+//! The per-image FUSE filesystem: one read-only mount of one EROFS image.
+//!
+//! Metadata (lookup, getattr, readdir(plus), readlink, xattrs, statfs) comes from the
+//! [`erofs::Image`] reader and is cached by the kernel for a long time (images never change).
+//! A regular file is opened one of two ways:
+//! - shared: its fingerprint names a dedup object of the mount's domain, so the open passes
+//!   through (`FOPEN_PASSTHROUGH`) to the object's file on the domain's dedup mount; reads and
+//!   mmap then hit that file's page cache with no round trip here. One `BackingId` per inode
+//!   is kept from its first open until the kernel forgets the inode: the kernel requires the
+//!   same id while any open lives, and reusing it makes a warm open one round trip.
+//! - unshared: plain FUSE reads answered from the image, kept in this mount's page cache
+//!   (`FOPEN_KEEP_CACHE`).
+//!
+//! A read error of one file (a corrupt image) is that file's EIO; nothing here panics on image
+//! content.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use erofs::Image;
+use erofs::dir::DirEntry;
+use erofs::inode::{FileType as ErofsType, Inode};
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
+};
+
+use crate::dedup::{Attach, Content, DedupObject, Source};
+use crate::domain::{Domain, fingerprint_usable, share_key};
+use crate::source::UncachedFile;
+
+/// Images never change: entries and attributes may be cached as long as the kernel likes.
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Decoded inodes kept for reads and attribute replies; cleared when full.
+const INODE_CACHE_MAX: usize = 65_536;
+/// Directory listings kept while the kernel reads them in chunks; cleared when full.
+const LISTING_CACHE_MAX: usize = 256;
+
+/// One mounted image: the reader, its file, its domain and its counters.
+#[derive(Debug)]
+pub struct MountedImage {
+    /// The daemon's id of this mount.
+    pub id: u64,
+    /// The image file as given at mount time.
+    pub image_path: PathBuf,
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// The reader.
+    pub image: Image,
+    /// The image file, read without page-cache copies.
+    pub file: Arc<UncachedFile>,
+    /// The sharing domain, when the mount shares.
+    pub domain: Option<Arc<Domain>>,
+    /// Why files of this mount are not shared, when they are not (no domain, `--no-share`,
+    /// no passthrough, …).
+    pub unshared_reason: Mutex<Option<String>>,
+    /// Opens that passed through to a dedup file.
+    pub shared_opens: AtomicU64,
+    /// Opens served by this mount's own page cache.
+    pub unshared_opens: AtomicU64,
+    /// Files not shared because their size differed from their dedup object's.
+    pub size_mismatches: AtomicU64,
+    /// Read errors answered with EIO.
+    pub read_errors: AtomicU64,
+}
+
+impl MountedImage {
+    /// Opens `image_path` for mounting at `mountpoint`.
+    pub fn open(
+        id: u64,
+        image_path: PathBuf,
+        mountpoint: PathBuf,
+        domain: Option<Arc<Domain>>,
+    ) -> io::Result<Self> {
+        let file = Arc::new(UncachedFile::open(&image_path)?);
+        let image = Image::from_source(file.clone(), image_path.display().to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        Ok(Self {
+            id,
+            image_path,
+            mountpoint,
+            image,
+            file,
+            domain,
+            unshared_reason: Mutex::new(None),
+            shared_opens: AtomicU64::new(0),
+            unshared_opens: AtomicU64::new(0),
+            size_mismatches: AtomicU64::new(0),
+            read_errors: AtomicU64::new(0),
+        })
+    }
+
+    /// Records why this mount does not share (the first reason wins).
+    pub fn set_unshared(&self, reason: impl Into<String>) {
+        let mut r = self.unshared_reason.lock().unwrap();
+        if r.is_none() {
+            *r = Some(reason.into());
+        }
+    }
+
+    /// Why this mount does not share, if it does not.
+    pub fn unshared(&self) -> Option<String> {
+        self.unshared_reason.lock().unwrap().clone()
+    }
+}
+
+/// A regular file of a mounted image, as a dedup object's source.
+#[derive(Debug)]
+struct ImageFile {
+    mount: Arc<MountedImage>,
+    inode: Inode,
+}
+
+impl Content for ImageFile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let image = &self.mount.image;
+        let what = || format!("dedup miss on nid {} at {offset}", self.inode.nid);
+        safely(image, what, || image.read_at(&self.inode, offset, buf))
+            .map_err(|e| io::Error::from_raw_os_error(e.code()))
+    }
+}
+
+/// The kernel's backing id of a shared inode: a reference to its dedup file, kept while the
+/// kernel caches the inode (dropped on `forget`), so a warm open is one round trip.
+#[derive(Debug)]
+struct Backing {
+    id: BackingId,
+}
+
+#[derive(Debug)]
+enum Handle {
+    Passthrough(#[allow(dead_code)] Arc<Backing>),
+    Data(Arc<Inode>),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    inodes: HashMap<u64, Arc<Inode>>,
+    /// The sharing decision per nid: the object, or None for "not shared".
+    sharing: HashMap<u64, Option<Arc<DedupObject>>>,
+    backings: HashMap<u64, Arc<Backing>>,
+    /// Recent directory listings: the kernel asks for a big directory in several chunks.
+    listings: HashMap<u64, Arc<Vec<DirEntry>>>,
+    handles: HashMap<u64, Handle>,
+    next_fh: u64,
+}
+
+/// The FUSE filesystem of one image mount.
+#[derive(Debug)]
+pub struct ImageFs {
+    mount: Arc<MountedImage>,
+    /// Whether this mount tries to share at all (domain given, `--no-share` absent).
+    share: bool,
+    state: Mutex<State>,
+}
+
+/// Runs one reader call: an error is logged with the image's name and becomes EIO; a panic
+/// (a reader bug on a hostile image) is caught, logged and becomes EIO too, so one bad file
+/// never takes a worker thread down.
+fn safely<T>(
+    image: &Image,
+    what: impl FnOnce() -> String,
+    f: impl FnOnce() -> erofs::Result<T>,
+) -> Result<T, Errno> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            tracing::warn!("{}: {}: {e}", image.name(), what());
+            Err(Errno::EIO)
+        }
+        Err(_) => {
+            tracing::error!("{}: {}: the reader panicked", image.name(), what());
+            Err(Errno::EIO)
+        }
+    }
+}
+
+impl ImageFs {
+    /// A filesystem serving `mount`; `share` asks for passthrough sharing in its domain.
+    pub fn new(mount: Arc<MountedImage>, share: bool) -> Self {
+        Self {
+            mount,
+            share,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn nid_of(&self, ino: INodeNo) -> u64 {
+        if ino == INodeNo::ROOT {
+            self.mount.image.root_nid()
+        } else {
+            ino.0.wrapping_sub(2)
+        }
+    }
+
+    fn ino_of(&self, nid: u64) -> INodeNo {
+        if nid == self.mount.image.root_nid() {
+            INodeNo::ROOT
+        } else {
+            INodeNo(nid.wrapping_add(2))
+        }
+    }
+
+    fn inode(&self, nid: u64) -> Result<Arc<Inode>, Errno> {
+        if let Some(i) = self.state.lock().unwrap().inodes.get(&nid) {
+            return Ok(i.clone());
+        }
+        let image = &self.mount.image;
+        let inode = Arc::new(safely(image, || format!("nid {nid}"), || image.inode(nid))?);
+        let mut st = self.state.lock().unwrap();
+        if st.inodes.len() >= INODE_CACHE_MAX {
+            st.inodes.clear();
+        }
+        st.inodes.insert(nid, inode.clone());
+        Ok(inode)
+    }
+
+    /// The entries of directory `ino`, from the listing cache or the image.
+    fn listing(&self, ino: INodeNo) -> Result<Arc<Vec<DirEntry>>, Errno> {
+        let nid = self.nid_of(ino);
+        if let Some(l) = self.state.lock().unwrap().listings.get(&nid) {
+            return Ok(l.clone());
+        }
+        let dir = self.inode(nid)?;
+        if dir.file_type() != ErofsType::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        let image = &self.mount.image;
+        let what = || format!("readdir nid {nid}");
+        let entries = Arc::new(safely(image, what, || image.read_dir(&dir))?);
+        let mut st = self.state.lock().unwrap();
+        if st.listings.len() >= LISTING_CACHE_MAX {
+            st.listings.clear();
+        }
+        st.listings.insert(nid, entries.clone());
+        Ok(entries)
+    }
+
+    fn attr(&self, inode: &Inode) -> FileAttr {
+        let bs = self.mount.image.superblock().block_size();
+        let mtime = if inode.mtime >= 0 {
+            UNIX_EPOCH + Duration::new(inode.mtime as u64, inode.mtime_nsec)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(inode.mtime.unsigned_abs())
+                + Duration::from_nanos(inode.mtime_nsec as u64)
+        };
+        FileAttr {
+            ino: self.ino_of(inode.nid),
+            size: inode.size,
+            blocks: inode.size.div_ceil(bs) * (bs / 512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind: kind_of(inode.file_type()),
+            perm: inode.mode & 0o7777,
+            nlink: inode.nlink,
+            uid: inode.uid,
+            gid: inode.gid,
+            rdev: inode.rdev,
+            blksize: bs as u32,
+            flags: 0,
+        }
+    }
+
+    fn new_handle(&self, h: Handle) -> u64 {
+        let mut st = self.state.lock().unwrap();
+        st.next_fh += 1;
+        let fh = st.next_fh;
+        st.handles.insert(fh, h);
+        fh
+    }
+
+    /// Decides (once per nid) whether a regular file is shared, attaching it to its dedup
+    /// object on the first open.
+    fn sharing(&self, inode: &Inode) -> Option<Arc<DedupObject>> {
+        if !self.share {
+            return None;
+        }
+        let domain = self.mount.domain.as_ref()?;
+        if let Some(decided) = self.state.lock().unwrap().sharing.get(&inode.nid) {
+            return decided.clone();
+        }
+        let decision = self.decide(domain, inode);
+        self.state
+            .lock()
+            .unwrap()
+            .sharing
+            .entry(inode.nid)
+            .or_insert(decision)
+            .clone()
+    }
+
+    fn decide(&self, domain: &Arc<Domain>, inode: &Inode) -> Option<Arc<DedupObject>> {
+        let image = &self.mount.image;
+        let what = || format!("nid {} fingerprint", inode.nid);
+        let fp = safely(image, what, || image.fingerprint(inode))
+            .ok()
+            .flatten()?;
+        if !fingerprint_usable(&fp, image.superblock().block_size()) {
+            return None;
+        }
+        let key = share_key(domain.id.as_bytes(), &fp);
+        let source = Source {
+            mount_id: self.mount.id,
+            nid: inode.nid,
+            content: Arc::new(ImageFile {
+                mount: self.mount.clone(),
+                inode: inode.clone(),
+            }),
+        };
+        match domain
+            .objects
+            .lock()
+            .unwrap()
+            .attach(&key, inode.size, source)
+        {
+            Attach::Shared(obj) => Some(obj),
+            Attach::SizeMismatch { expected } => {
+                self.mount.size_mismatches.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "{}: nid {}: fingerprint matches a file of {expected} bytes in domain {:?} \
+                     but this one has {} bytes: not shared",
+                    image.name(),
+                    inode.nid,
+                    domain.id,
+                    inode.size
+                );
+                None
+            }
+        }
+    }
+
+    /// The backing id of a shared nid: the live one, or a new one on the dedup file.
+    fn backing(&self, nid: u64, obj: &DedupObject, reply: &ReplyOpen) -> io::Result<Arc<Backing>> {
+        if let Some(b) = self.state.lock().unwrap().backings.get(&nid) {
+            return Ok(b.clone());
+        }
+        // Opened without the state lock: the dedup open waits on the dedup mount's threads.
+        let domain = self
+            .mount
+            .domain
+            .as_ref()
+            .expect("shared files have a domain");
+        let file = File::open(domain.object_path(obj.ino))?;
+        let id = reply.open_backing(&file)?;
+        // The kernel holds its own reference to the file now.
+        drop(file);
+        let b = Arc::new(Backing { id });
+        // Two first opens may race: the kernel needs one id per inode, keep the first.
+        let mut st = self.state.lock().unwrap();
+        Ok(st.backings.entry(nid).or_insert(b).clone())
+    }
+}
+
+fn kind_of(t: ErofsType) -> FileType {
+    match t {
+        ErofsType::Reg => FileType::RegularFile,
+        ErofsType::Dir => FileType::Directory,
+        ErofsType::Symlink => FileType::Symlink,
+        ErofsType::CharDev => FileType::CharDevice,
+        ErofsType::BlockDev => FileType::BlockDevice,
+        ErofsType::Fifo => FileType::NamedPipe,
+        ErofsType::Socket => FileType::Socket,
+    }
+}
+
+/// True when this process holds CAP_SYS_ADMIN, which `FUSE_DEV_IOC_BACKING_OPEN` requires.
+pub fn has_cap_sys_admin() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+}
+
+impl Filesystem for ImageFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
+        if !self.share {
+            return Ok(());
+        }
+        if std::env::var_os("EROFS_SHARE_NO_PASSTHROUGH").is_some() {
+            self.share = false;
+            self.mount
+                .set_unshared("passthrough disabled by EROFS_SHARE_NO_PASSTHROUGH");
+        } else if !has_cap_sys_admin() {
+            self.share = false;
+            self.mount
+                .set_unshared("the daemon lacks CAP_SYS_ADMIN, which FUSE passthrough needs");
+        } else if config
+            .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
+            .is_err()
+        {
+            self.share = false;
+            self.mount.set_unshared(
+                "the kernel does not offer FUSE passthrough (Linux 6.9 or later is needed)",
+            );
+        } else if let Err(e) = config.set_max_stack_depth(1) {
+            self.share = false;
+            self.mount
+                .set_unshared(format!("the kernel refused max_stack_depth 1 ({e})"));
+        }
+        Ok(())
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        // The kernel evicted the inode, so none of its files is open: its backing id can go,
+        // unless a racing new open already holds it.
+        let nid = self.nid_of(ino);
+        let mut st = self.state.lock().unwrap();
+        if st
+            .backings
+            .get(&nid)
+            .is_some_and(|b| Arc::strong_count(b) == 1)
+        {
+            st.backings.remove(&nid);
+        }
+        st.inodes.remove(&nid);
+        st.listings.remove(&nid);
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let dir = match self.inode(self.nid_of(parent)) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        if dir.file_type() != ErofsType::Dir {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let image = &self.mount.image;
+        let what = || format!("lookup in nid {}", dir.nid);
+        let entry = match safely(image, what, || image.lookup(&dir, name.as_bytes())) {
+            Ok(Some(e)) => e,
+            Ok(None) => return reply.error(Errno::ENOENT),
+            Err(e) => return reply.error(e),
+        };
+        match self.inode(entry.nid) {
+            Ok(i) => reply.entry(&TTL, &self.attr(&i), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.inode(self.nid_of(ino)) {
+            Ok(i) => reply.attr(&TTL, &self.attr(&i)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let inode = match self.inode(self.nid_of(ino)) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        let image = &self.mount.image;
+        let what = || format!("readlink nid {}", inode.nid);
+        match safely(image, what, || image.read_link(&inode)) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        let inode = match self.inode(self.nid_of(ino)) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        if let Some(obj) = self.sharing(&inode) {
+            if flags.0 & libc::O_DIRECT != 0 {
+                // As the kernel: a shared file has no direct I/O path of its own.
+                return reply.error(Errno::EINVAL);
+            }
+            match self.backing(inode.nid, &obj, &reply) {
+                Ok(b) => {
+                    let fh = self.new_handle(Handle::Passthrough(b.clone()));
+                    self.mount.shared_opens.fetch_add(1, Ordering::Relaxed);
+                    return reply.opened_passthrough(
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_NOFLUSH,
+                        &b.id,
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: nid {}: passthrough to dedup object {:#x} failed ({e}); \
+                         serving unshared",
+                        self.mount.image.name(),
+                        inode.nid,
+                        obj.ino
+                    );
+                    if e.raw_os_error() == Some(libc::EPERM) {
+                        self.mount
+                            .set_unshared(format!("FUSE passthrough was refused: {e}"));
+                    }
+                    self.state.lock().unwrap().sharing.insert(inode.nid, None);
+                }
+            }
+        }
+        let fh = self.new_handle(Handle::Data(inode));
+        self.mount.unshared_opens.fetch_add(1, Ordering::Relaxed);
+        reply.opened(
+            FileHandle(fh),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let inode = match self.state.lock().unwrap().handles.get(&fh.0) {
+            Some(Handle::Data(i)) => i.clone(),
+            _ => return reply.error(Errno::EBADF),
+        };
+        let want = (size as u64).min(inode.size.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; want];
+        let image = &self.mount.image;
+        let what = || format!("read nid {} at {offset}", inode.nid);
+        match safely(image, what, || image.read_at(&inode, offset, &mut buf)) {
+            Ok(n) => reply.data(&buf[..n]),
+            Err(e) => {
+                self.mount.read_errors.fetch_add(1, Ordering::Relaxed);
+                reply.error(e)
+            }
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let h = self.state.lock().unwrap().handles.remove(&fh.0);
+        drop(h);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever dirty on a read-only image.
+        reply.ok();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS switches the kernel to "no opendir" mode: directory opens cost no round trip
+        // and get FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, so a listing is read from the image
+        // once and then served from the kernel's cache.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.listing(ino) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(self.ino_of(e.nid), i as u64 + 1, kind_of(e.file_type), name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.listing(ino) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            // An entry whose inode cannot be decoded is left out here; a lookup of its name
+            // still answers EIO.
+            let Ok(inode) = self.inode(e.nid) else {
+                continue;
+            };
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(
+                self.ino_of(e.nid),
+                i as u64 + 1,
+                name,
+                &TTL,
+                &self.attr(&inode),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let sb = self.mount.image.superblock();
+        let bs = sb.block_size() as u32;
+        reply.statfs(sb.blocks, 0, 0, sb.inos, 0, bs, 255, bs);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let inode = match self.inode(self.nid_of(ino)) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        let image = &self.mount.image;
+        let what = || format!("getxattr nid {}", inode.nid);
+        match safely(image, what, || image.get_xattr(&inode, name.as_bytes())) {
+            Ok(Some(v)) => xattr_reply(reply, size, &v),
+            Ok(None) => reply.error(Errno::ENODATA),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let inode = match self.inode(self.nid_of(ino)) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        let image = &self.mount.image;
+        let what = || format!("listxattr nid {}", inode.nid);
+        match safely(image, what, || image.listed_xattrs(&inode)) {
+            Ok(list) => {
+                let mut names = Vec::new();
+                for x in list {
+                    names.extend_from_slice(&x.name);
+                    names.push(0);
+                }
+                xattr_reply(reply, size, &names)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32)
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(value)
+    }
+}

@@ -1,0 +1,169 @@
+//! How much page cache reading every file of some trees adds, measured in a memory cgroup of
+//! its own (the host is shared: the global `Cached` figure moves with everyone's work).
+//!
+//! The reader is `find DIR… -type f -exec cat {} +` in a fresh cgroup. It first loads its own
+//! programs (`find`, `cat`) and stops itself; the sample taken then is the baseline, so only
+//! what reading the trees adds is counted: file pages, and for kernel mounts the image's
+//! metadata pages.
+
+use crate::container::{CgroupTree, ContainerError};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest a read of everything may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Measuring failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PageCacheError {
+    #[error(transparent)]
+    Cgroup(#[from] ContainerError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading every file under {dirs}: {why}")]
+    Reader { dirs: String, why: String },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('T')))
+}
+
+/// How often someone may drop the caches under a measurement before we give up.
+const ATTEMPTS: usize = 5;
+
+/// How many times `drop_caches` was written since boot (`/proc/vmstat`): page cache drops
+/// and slab drops (evicting an inode frees its page cache too).
+pub fn drops() -> Result<u64, PageCacheError> {
+    let s = std::fs::read_to_string("/proc/vmstat").map_err(|source| PageCacheError::Io {
+        what: "/proc/vmstat".into(),
+        source,
+    })?;
+    Ok(s.lines()
+        .filter_map(|l| {
+            l.strip_prefix("drop_pagecache ")
+                .or_else(|| l.strip_prefix("drop_slab "))
+        })
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum())
+}
+
+/// Drop the page cache, then read every regular file under `dirs` and return how many bytes
+/// of page cache that charged (root). Another process dropping caches meanwhile would
+/// make the figure too small: such a run is detected (`drop_pagecache` in /proc/vmstat) and
+/// repeated.
+pub fn growth_of_reading(dirs: &[&Path]) -> Result<u64, PageCacheError> {
+    for _ in 0..ATTEMPTS {
+        testkit::drop_caches().map_err(|source| PageCacheError::Io {
+            what: "dropping caches".into(),
+            source,
+        })?;
+        let before = drops()?;
+        let growth = read_once(dirs)?;
+        if drops()? == before {
+            return Ok(growth);
+        }
+    }
+    Err(PageCacheError::Reader {
+        dirs: format!("{dirs:?}"),
+        why: format!("someone else dropped the caches during each of {ATTEMPTS} attempts"),
+    })
+}
+
+fn read_once(dirs: &[&Path]) -> Result<u64, PageCacheError> {
+    let tree = CgroupTree::create()?;
+    let cg = tree.child("reader")?;
+    let list = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>();
+    let quoted: Vec<String> = list
+        .iter()
+        .map(|d| format!("'{}'", d.replace('\'', "'\\''")))
+        .collect();
+    let reader_err = |why: String| PageCacheError::Reader {
+        dirs: list.join(" "),
+        why,
+    };
+    let script = format!(
+        "echo $$ > '{}' && find /dev/null -exec cat {{}} + && kill -STOP $$ && \
+         exec find {} -type f -exec cat {{}} + > /dev/null",
+        cg.procs_file().display(),
+        quoted.join(" ")
+    );
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|source| PageCacheError::Io {
+            what: "starting sh".into(),
+            source,
+        })?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stopped(child.id()) {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(reader_err(format!("the reader exited early ({st})")));
+        }
+        if Instant::now() >= deadline || crate::interrupt::interrupted() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(reader_err("the reader never got ready".into()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = cg.memory()?.file;
+    // SAFETY: kill has no memory preconditions; the pid is our live (stopped) child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    let deadline = Instant::now() + READ_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) => {}
+            Err(source) => {
+                return Err(PageCacheError::Io {
+                    what: "waiting for the reader".into(),
+                    source,
+                });
+            }
+        }
+        if crate::interrupt::interrupted() || Instant::now() >= deadline {
+            // Dropping `cg` kills it; reap here.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(if crate::interrupt::interrupted() {
+                PageCacheError::Interrupted
+            } else {
+                reader_err(format!("not done after {} s", READ_TIMEOUT.as_secs()))
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if !status.success() {
+        return Err(reader_err(format!("find/cat failed ({status})")));
+    }
+    Ok(cg.memory()?.file.saturating_sub(before))
+}
+
+/// Mount `images` with `mounter`, read everything (see [`growth_of_reading`]), unmount.
+pub fn growth_with(
+    mounter: &dyn crate::runtime::Mounter,
+    images: &[std::path::PathBuf],
+) -> Result<u64, PageCacheError> {
+    let mounted = mounter
+        .mount(images)
+        .map_err(|why| PageCacheError::Reader {
+            dirs: mounter.label(),
+            why: format!("mounting: {why}"),
+        })?;
+    let roots = mounted.roots();
+    let dirs: Vec<&Path> = roots.iter().map(|r| r.as_path()).collect();
+    growth_of_reading(&dirs)
+}

@@ -1,0 +1,222 @@
+//! Walk an image with the reader and list what [`crate::analyze`] needs: every regular file
+//! once per inode with its content key (the stored fingerprint, or SHA-256 computed on the fly
+//! when the image has none), and every directory.
+
+use crate::analyze::{
+    DirEntry, FileEntry, ImageFiles, KeySource, fuse_dir_pages, usable_fingerprint,
+};
+use erofs::Image;
+use erofs::format::{chunk, layout};
+use erofs::inode::{FileType, Inode};
+use erofs::walk::{Visit, walk};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::ops::ControlFlow;
+
+/// Why an image could not be scanned.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error(transparent)]
+    Read(Box<erofs::Error>),
+    #[error("{image}: {path}: {error}")]
+    Walk {
+        image: String,
+        path: String,
+        #[source]
+        error: Box<erofs::Error>,
+    },
+    #[error("{image}: {path} (nid {nid}): read {got} bytes of {size}")]
+    ShortRead {
+        image: String,
+        path: String,
+        nid: u64,
+        got: u64,
+        size: u64,
+    },
+}
+
+impl From<erofs::Error> for ScanError {
+    fn from(e: erofs::Error) -> Self {
+        ScanError::Read(Box::new(e))
+    }
+}
+
+/// List the files (once per inode: hard links read one page cache) and directories of
+/// `image`, in path order, and count the metadata pages a kernel mount reads on the way
+/// (see [`MetaPages`]). The first problem the walk meets is an error: a prediction from a
+/// partly readable image would be wrong.
+pub fn scan(image: &Image, name: &str, page_size: u64) -> Result<ImageFiles, ScanError> {
+    let mut out = ImageFiles {
+        name: name.to_string(),
+        ..ImageFiles::default()
+    };
+    let mut seen_files = HashSet::new();
+    let mut meta = MetaPages::new(image, page_size);
+    let mut failure = None;
+    walk(image, |v| {
+        let step = match v {
+            Visit::Problem { path, error } => Err(ScanError::Walk {
+                image: name.to_string(),
+                path: String::from_utf8_lossy(path).into_owned(),
+                error: Box::new(error),
+            }),
+            Visit::Inode { path, inode, .. } => {
+                meta.add(inode);
+                let path = String::from_utf8_lossy(path).into_owned();
+                match inode.file_type() {
+                    FileType::Dir => {
+                        out.dirs.push(DirEntry {
+                            path,
+                            size: inode.size,
+                        });
+                        // The listing as erofs-share serves it: every stored entry.
+                        image
+                            .read_dir(inode)
+                            .map_err(ScanError::from)
+                            .map(|entries| {
+                                out.fuse_dir_pages +=
+                                    fuse_dir_pages(entries.iter().map(|e| e.name.len()), page_size);
+                            })
+                    }
+                    FileType::Reg if seen_files.insert(inode.nid) => {
+                        file_entry(image, name, path, inode).map(|f| out.files.push(f))
+                    }
+                    _ => Ok(()),
+                }
+            }
+        };
+        match step {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failure = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    out.meta_pages = meta.pages.len() as u64;
+    out.files.sort_by(|a, b| a.path.cmp(&b.path));
+    out.dirs.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn file_entry(
+    image: &Image,
+    name: &str,
+    path: String,
+    inode: &Inode,
+) -> Result<FileEntry, ScanError> {
+    if inode.size == 0 {
+        return Ok(FileEntry {
+            path,
+            size: 0,
+            key: None,
+            source: KeySource::Stored,
+        });
+    }
+    if let Some(value) = image.fingerprint(inode)? {
+        let key = usable_fingerprint(&value).then_some(value);
+        return Ok(FileEntry {
+            path,
+            size: inode.size,
+            key,
+            source: KeySource::Stored,
+        });
+    }
+    let digest = hash_content(image, name, &path, inode)?;
+    Ok(FileEntry {
+        path,
+        size: inode.size,
+        key: Some(erofs::fingerprint::value_of_digest(&digest).to_vec()),
+        source: KeySource::Hashed,
+    })
+}
+
+fn hash_content(
+    image: &Image,
+    name: &str,
+    path: &str,
+    inode: &Inode,
+) -> Result<[u8; 32], ScanError> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut off = 0u64;
+    while off < inode.size {
+        let want = (inode.size - off).min(buf.len() as u64) as usize;
+        let n = image.read_at(inode, off, &mut buf[..want])?;
+        if n == 0 {
+            return Err(ScanError::ShortRead {
+                image: name.to_string(),
+                path: path.to_string(),
+                nid: inode.nid,
+                got: off,
+                size: inode.size,
+            });
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(h.finalize().into())
+}
+
+/// The image pages a kernel erofs mount caches (in the block device's page cache) when every
+/// inode is looked up and every file read: the superblock, each inode with its inline xattrs,
+/// the inline tail of FLAT_INLINE inodes and the chunk map of chunk-based ones. Compressed
+/// inodes' extent maps are not counted (our images and the corpus are uncompressed).
+#[derive(Debug)]
+pub struct MetaPages {
+    page_size: u64,
+    block_size: u64,
+    pages: HashSet<u64>,
+}
+
+impl MetaPages {
+    fn new(image: &Image, page_size: u64) -> MetaPages {
+        let mut pages = HashSet::new();
+        pages.insert(0); // the superblock
+        MetaPages {
+            page_size,
+            block_size: image.superblock().block_size(),
+            pages,
+        }
+    }
+
+    fn span(&mut self, start: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let end = start.saturating_add(len - 1);
+        for p in start / self.page_size..=end / self.page_size {
+            self.pages.insert(p);
+        }
+    }
+
+    fn add(&mut self, inode: &Inode) {
+        let Some(pos) = inode.image_offset() else {
+            return;
+        };
+        let head = inode.inode_size() + inode.xattr_size();
+        self.span(pos, head);
+        let after = pos.saturating_add(head);
+        let bs = self.block_size;
+        match inode.layout {
+            layout::FLAT_INLINE if inode.size > 0 => {
+                let tail = inode.size - (inode.size.div_ceil(bs) - 1) * bs;
+                self.span(after, tail.min(bs));
+            }
+            layout::CHUNK_BASED => {
+                let bits = u32::from(inode.chunk_format & chunk::BLKBITS_MASK);
+                let chunk_size = bs.checked_shl(bits).unwrap_or(u64::MAX);
+                let chunks = inode.size.div_ceil(chunk_size);
+                if inode.chunk_format & chunk::INDEXES != 0 {
+                    self.span(after.next_multiple_of(8), chunks.saturating_mul(8));
+                } else {
+                    self.span(after, chunks.saturating_mul(4));
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Images mounted through a private erofs-share daemon (its own state directory, so it never
+//! touches a daemon the host runs): one sharing domain for all images, or `--no-share`.
+//! Everything is undone on drop: unmount every image, stop the daemon, remove the directories.
+
+use crate::runtime::{Mounted, Mounter};
+use erofs_share_daemon::control::{self, Request};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The domain every image of a benchmark shares in.
+pub const DOMAIN: &str = "bench";
+
+/// A daemon process of ours.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    state: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Start `exe daemon --state-dir TMP` and wait until it answers.
+    pub fn start(exe: &Path) -> Result<Daemon, String> {
+        let state = tempfile::Builder::new()
+            .prefix("erofs-share-bench-state-")
+            .tempdir()
+            .map_err(|e| format!("creating a state directory: {e}"))?;
+        let log_path = state.path().join("daemon.log");
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let child = Command::new(exe)
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(state.path())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(|e| format!("starting {} daemon: {e}", exe.display()))?;
+        let mut d = Daemon { child, state };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if control::request(d.state.path(), &Request::Status).is_ok() {
+                return Ok(d);
+            }
+            if let Ok(Some(st)) = d.child.try_wait() {
+                return Err(format!(
+                    "the daemon exited at start ({st}): {}",
+                    crate::container::log_tail(&log_path)
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the daemon did not answer within 10 s: {}",
+                    crate::container::log_tail(&log_path)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn request(&self, req: &Request) -> Result<control::Response, String> {
+        let resp = control::request(self.state.path(), req)
+            .map_err(|e| format!("talking to the daemon: {e}"))?;
+        if !resp.ok {
+            return Err(resp.error.unwrap_or_else(|| "failed".into()));
+        }
+        Ok(resp)
+    }
+
+    /// Mount `image` at `mountpoint` (an existing directory), in `domain` or unshared.
+    pub fn mount(
+        &self,
+        image: &Path,
+        mountpoint: &Path,
+        domain: Option<&str>,
+        share: bool,
+    ) -> Result<(), String> {
+        let image = image
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", image.display()))?;
+        let resp = self.request(&Request::Mount {
+            image: image.clone(),
+            mountpoint: mountpoint.to_path_buf(),
+            domain: domain.map(str::to_string),
+            share,
+        })?;
+        // A shared benchmark that silently shares nothing would report a wrong table.
+        if share && let Some(why) = resp.mount.and_then(|m| m.unshared_reason) {
+            return Err(format!(
+                "{}: mounted but not shared: {why}",
+                image.display()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Unmount `mountpoint`.
+    pub fn umount(&self, mountpoint: &Path) -> Result<(), String> {
+        self.request(&Request::Umount {
+            mountpoint: mountpoint.to_path_buf(),
+        })
+        .map(|_| ())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = control::request(self.state.path(), &Request::Stop);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    eprintln!("erofs-share: the bench daemon did not stop; killing it");
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Mount through erofs-share: every image in one domain, or each unshared.
+#[derive(Debug, Clone)]
+pub struct ErofsShare {
+    /// The `erofs-share` executable (runs the daemon).
+    pub exe: PathBuf,
+    /// False for `--no-share`.
+    pub share: bool,
+}
+
+#[derive(Debug)]
+struct ShareMounts {
+    mountpoints: Vec<PathBuf>,
+    // Dropped after the unmounts in `drop`: the daemon, then the directories.
+    daemon: Daemon,
+    _dirs: tempfile::TempDir,
+}
+
+impl Mounted for ShareMounts {
+    fn roots(&self) -> Vec<PathBuf> {
+        self.mountpoints.clone()
+    }
+}
+
+impl Drop for ShareMounts {
+    fn drop(&mut self) {
+        for m in self.mountpoints.iter().rev() {
+            if let Err(e) = self.daemon.umount(m) {
+                eprintln!("erofs-share: unmounting {}: {e}", m.display());
+            }
+        }
+    }
+}
+
+impl Mounter for ErofsShare {
+    fn label(&self) -> String {
+        if self.share {
+            "erofs-share, one domain".into()
+        } else {
+            "erofs-share --no-share".into()
+        }
+    }
+
+    fn mount(&self, images: &[PathBuf]) -> Result<Box<dyn Mounted>, String> {
+        let daemon = Daemon::start(&self.exe)?;
+        let dirs = tempfile::Builder::new()
+            .prefix("erofs-share-bench-mnt-")
+            .tempdir()
+            .map_err(|e| format!("creating mount points: {e}"))?;
+        let mut mounts = ShareMounts {
+            mountpoints: Vec::new(),
+            daemon,
+            _dirs: dirs,
+        };
+        for (i, img) in images.iter().enumerate() {
+            let mp = mounts._dirs.path().join(i.to_string());
+            std::fs::create_dir(&mp).map_err(|e| format!("{}: {e}", mp.display()))?;
+            let domain = self.share.then_some(DOMAIN);
+            mounts.daemon.mount(img, &mp, domain, self.share)?;
+            mounts.mountpoints.push(mp);
+        }
+        Ok(Box::new(mounts))
+    }
+}
