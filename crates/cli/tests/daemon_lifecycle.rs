@@ -252,6 +252,17 @@ fn cli_mount_starts_a_daemon_and_status_umount_work() {
     };
     assert!(ok, "{err}");
     assert!(out.contains("sharing in domain \"web\""), "{out}");
+    // Mounts read ahead 1 MiB (fewer, larger misses).
+    {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(&mp).unwrap().dev();
+        let knob = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            libc::major(dev),
+            libc::minor(dev)
+        );
+        assert_eq!(std::fs::read_to_string(knob).unwrap().trim(), "1024");
+    }
     let mode = std::fs::metadata(state.join("control.sock"))
         .unwrap()
         .permissions()

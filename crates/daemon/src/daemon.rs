@@ -231,6 +231,7 @@ impl Daemon {
                 me.mount_ended(id);
             })
             .map_err(|e| format!("spawn the mount thread: {e}"))?;
+        set_readahead(&mountpoint);
         tracing::info!(
             "mounted {} at {} (domain {:?}{})",
             image.display(),
@@ -277,6 +278,7 @@ impl Daemon {
                 }
             })
             .map_err(|e| format!("spawn the dedup thread: {e}"))?;
+        set_readahead(&dir);
         domains.insert(
             id.to_string(),
             DomainRecord {
@@ -618,6 +620,26 @@ fn mount_fuse(mountpoint: &Path, fsname: &str, options: &str) -> io::Result<std:
         return Err(io::Error::last_os_error());
     }
     Ok(dev.into())
+}
+
+/// Readahead of our FUSE mounts, KiB. A miss costs a round trip and an O_DIRECT read of the
+/// image, so fewer, larger requests (up to FUSE's 1 MiB) read images faster than the 128 KiB
+/// default.
+const READAHEAD_KB: u32 = 1024;
+
+/// Raises the readahead of the FUSE mount at `mountpoint` (its bdi is named after its device
+/// number). Best effort: a failure only costs cold-read speed. Call once the session serves
+/// requests: the stat goes to it.
+fn set_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = fs::metadata(mountpoint) else {
+        return;
+    };
+    let (major, minor) = (libc::major(md.dev()), libc::minor(md.dev()));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = fs::write(&knob, READAHEAD_KB.to_string()) {
+        tracing::debug!("{knob}: {e}");
+    }
 }
 
 /// Lazy unmount (`umount -l`): the mount leaves the namespace now, open files keep working.
