@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Input per parallel segment.
-const SEGMENT: usize = 4 << 20;
+pub(crate) const SEGMENT: usize = 4 << 20;
 /// Most input one pcluster may hold: keeps decoded extents far below the kernel's 12 MiB.
 const MAX_EXTENT_INPUT: usize = 1 << 20;
 /// Largest pcluster the kernel reads (`Z_EROFS_PCLUSTER_MAX_SIZE`).
@@ -134,7 +134,12 @@ pub struct Pcluster {
     /// Stored plain (shifted) rather than compressed.
     pub plain: bool,
     /// Whole blocks: compressed data at the end with zeros before it, or plain data.
+    /// Empty when the blocks wait in the image's spool (see `spooled`).
     pub data: Vec<u8>,
+    /// Blocks the pcluster takes.
+    pub blocks: u64,
+    /// Where its blocks wait in the spool (big files), if not in `data`.
+    pub spooled: Option<u64>,
     /// Bytes of compressed stream (or plain data) at the end (start) of `data`.
     pub stream_len: usize,
 }
@@ -208,6 +213,8 @@ fn segment(seg: &[u8], base: u64, c: &Compression, bs: u64) -> Result<Vec<Pclust
                 llen: fill.consumed as u64,
                 plain: false,
                 data,
+                blocks: blocks as u64,
+                spooled: None,
                 stream_len: fill.written,
             });
             pos += fill.consumed;
@@ -221,6 +228,8 @@ fn segment(seg: &[u8], base: u64, c: &Compression, bs: u64) -> Result<Vec<Pclust
                 llen: n as u64,
                 plain: true,
                 data,
+                blocks: 1,
+                spooled: None,
                 stream_len: n,
             });
             pos += n;
@@ -268,7 +277,7 @@ pub fn full_index(
         e[..2].copy_from_slice(&ty.to_le_bytes());
         e[2..4].copy_from_slice(&((p.la & (bs - 1)) as u16).to_le_bytes());
         e[4..8].copy_from_slice(&blkaddr.to_le_bytes());
-        let blocks = p.data.len() as u64 / bs;
+        let blocks = p.blocks;
         for (lcn, e) in idx.iter_mut().enumerate().take(next).skip(h + 1) {
             let mut d0 = (lcn - h) as u16;
             if lcn == h + 1 && c.big(bs) && !p.plain && !fragment {
@@ -340,15 +349,18 @@ pub fn commit(
     } else {
         &pcls[..pcls.len() - 1]
     };
-    let total: u64 = stored.iter().map(|p| p.data.len() as u64 / bs).sum();
+    let total: u64 = stored.iter().map(|p| p.blocks).sum();
     let first = img.alloc(total);
     let mut pblks = Vec::with_capacity(pcls.len());
     let mut at = first;
     let mut run: Vec<u8> = Vec::new();
     for p in stored {
         pblks.push(at);
-        at += p.data.len() as u64 / bs;
-        run.extend_from_slice(&p.data);
+        at += p.blocks;
+        match p.spooled {
+            Some(off) => img.spool.read(&mut run, off, p.blocks * bs)?,
+            None => run.extend_from_slice(&p.data),
+        }
         if run.len() >= 1 << 20 {
             img.write_at(&run, at * bs - run.len() as u64)?;
             run.clear();
@@ -373,6 +385,61 @@ pub fn commit(
     })
 }
 
+/// Compressed blocks of big files waiting for their place in the image (blocks are handed
+/// out in walk order, after files are compressed): an unnamed temporary file beside the
+/// image, created on first use.
+#[derive(Debug)]
+pub struct Spool {
+    dir: std::path::PathBuf,
+    file: std::sync::Mutex<Option<(std::fs::File, u64)>>,
+}
+
+impl Spool {
+    pub(crate) fn new(dir: std::path::PathBuf) -> Self {
+        Spool {
+            dir,
+            file: Default::default(),
+        }
+    }
+
+    /// Where temporary files go: beside the image.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Move `p`'s blocks to the spool.
+    fn put(&self, p: &mut Pcluster) -> Result<(), BuildError> {
+        use std::os::unix::fs::FileExt;
+        if p.spooled.is_some() {
+            return Ok(());
+        }
+        let mut g = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            let f = tempfile::tempfile_in(&self.dir).map_err(BuildError::io(&self.dir))?;
+            *g = Some((f, 0));
+        }
+        let (f, len) = g.as_mut().expect("created above");
+        f.write_all_at(&p.data, *len).map_err(BuildError::Write)?;
+        p.spooled = Some(*len);
+        *len += p.data.len() as u64;
+        p.data = Vec::new();
+        Ok(())
+    }
+
+    /// Append `len` spooled bytes at `off` to `out`.
+    fn read(&self, out: &mut Vec<u8>, off: u64, len: u64) -> Result<(), BuildError> {
+        use std::os::unix::fs::FileExt;
+        let g = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let (f, _) = g
+            .as_ref()
+            .ok_or_else(|| BuildError::Source("internal: nothing was spooled".into()))?;
+        let start = out.len();
+        out.resize(start + len as usize, 0);
+        f.read_exact_at(&mut out[start..], off)
+            .map_err(BuildError::Write)
+    }
+}
+
 /// Content stored so far, for dedupe: digest and size → where it went.
 pub type Seen = std::collections::HashMap<([u8; 32], u64), Stored>;
 
@@ -382,9 +449,11 @@ pub type Seen = std::collections::HashMap<([u8; 32], u64), Stored>;
 #[derive(Debug)]
 pub struct Prepared {
     size: u64,
-    /// Plain: the whole content. Compressed: the last extent's bytes when it becomes a
-    /// fragment, else nothing.
+    /// Plain: the whole content (unless `origin` has it). Compressed: the last extent's
+    /// bytes when it becomes a fragment, else nothing.
     data: Vec<u8>,
+    /// Big files: where the plain content is read again if it is stored plain.
+    origin: Option<Origin>,
     /// The compressed form and where its last pcluster goes; `None`: store it plain.
     chosen: Option<(Vec<Pcluster>, Tail)>,
     inline: bool,
@@ -403,6 +472,16 @@ pub struct Placement {
     pub fragments: bool,
 }
 
+/// Where a big file's content can be read again: it is not kept in memory, and is needed
+/// once more only when it is stored plain.
+#[derive(Debug)]
+pub enum Origin {
+    /// A file of the source directory.
+    Path(std::path::PathBuf),
+    /// A temporary copy (tar entries), read from the start.
+    File(std::fs::File),
+}
+
 /// Fingerprint (over the uncompressed bytes) and compress a file's content, and choose how
 /// to store it: compressed when that saves a block, else plain.
 pub fn prepare(
@@ -416,16 +495,114 @@ pub fn prepare(
         use sha2::{Digest, Sha256};
         Sha256::digest(&data).into()
     });
+    let size = data.len() as u64;
+    let pcls = compress(&data, c, bs)?;
+    let fragment = pcls
+        .as_ref()
+        .and_then(|p| p.last())
+        .map(|last| last.la as usize);
+    let mut p = choose(pcls, size, digest, bs, hash, at);
+    p.data = match &p.chosen {
+        None => data,
+        Some((_, Tail::Fragment(_))) => data[fragment.expect("a tail")..].to_vec(),
+        Some(_) => Vec::new(),
+    };
+    Ok(p)
+}
+
+/// [`prepare`] for a file of `size` bytes read from `r`, without holding it: a few segments
+/// at a time are read and compressed in parallel, and all pclusters but the last wait in
+/// the image's spool for their blocks. Memory is bounded by the thread count, not the size.
+/// If the file ends up stored plain, its content is read again from `origin`.
+#[allow(clippy::too_many_arguments)]
+pub fn prepare_stream(
+    img: &ImageFile,
+    r: &mut dyn std::io::Read,
+    size: u64,
+    origin: Origin,
+    c: &Compression,
+    hash: bool,
+    at: Placement,
+    read_err: &dyn Fn(std::io::Error) -> BuildError,
+) -> Result<Prepared, BuildError> {
+    use sha2::{Digest, Sha256};
+    let bs = img.block_size();
+    let mut hasher = ((hash || c.dedupe) && size > 0).then(Sha256::new);
+    let batch = SEGMENT * rayon::current_num_threads().clamp(1, 8);
+    let mut buf = Vec::new();
+    let mut pcls: Vec<Pcluster> = Vec::new();
+    let mut tail = Vec::new();
+    let mut base = 0u64;
+    while base < size {
+        let n = (size - base).min(batch as u64) as usize;
+        buf.resize(n, 0);
+        r.read_exact(&mut buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                read_err(std::io::Error::new(
+                    e.kind(),
+                    "content ends before its recorded size (file truncated or changed while \
+                     reading)",
+                ))
+            } else {
+                read_err(e)
+            }
+        })?;
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf);
+        }
+        let parts = buf
+            .par_chunks(SEGMENT)
+            .enumerate()
+            .map(|(i, seg)| segment(seg, base + (i * SEGMENT) as u64, c, bs))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The one before the newest may go to the spool: only the file's last pcluster
+        // (inline or fragment tail) stays in memory.
+        if let Some(prev) = pcls.last_mut() {
+            img.spool.put(prev)?;
+        }
+        let mut parts = parts.into_iter().flatten().peekable();
+        while let Some(mut p) = parts.next() {
+            if parts.peek().is_some() {
+                img.spool.put(&mut p)?;
+            }
+            pcls.push(p);
+        }
+        base += n as u64;
+        if base == size {
+            let last = pcls.last().expect("a big file has pclusters");
+            if at.fragments {
+                tail = buf[(last.la - (base - n as u64)) as usize..].to_vec();
+            }
+        }
+    }
+    let digest = hasher.map(|h| h.finalize().into());
+    let mut p = choose(Some(pcls), size, digest, bs, hash, at);
+    match &p.chosen {
+        None => p.origin = Some(origin),
+        Some((_, Tail::Fragment(_))) => p.data = tail,
+        Some(_) => {}
+    }
+    Ok(p)
+}
+
+/// Choose compressed (`pcls`) or plain for a file: compressed when that saves a block.
+fn choose(
+    pcls: Option<Vec<Pcluster>>,
+    size: u64,
+    digest: Option<[u8; 32]>,
+    bs: u64,
+    hash: bool,
+    at: Placement,
+) -> Prepared {
     let fingerprint = digest
         .filter(|_| hash)
         .map(|d| crate::fingerprint::value_of_digest(&d));
-    let size = data.len() as u64;
     let plain_blocks = if at.inline {
         size / bs
     } else {
         size.div_ceil(bs)
     };
-    let chosen = compress(&data, c, bs)?.and_then(|pcls| {
+    let chosen = pcls.and_then(|pcls| {
         let tail = if at.fragments {
             Tail::Fragment(0)
         } else if inline_tail(&pcls, size, bs, at.tail_budget) {
@@ -434,24 +611,18 @@ pub fn prepare(
             Tail::Blocks
         };
         let own = pcls.len() - (tail != Tail::Blocks) as usize;
-        let blocks: u64 = pcls[..own].iter().map(|p| p.data.len() as u64 / bs).sum();
+        let blocks: u64 = pcls[..own].iter().map(|p| p.blocks).sum();
         (blocks < plain_blocks).then_some((pcls, tail))
     });
-    let data = match &chosen {
-        None => data,
-        Some((pcls, Tail::Fragment(_))) => {
-            data[pcls.last().expect("a tail").la as usize..].to_vec()
-        }
-        Some(_) => Vec::new(),
-    };
-    Ok(Prepared {
+    Prepared {
         size,
-        data,
+        data: Vec::new(),
+        origin: None,
         chosen,
         inline: at.inline,
         digest,
         fingerprint,
-    })
+    }
 }
 
 /// Give a prepared file its blocks (or, with dedupe, those of identical content stored
@@ -492,16 +663,57 @@ fn store_new(img: &ImageFile, p: Prepared, c: &Compression) -> Result<Stored, Bu
         }
         None => {
             let at = super::file_data::place(img, p.size, p.inline);
-            let err = |e: std::io::Error| BuildError::Source(e.to_string());
-            let mut s = super::file_data::store(
-                img,
-                &at,
-                p.size,
-                &mut &p.data[..],
-                false,
-                &super::NoProgress,
-                &err,
-            )?;
+            let (mut s, what) = match p.origin {
+                None => {
+                    let err = |e: std::io::Error| BuildError::Source(e.to_string());
+                    let s = super::file_data::store(
+                        img,
+                        &at,
+                        p.size,
+                        &mut &p.data[..],
+                        false,
+                        &super::NoProgress,
+                        &err,
+                    )?;
+                    (s, None)
+                }
+                Some(origin) => {
+                    let (mut f, path) = match origin {
+                        Origin::Path(path) => (
+                            std::fs::File::open(&path).map_err(BuildError::io(&path))?,
+                            path,
+                        ),
+                        Origin::File(mut f) => {
+                            use std::io::Seek;
+                            f.rewind().map_err(BuildError::Write)?;
+                            (f, "(spooled tar entry)".into())
+                        }
+                    };
+                    let err = |e: std::io::Error| BuildError::Io {
+                        path: path.clone(),
+                        source: e,
+                    };
+                    // Hashed again: the content read the first time must be what is stored.
+                    let s = super::file_data::store(
+                        img,
+                        &at,
+                        p.size,
+                        &mut f,
+                        p.digest.is_some(),
+                        &super::NoProgress,
+                        &err,
+                    )?;
+                    (s, Some(path))
+                }
+            };
+            if let (Some(path), Some(d)) = (what, p.digest)
+                && s.fingerprint != Some(crate::fingerprint::value_of_digest(&d))
+            {
+                return Err(BuildError::Io {
+                    path,
+                    source: std::io::Error::other("file changed while it was read"),
+                });
+            }
             s.fingerprint = p.fingerprint;
             Ok(s)
         }

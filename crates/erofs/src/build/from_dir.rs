@@ -102,10 +102,13 @@ pub fn read(
                                 if failed.load(Ordering::Relaxed) {
                                     return;
                                 }
-                                let r = read_whole(&path, size).and_then(|data| {
-                                    progress.advance(size);
-                                    compress::prepare(data, c, bs, hash, at)
-                                });
+                                let r = if size > compress::SEGMENT as u64 {
+                                    prepare_big(img, &path, size, c, hash, at)
+                                } else {
+                                    read_whole(&path, size)
+                                        .and_then(|data| compress::prepare(data, c, bs, hash, at))
+                                };
+                                progress.advance(size);
                                 failed.fetch_or(r.is_err(), Ordering::Relaxed);
                                 prepared
                                     .lock()
@@ -168,6 +171,30 @@ pub fn read(
     }
     tracing::debug!("stored file contents");
     Ok(tree)
+}
+
+/// Compress a big file without holding it (see [`compress::prepare_stream`]); it must
+/// still have the size the walk saw.
+fn prepare_big(
+    img: &ImageFile,
+    path: &Path,
+    size: u64,
+    c: &super::Compression,
+    hash: bool,
+    at: compress::Placement,
+) -> Result<Prepared, BuildError> {
+    let err = |e: std::io::Error| BuildError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut f = std::fs::File::open(path).map_err(err)?;
+    let origin = compress::Origin::Path(path.to_path_buf());
+    let p = compress::prepare_stream(img, &mut f, size, origin, c, hash, at, &err)?;
+    let mut extra = [0u8; 1];
+    if f.read(&mut extra).map_err(err)? != 0 {
+        return Err(err(std::io::Error::other("file grew while it was read")));
+    }
+    Ok(p)
 }
 
 /// A file's whole content; it must still have the size the walk saw.

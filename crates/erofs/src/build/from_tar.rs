@@ -265,19 +265,6 @@ impl Builder<'_> {
                     msg: format!("{shown:?}: {io}"),
                 };
                 let stored = if let Some(c) = &self.opts.compression {
-                    // Compressed: the whole entry in memory, compressed in parallel segments.
-                    let mut data = Vec::with_capacity(e.size.min(1 << 30) as usize);
-                    (&mut tar.r)
-                        .take(e.size)
-                        .read_to_end(&mut data)
-                        .map_err(err)?;
-                    if data.len() as u64 != e.size {
-                        return Err(err(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "archive ends inside this entry",
-                        )));
-                    }
-                    progress.advance(e.size);
                     let at = super::compress::Placement {
                         inline,
                         tail_budget: super::compress::tail_budget(
@@ -288,7 +275,43 @@ impl Builder<'_> {
                         ),
                         fragments: c.fragments,
                     };
-                    let p = super::compress::prepare(data, c, bs, fp, at)?;
+                    let short = || {
+                        err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "archive ends inside this entry",
+                        ))
+                    };
+                    let p = if e.size > super::compress::SEGMENT as u64 {
+                        // Big: copied to a temporary file, then compressed a few segments
+                        // at a time (the copy is read again if it is stored plain).
+                        let mut spool = tempfile::tempfile_in(img.spool.dir())
+                            .map_err(BuildError::io(img.spool.dir()))?;
+                        let n = std::io::copy(&mut (&mut tar.r).take(e.size), &mut spool)
+                            .map_err(err)?;
+                        if n != e.size {
+                            return Err(short());
+                        }
+                        progress.advance(e.size);
+                        use std::io::Seek;
+                        spool.rewind().map_err(BuildError::Write)?;
+                        let mut again = spool.try_clone().map_err(BuildError::Write)?;
+                        let origin = super::compress::Origin::File(spool);
+                        super::compress::prepare_stream(
+                            img, &mut again, e.size, origin, c, fp, at, &err,
+                        )?
+                    } else {
+                        // Small: in memory, compressed in parallel segments.
+                        let mut data = Vec::with_capacity(e.size as usize);
+                        (&mut tar.r)
+                            .take(e.size)
+                            .read_to_end(&mut data)
+                            .map_err(err)?;
+                        if data.len() as u64 != e.size {
+                            return Err(short());
+                        }
+                        progress.advance(e.size);
+                        super::compress::prepare(data, c, bs, fp, at)?
+                    };
                     super::compress::store(img, p, c)?
                 } else {
                     let at = file_data::place(img, e.size, inline);

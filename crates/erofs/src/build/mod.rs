@@ -175,6 +175,8 @@ pub struct ImageFile {
     pub(crate) dedupe: Option<std::sync::Mutex<compress::Seen>>,
     /// Fragments (compressed builds): the packed inode's content so far.
     pub(crate) packed: Option<std::sync::Mutex<Vec<u8>>>,
+    /// Compressed builds: big files' compressed blocks until their turn.
+    pub(crate) spool: compress::Spool,
     /// Next free block of the data area. Atomic so that readers storing content in parallel
     /// can share the image while one thread reserves blocks in a fixed order.
     pub(crate) next_block: AtomicU64,
@@ -234,6 +236,7 @@ pub fn build(
             .as_ref()
             .filter(|c| c.fragments)
             .map(|_| Default::default()),
+        spool: compress::Spool::new(parent.clone()),
         next_block: AtomicU64::new(first_data_block),
     };
     let mut tree = match source {
