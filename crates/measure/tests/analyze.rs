@@ -12,6 +12,14 @@ use testkit::{LoopMount, Need};
 
 const PAGE: u64 = 4096;
 
+/// These tests mount and read images, and one measures page-cache growth: run them one at a
+/// time, so one test's reads and cache drops never land inside another's measurement.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn scan_all(images: &[PathBuf]) -> Analysis {
     let scans: Vec<ImageFiles> = images
         .iter()
@@ -55,6 +63,7 @@ fn content(seed: u8, len: usize) -> Vec<u8> {
 
 #[test]
 fn images_without_fingerprints_are_hashed_and_counted_exactly() {
+    let _serial = serial();
     if !have_mkfs("images_without_fingerprints_are_hashed_and_counted_exactly") {
         return;
     }
@@ -158,6 +167,7 @@ fn kernel_view(mounts: &[&Path]) -> (u64, u64, Vec<u64>) {
 
 #[test]
 fn vectors_with_and_without_fingerprints_match_the_kernel_view() {
+    let _serial = serial();
     if !testkit::require(
         "vectors_with_and_without_fingerprints_match_the_kernel_view",
         &[Need::Testdata, Need::KernelErofs],
@@ -204,6 +214,7 @@ fn measured_read_all(mounts: &[&Path]) -> u64 {
 
 #[test]
 fn kernel_prediction_matches_the_measured_page_cache() {
+    let _serial = serial();
     if !testkit::require(
         "kernel_prediction_matches_the_measured_page_cache",
         &[Need::Testdata, Need::KernelErofs],
