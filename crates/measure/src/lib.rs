@@ -12,3 +12,4 @@ pub mod report;
 pub mod runtime;
 pub mod scan;
 pub mod share;
+pub mod speed;

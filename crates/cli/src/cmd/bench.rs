@@ -20,6 +20,10 @@ pub enum What {
     Memory(MemoryArgs),
     /// Run each image's application as a container and measure its memory (root).
     Runtime(super::bench_runtime::Args),
+    /// Time `mkfs` against Debian's `mkfs.erofs` on one directory.
+    Mkfs(super::bench_speed::MkfsArgs),
+    /// Time reading every file through the library against the kernel (root).
+    Read(super::bench_speed::ReadArgs),
 }
 
 /// Arguments of `erofs-share bench memory`.
@@ -52,6 +56,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let a = match args.what {
         What::Memory(a) => a,
         What::Runtime(a) => return super::bench_runtime::run(a),
+        What::Mkfs(a) => return super::bench_speed::run_mkfs(a),
+        What::Read(a) => return super::bench_speed::run_read(a),
     };
     for i in &a.images {
         if !i.is_file() {

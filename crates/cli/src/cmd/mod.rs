@@ -4,6 +4,7 @@ pub mod analyze;
 pub mod bench;
 pub mod bench_plot;
 pub mod bench_runtime;
+pub mod bench_speed;
 pub mod daemon;
 pub mod demo;
 pub mod extract;
