@@ -8,16 +8,18 @@ use crate::analyze::{
 use erofs::Image;
 use erofs::format::{chunk, layout};
 use erofs::inode::{FileType, Inode};
-use erofs::walk::{Visit, walk};
+use erofs::walk::{Problem, try_walk};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
-use std::ops::ControlFlow;
 
 /// Why an image could not be scanned.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error(transparent)]
     Read(Box<erofs::Error>),
+    /// A problem the walk met, before [`scan`] names the image.
+    #[error(transparent)]
+    Problem(Box<Problem>),
     #[error("{image}: {path}: {error}")]
     Walk {
         image: String,
@@ -33,6 +35,12 @@ pub enum ScanError {
         got: u64,
         size: u64,
     },
+}
+
+impl From<Problem> for ScanError {
+    fn from(p: Problem) -> Self {
+        ScanError::Problem(Box::new(p))
+    }
 }
 
 impl From<erofs::Error> for ScanError {
@@ -52,50 +60,36 @@ pub fn scan(image: &Image, name: &str, page_size: u64) -> Result<ImageFiles, Sca
     };
     let mut seen_files = HashSet::new();
     let mut meta = MetaPages::new(image, page_size);
-    let mut failure = None;
-    walk(image, |v| {
-        let step = match v {
-            Visit::Problem { path, error } => Err(ScanError::Walk {
-                image: name.to_string(),
-                path: String::from_utf8_lossy(path).into_owned(),
-                error: Box::new(error),
-            }),
-            Visit::Inode { path, inode, .. } => {
-                meta.add(inode);
-                let path = String::from_utf8_lossy(path).into_owned();
-                match inode.file_type() {
-                    FileType::Dir => {
-                        out.dirs.push(DirEntry {
-                            path,
-                            size: inode.size,
-                        });
-                        // The listing as erofs-share serves it: every stored entry.
-                        image
-                            .read_dir(inode)
-                            .map_err(ScanError::from)
-                            .map(|entries| {
-                                out.fuse_dir_pages +=
-                                    fuse_dir_pages(entries.iter().map(|e| e.name.len()), page_size);
-                            })
-                    }
-                    FileType::Reg if seen_files.insert(inode.nid) => {
-                        file_entry(image, name, path, inode).map(|f| out.files.push(f))
-                    }
-                    _ => Ok(()),
-                }
+    try_walk(image, |path, inode| {
+        meta.add(inode);
+        let path = String::from_utf8_lossy(path).into_owned();
+        match inode.file_type() {
+            FileType::Dir => {
+                out.dirs.push(DirEntry {
+                    path,
+                    size: inode.size,
+                });
+                // The listing as erofs-share serves it: every stored entry.
+                let entries = image.read_dir(inode)?;
+                out.fuse_dir_pages +=
+                    fuse_dir_pages(entries.iter().map(|e| e.name.len()), page_size);
+                Ok(())
             }
-        };
-        match step {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                failure = Some(e);
-                ControlFlow::Break(())
+            FileType::Reg if seen_files.insert(inode.nid) => {
+                out.files.push(file_entry(image, name, path, inode)?);
+                Ok(())
             }
+            _ => Ok(()),
         }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    })
+    .map_err(|e| match e {
+        ScanError::Problem(p) => ScanError::Walk {
+            image: name.to_string(),
+            path: String::from_utf8_lossy(&p.path).into_owned(),
+            error: Box::new(p.error),
+        },
+        e => e,
+    })?;
     out.meta_pages = meta.pages.len() as u64;
     out.files.sort_by(|a, b| a.path.cmp(&b.path));
     out.dirs.sort_by(|a, b| a.path.cmp(&b.path));
