@@ -9,7 +9,6 @@ use erofs::Image;
 use erofs::format::{chunk, layout};
 use erofs::inode::{FileType, Inode};
 use erofs::walk::{Problem, try_walk};
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 
 /// Why an image could not be scanned.
@@ -27,13 +26,13 @@ pub enum ScanError {
         #[source]
         error: Box<erofs::Error>,
     },
-    #[error("{image}: {path} (nid {nid}): read {got} bytes of {size}")]
-    ShortRead {
+    #[error("{image}: {path} (nid {nid}): hashing the content: {error}")]
+    Hash {
         image: String,
         path: String,
         nid: u64,
-        got: u64,
-        size: u64,
+        #[source]
+        error: std::io::Error,
     },
 }
 
@@ -119,11 +118,11 @@ fn file_entry(
             source: KeySource::Stored,
         });
     }
-    let digest = hash_content(image, name, &path, inode)?;
+    let value = hash_content(image, name, &path, inode)?;
     Ok(FileEntry {
         path,
         size: inode.size,
-        key: Some(erofs::fingerprint::value_of_digest(&digest).to_vec()),
+        key: Some(value.to_vec()),
         source: KeySource::Hashed,
     })
 }
@@ -133,26 +132,13 @@ fn hash_content(
     name: &str,
     path: &str,
     inode: &Inode,
-) -> Result<[u8; 32], ScanError> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut off = 0u64;
-    while off < inode.size {
-        let want = (inode.size - off).min(buf.len() as u64) as usize;
-        let n = image.read_at(inode, off, &mut buf[..want])?;
-        if n == 0 {
-            return Err(ScanError::ShortRead {
-                image: name.to_string(),
-                path: path.to_string(),
-                nid: inode.nid,
-                got: off,
-                size: inode.size,
-            });
-        }
-        h.update(&buf[..n]);
-        off += n as u64;
-    }
-    Ok(h.finalize().into())
+) -> Result<erofs::fingerprint::Value, ScanError> {
+    erofs::fingerprint::of_reader(image.content(inode)).map_err(|error| ScanError::Hash {
+        image: name.to_string(),
+        path: path.to_string(),
+        nid: inode.nid,
+        error,
+    })
 }
 
 /// The image pages a kernel erofs mount caches (in the block device's page cache) when every
