@@ -1,12 +1,14 @@
-//! `bench memory --plot`: a PNG chart of the measured rows beside analyze's predictions.
+//! `bench memory`: its figures agree with `analyze`, and `--plot` draws a PNG chart of the
+//! measured rows beside analyze's predictions. One test: two benchmarks at once would drop
+//! each other's caches.
 
 use std::process::Command;
 use testkit::Need;
 
 #[test]
-fn bench_memory_draws_its_plot() {
+fn bench_memory_agrees_with_analyze_and_plots() {
     if !testkit::require(
-        "bench_memory_draws_its_plot",
+        "bench_memory_agrees_with_analyze_and_plots",
         &[Need::Testdata, Need::KernelErofs, Need::Fuse],
     ) {
         return;
@@ -27,6 +29,7 @@ fn bench_memory_draws_its_plot() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rows"].as_array().unwrap().len(), 3);
+    agrees_with_analyze(&v);
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     // IHDR: width and height, big-endian, right after the chunk header.
@@ -34,4 +37,47 @@ fn bench_memory_draws_its_plot() {
     let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
     assert_eq!((w, h), (1000, 560));
     assert!(bytes.len() > 10_000, "{} bytes", bytes.len());
+}
+
+/// One domain's measured growth is at least the ideal (distinct content) and within 5 % of
+/// `analyze`'s prediction for the same images; so are the unshared setups.
+fn agrees_with_analyze(bench: &serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+        .args(["analyze", "--json"])
+        .arg(testkit::testdata::image("plain-fp"))
+        .arg(testkit::testdata::image("tar-full-fp"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let analyze: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let page = analyze["page_size"].as_u64().unwrap();
+    let ideal = bench["ideal_bytes"].as_u64().unwrap();
+    assert_eq!(
+        ideal,
+        analyze["file_pages_with"].as_u64().unwrap() * page,
+        "bench's ideal is analyze's distinct file pages"
+    );
+    let rows = bench["rows"].as_array().unwrap();
+    let growth = |i: usize| rows[i]["page_cache_growth_bytes"].as_u64().unwrap();
+    for (i, key) in ["kernel_pages", "pages_without", "pages_with"]
+        .into_iter()
+        .enumerate()
+    {
+        let predicted = analyze[key].as_u64().unwrap() * page;
+        let measured = growth(i);
+        assert!(
+            measured.abs_diff(predicted) * 20 <= predicted,
+            "{}: measured {measured} B, analyze predicts {predicted} B",
+            rows[i]["setup"]
+        );
+    }
+    assert!(
+        growth(2) >= ideal,
+        "one domain {} B below the ideal {ideal} B",
+        growth(2)
+    );
 }

@@ -10,7 +10,6 @@
 //! - [`daemon`]: the registry of mounts and domains and the foreground main loop.
 //! - [`bench`]: `bench memory`, the page-cache benchmark against the kernel.
 
-pub mod bench;
 pub mod control;
 pub mod daemon;
 pub mod dedup;

@@ -1,24 +1,22 @@
 //! Read every regular file of an image through the library in 128 KiB requests, files in
 //! parallel on all cores (the read benchmark of the closing note): `read_all IMAGE`.
 
-use erofs::walk::{Visit, walk};
+use erofs::walk::try_walk;
 use erofs::{FileType, Image, Inode};
 use rayon::prelude::*;
-use std::ops::ControlFlow;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args().nth(1).ok_or("usage: read_all IMAGE")?;
     let start = std::time::Instant::now();
     let img = Image::open(&path)?;
     let mut files: Vec<Inode> = Vec::new();
-    walk(&img, |v| {
-        if let Visit::Inode { inode, .. } = v
-            && inode.file_type() == FileType::Reg
-        {
+    // A damaged tree is an error, not a smaller benchmark.
+    try_walk(&img, |_, inode| {
+        if inode.file_type() == FileType::Reg {
             files.push(inode.clone());
         }
-        ControlFlow::Continue(())
-    });
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })?;
     let (bytes, errors) = files
         .par_iter()
         .map_init(

@@ -8,11 +8,10 @@ use crate::data::{self, Phys};
 use crate::error::Error;
 use crate::image::Image;
 use crate::inode::{FileType, Inode};
-use crate::walk::{Visit, walk};
+use crate::walk::{Problem, try_walk};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::{self, Write};
-use std::ops::ControlFlow;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -44,6 +43,12 @@ pub struct ExtractStats {
     pub specials: u64,
     pub bytes: u64,
     pub xattrs: u64,
+}
+
+impl From<Problem> for ExtractError {
+    fn from(p: Problem) -> Self {
+        ExtractError::Image(p.error)
+    }
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> ExtractError + 'a {
@@ -227,25 +232,9 @@ pub fn extract(img: &Image, dest: &Path) -> Result<ExtractStats, ExtractError> {
     let mut links: HashMap<u64, PathBuf> = HashMap::new();
     // Directories get their metadata after their children, deepest first.
     let mut dirs: Vec<(PathBuf, Inode)> = Vec::new();
-    let mut failure: Option<ExtractError> = None;
-    walk(img, |v| {
-        let r = match v {
-            Visit::Problem { error, .. } => Err(error.into()),
-            Visit::Inode { path, inode, .. } => {
-                restore(img, dest, path, inode, &mut links, &mut dirs, &mut stats)
-            }
-        };
-        match r {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                failure = Some(e);
-                ControlFlow::Break(())
-            }
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    try_walk(img, |path, inode| {
+        restore(img, dest, path, inode, &mut links, &mut dirs, &mut stats)
+    })?;
     for (path, inode) in dirs.iter().rev() {
         apply_metadata(img, inode, path, &mut stats)?;
     }

@@ -262,6 +262,16 @@ impl Image {
         data::read_at(self, inode, offset, buf)
     }
 
+    /// The content of `inode` as a stream (e.g. for [`crate::fingerprint::of_reader`]); a
+    /// content that ends before `inode.size` is an `UnexpectedEof` error, not a short read.
+    pub fn content<'a>(&'a self, inode: &'a Inode) -> Content<'a> {
+        Content {
+            image: self,
+            inode,
+            offset: 0,
+        }
+    }
+
     /// A symlink's target.
     pub fn read_link(&self, inode: &Inode) -> Result<Vec<u8>> {
         if inode.file_type() != FileType::Symlink {
@@ -305,5 +315,38 @@ impl Image {
     /// inode carries one.
     pub fn fingerprint(&self, inode: &Inode) -> Result<Option<Vec<u8>>> {
         xattr::fingerprint(self, inode)
+    }
+}
+
+/// [`Image::content`]: a file's content as a [`std::io::Read`].
+#[derive(Debug)]
+pub struct Content<'a> {
+    image: &'a Image,
+    inode: &'a Inode,
+    offset: u64,
+}
+
+impl std::io::Read for Content<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.inode.size.saturating_sub(self.offset);
+        let want = left.min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self
+            .image
+            .read_at(self.inode, self.offset, &mut buf[..want])
+            .map_err(std::io::Error::other)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "nid {}: content ends at {} of {} bytes",
+                    self.inode.nid, self.offset, self.inode.size
+                ),
+            ));
+        }
+        self.offset += n as u64;
+        Ok(n)
     }
 }

@@ -36,6 +36,42 @@ struct Pending {
     depth: usize,
 }
 
+/// A problem [`walk`] met at `path` ("/" or "/a/b"), as [`try_walk`] hands it on.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {error}", String::from_utf8_lossy(path))]
+pub struct Problem {
+    pub path: Vec<u8>,
+    #[source]
+    pub error: Error,
+}
+
+/// Walk like [`walk`], visiting each inode with its path, until the first error: a problem
+/// the walk meets (converted with `From`) or the visitor's own. For readers that cannot use
+/// a partly readable tree (extract, scans); checkers that list every problem use [`walk`].
+pub fn try_walk<E: From<Problem>>(
+    img: &Image,
+    mut visit: impl FnMut(&[u8], &Inode) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut failure = None;
+    walk(img, |v| {
+        let step = match v {
+            Visit::Problem { path, error } => Err(E::from(Problem {
+                path: path.to_vec(),
+                error,
+            })),
+            Visit::Inode { path, inode, .. } => visit(path, inode),
+        };
+        match step {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                failure = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    });
+    failure.map_or(Ok(()), Err)
+}
+
 /// Walk every inode reachable from the root; the visitor may stop the walk early.
 pub fn walk(img: &Image, mut visit: impl FnMut(Visit<'_>) -> ControlFlow<()>) {
     let root_nid = img.root_nid();

@@ -223,3 +223,56 @@ fn lookup_finds_every_entry_and_nothing_else() {
         ));
     }
 }
+
+#[derive(Debug)]
+enum Stop {
+    Visitor(usize),
+    Walk(erofs::walk::Problem),
+}
+
+impl From<erofs::walk::Problem> for Stop {
+    fn from(p: erofs::walk::Problem) -> Self {
+        Stop::Walk(p)
+    }
+}
+
+#[test]
+fn try_walk_visits_what_walk_does_and_stops_at_the_first_error() {
+    if !require(
+        "try_walk_visits_what_walk_does_and_stops_at_the_first_error",
+        &[Need::Testdata],
+    ) {
+        return;
+    }
+    let img = Image::open(testdata::image("plain-fp")).unwrap();
+    let mut all = Vec::new();
+    walk(&img, |v| {
+        if let Visit::Inode { path, .. } = v {
+            all.push(path.to_vec());
+        }
+        ControlFlow::Continue(())
+    });
+    let mut seen = Vec::new();
+    erofs::walk::try_walk(&img, |path, _| {
+        seen.push(path.to_vec());
+        Ok::<(), Stop>(())
+    })
+    .unwrap_or_else(|e| match e {
+        Stop::Walk(p) => panic!("plain-fp: {p}"),
+        Stop::Visitor(n) => panic!("visitor stopped at {n}"),
+    });
+    assert_eq!(seen, all);
+    assert!(all.len() > 20);
+    // The visitor's error ends the walk and comes back as is.
+    let mut n = 0;
+    let r = erofs::walk::try_walk(&img, |_, _| {
+        n += 1;
+        if n == 10 {
+            Err(Stop::Visitor(n))
+        } else {
+            Ok(())
+        }
+    });
+    assert!(matches!(r, Err(Stop::Visitor(10))), "{r:?}");
+    assert_eq!(n, 10);
+}

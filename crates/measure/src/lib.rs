@@ -7,6 +7,7 @@ pub mod container;
 pub mod demo;
 pub mod interrupt;
 pub mod load;
+pub mod memory;
 pub mod page_cache;
 pub mod report;
 pub mod runtime;

@@ -60,15 +60,32 @@ pub fn drops() -> Result<u64, PageCacheError> {
 /// make the figure too small: such a run is detected (`drop_pagecache` in /proc/vmstat) and
 /// repeated.
 pub fn growth_of_reading(dirs: &[&Path]) -> Result<u64, PageCacheError> {
+    reading(dirs).map(|r| r.growth)
+}
+
+/// One cold read of everything, measured by [`reading`].
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    /// Page cache charged to the reader's cgroup (bytes).
+    pub growth: u64,
+    /// Growth of the system-wide `Cached:` (/proc/meminfo) meanwhile: the same plus whatever
+    /// else the host did.
+    pub meminfo_growth: u64,
+    /// How long the read took (after the reader loaded its own programs).
+    pub elapsed: Duration,
+}
+
+/// [`growth_of_reading`], with the time the read took and the system-wide figure.
+pub fn reading(dirs: &[&Path]) -> Result<Reading, PageCacheError> {
     for _ in 0..ATTEMPTS {
         testkit::drop_caches().map_err(|source| PageCacheError::Io {
             what: "dropping caches".into(),
             source,
         })?;
         let before = drops()?;
-        let growth = read_once(dirs)?;
+        let reading = read_once(dirs)?;
         if drops()? == before {
-            return Ok(growth);
+            return Ok(reading);
         }
     }
     Err(PageCacheError::Reader {
@@ -77,7 +94,7 @@ pub fn growth_of_reading(dirs: &[&Path]) -> Result<u64, PageCacheError> {
     })
 }
 
-fn read_once(dirs: &[&Path]) -> Result<u64, PageCacheError> {
+fn read_once(dirs: &[&Path]) -> Result<Reading, PageCacheError> {
     let tree = CgroupTree::create()?;
     let cg = tree.child("reader")?;
     let list = dirs
@@ -120,6 +137,8 @@ fn read_once(dirs: &[&Path]) -> Result<u64, PageCacheError> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let before = cg.memory()?.file;
+    let meminfo_before = meminfo_cached();
+    let start = Instant::now();
     // SAFETY: kill has no memory preconditions; the pid is our live (stopped) child.
     unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
     let deadline = Instant::now() + READ_TIMEOUT;
@@ -144,12 +163,31 @@ fn read_once(dirs: &[&Path]) -> Result<u64, PageCacheError> {
                 reader_err(format!("not done after {} s", READ_TIMEOUT.as_secs()))
             });
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(2));
     };
+    let elapsed = start.elapsed();
+    let meminfo_growth = meminfo_cached().saturating_sub(meminfo_before);
     if !status.success() {
         return Err(reader_err(format!("find/cat failed ({status})")));
     }
-    Ok(cg.memory()?.file.saturating_sub(before))
+    Ok(Reading {
+        growth: cg.memory()?.file.saturating_sub(before),
+        meminfo_growth,
+        elapsed,
+    })
+}
+
+/// `Cached:` of /proc/meminfo, in bytes (0 if unreadable: it is only shown for context).
+fn meminfo_cached() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cached:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
 }
 
 /// Mount `images` with `mounter`, read everything (see [`growth_of_reading`]), unmount.

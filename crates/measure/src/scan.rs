@@ -8,16 +8,17 @@ use crate::analyze::{
 use erofs::Image;
 use erofs::format::{chunk, layout};
 use erofs::inode::{FileType, Inode};
-use erofs::walk::{Visit, walk};
-use sha2::{Digest, Sha256};
+use erofs::walk::{Problem, try_walk};
 use std::collections::HashSet;
-use std::ops::ControlFlow;
 
 /// Why an image could not be scanned.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error(transparent)]
     Read(Box<erofs::Error>),
+    /// A problem the walk met, before [`scan`] names the image.
+    #[error(transparent)]
+    Problem(Box<Problem>),
     #[error("{image}: {path}: {error}")]
     Walk {
         image: String,
@@ -25,14 +26,20 @@ pub enum ScanError {
         #[source]
         error: Box<erofs::Error>,
     },
-    #[error("{image}: {path} (nid {nid}): read {got} bytes of {size}")]
-    ShortRead {
+    #[error("{image}: {path} (nid {nid}): hashing the content: {error}")]
+    Hash {
         image: String,
         path: String,
         nid: u64,
-        got: u64,
-        size: u64,
+        #[source]
+        error: std::io::Error,
     },
+}
+
+impl From<Problem> for ScanError {
+    fn from(p: Problem) -> Self {
+        ScanError::Problem(Box::new(p))
+    }
 }
 
 impl From<erofs::Error> for ScanError {
@@ -52,50 +59,36 @@ pub fn scan(image: &Image, name: &str, page_size: u64) -> Result<ImageFiles, Sca
     };
     let mut seen_files = HashSet::new();
     let mut meta = MetaPages::new(image, page_size);
-    let mut failure = None;
-    walk(image, |v| {
-        let step = match v {
-            Visit::Problem { path, error } => Err(ScanError::Walk {
-                image: name.to_string(),
-                path: String::from_utf8_lossy(path).into_owned(),
-                error: Box::new(error),
-            }),
-            Visit::Inode { path, inode, .. } => {
-                meta.add(inode);
-                let path = String::from_utf8_lossy(path).into_owned();
-                match inode.file_type() {
-                    FileType::Dir => {
-                        out.dirs.push(DirEntry {
-                            path,
-                            size: inode.size,
-                        });
-                        // The listing as erofs-share serves it: every stored entry.
-                        image
-                            .read_dir(inode)
-                            .map_err(ScanError::from)
-                            .map(|entries| {
-                                out.fuse_dir_pages +=
-                                    fuse_dir_pages(entries.iter().map(|e| e.name.len()), page_size);
-                            })
-                    }
-                    FileType::Reg if seen_files.insert(inode.nid) => {
-                        file_entry(image, name, path, inode).map(|f| out.files.push(f))
-                    }
-                    _ => Ok(()),
-                }
+    try_walk(image, |path, inode| {
+        meta.add(inode);
+        let path = String::from_utf8_lossy(path).into_owned();
+        match inode.file_type() {
+            FileType::Dir => {
+                out.dirs.push(DirEntry {
+                    path,
+                    size: inode.size,
+                });
+                // The listing as erofs-share serves it: every stored entry.
+                let entries = image.read_dir(inode)?;
+                out.fuse_dir_pages +=
+                    fuse_dir_pages(entries.iter().map(|e| e.name.len()), page_size);
+                Ok(())
             }
-        };
-        match step {
-            Ok(()) => ControlFlow::Continue(()),
-            Err(e) => {
-                failure = Some(e);
-                ControlFlow::Break(())
+            FileType::Reg if seen_files.insert(inode.nid) => {
+                out.files.push(file_entry(image, name, path, inode)?);
+                Ok(())
             }
+            _ => Ok(()),
         }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    })
+    .map_err(|e| match e {
+        ScanError::Problem(p) => ScanError::Walk {
+            image: name.to_string(),
+            path: String::from_utf8_lossy(&p.path).into_owned(),
+            error: Box::new(p.error),
+        },
+        e => e,
+    })?;
     out.meta_pages = meta.pages.len() as u64;
     out.files.sort_by(|a, b| a.path.cmp(&b.path));
     out.dirs.sort_by(|a, b| a.path.cmp(&b.path));
@@ -125,11 +118,11 @@ fn file_entry(
             source: KeySource::Stored,
         });
     }
-    let digest = hash_content(image, name, &path, inode)?;
+    let value = hash_content(image, name, &path, inode)?;
     Ok(FileEntry {
         path,
         size: inode.size,
-        key: Some(erofs::fingerprint::value_of_digest(&digest).to_vec()),
+        key: Some(value.to_vec()),
         source: KeySource::Hashed,
     })
 }
@@ -139,26 +132,13 @@ fn hash_content(
     name: &str,
     path: &str,
     inode: &Inode,
-) -> Result<[u8; 32], ScanError> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut off = 0u64;
-    while off < inode.size {
-        let want = (inode.size - off).min(buf.len() as u64) as usize;
-        let n = image.read_at(inode, off, &mut buf[..want])?;
-        if n == 0 {
-            return Err(ScanError::ShortRead {
-                image: name.to_string(),
-                path: path.to_string(),
-                nid: inode.nid,
-                got: off,
-                size: inode.size,
-            });
-        }
-        h.update(&buf[..n]);
-        off += n as u64;
-    }
-    Ok(h.finalize().into())
+) -> Result<erofs::fingerprint::Value, ScanError> {
+    erofs::fingerprint::of_reader(image.content(inode)).map_err(|error| ScanError::Hash {
+        image: name.to_string(),
+        path: path.to_string(),
+        nid: inode.nid,
+        error,
+    })
 }
 
 /// The image pages a kernel erofs mount caches (in the block device's page cache) when every

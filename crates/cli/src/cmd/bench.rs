@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
-use erofs_share_daemon::bench;
+use anyhow::{Context, bail};
+use erofs_share_measure::memory;
 
 /// Arguments of `erofs-share bench`.
 #[derive(Debug, clap::Args)]
@@ -29,10 +29,6 @@ pub enum What {
 /// Arguments of `erofs-share bench memory`.
 #[derive(Debug, clap::Args)]
 pub struct MemoryArgs {
-    /// Scratch directory for mountpoints and the private daemon state (default: a new
-    /// directory under /tmp, removed afterwards).
-    #[arg(long)]
-    pub work_dir: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -64,22 +60,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             bail!("{}: not an image file", i.display());
         }
     }
-    let tmp;
-    let work = match &a.work_dir {
-        Some(w) => {
-            std::fs::create_dir_all(w)?;
-            w.clone()
-        }
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("erofs-share-bench-")
-                .tempdir_in("/tmp")?;
-            tmp.path().to_path_buf()
-        }
-    };
-    let report = bench::run_memory(&a.images, &work, a.runs);
-    bench::cleanup(&work);
-    let r = report.map_err(|e| anyhow::anyhow!(e))?;
+    let exe = std::env::current_exe().context("finding the erofs-share executable")?;
+    let r = memory::run(&exe, &a.images, a.runs)?;
     if let Some(path) = &a.plot {
         let measured: Vec<(String, u64)> = r
             .rows
@@ -143,8 +125,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     println!();
     println!(
-        "page cache growth: cachestat(2) over every file and directory of the setup's mounts \
-         plus its loop devices or dedup files; meminfo: system-wide, includes other activity"
+        "page cache growth: charged to the reader's memory cgroup (file pages, kernel metadata, \
+         FUSE directory listings, dedup files); meminfo: system-wide, includes other activity"
     );
     println!();
     let kernel = &r.rows[0];

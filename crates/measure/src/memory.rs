@@ -1,0 +1,232 @@
+//! `erofs-share bench memory`: what sharing saves, measured.
+//!
+//! The images are mounted three ways (kernel erofs over a `--direct-io=on` loop device;
+//! erofs-share `--no-share`; erofs-share with every image in one domain, through a private
+//! daemon, see [`crate::share`]). For each, `runs` times: drop caches, read every file of every
+//! mount in a memory cgroup of its own ([`crate::page_cache::reading`]: the page cache that read
+//! charges, whatever holds it — file pages, the kernel mount's metadata pages, FUSE's cached
+//! directory listings, the domain's dedup files — and robust to other processes dropping
+//! caches), then read it all again (warm). The ideal is the page-rounded size of the distinct
+//! contents (size, fingerprint) as [`crate::scan`] keys them.
+
+use crate::page_cache::{self, PageCacheError};
+use crate::runtime::{KernelLoop, Mounter};
+use crate::scan::{self, ScanError};
+use crate::share::ErofsShare;
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const PAGE: u64 = 4096;
+
+/// Why the benchmark failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("no images given")]
+    NoImages,
+    #[error("{image}")]
+    Open {
+        image: String,
+        #[source]
+        source: erofs::Error,
+    },
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error("{image}: {path}: {why}")]
+    Hash {
+        image: String,
+        path: String,
+        why: String,
+    },
+    #[error("{setup}: mounting: {why}")]
+    Mount { setup: String, why: String },
+    #[error("{setup}")]
+    Measure {
+        setup: String,
+        #[source]
+        source: PageCacheError,
+    },
+    #[error("{setup}: warm read of {path}")]
+    Warm {
+        setup: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One measured setup.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// What was mounted.
+    pub setup: String,
+    /// Page cache the cold read charged to its memory cgroup (largest over the runs).
+    pub cache_growth: u64,
+    /// Growth of the system-wide `Cached:` over the cold read (median): the same, plus
+    /// whatever else the host did meanwhile.
+    pub meminfo_growth: u64,
+    /// Bytes of file content read per pass.
+    pub bytes_read: u64,
+    /// First read of everything after dropping caches (shortest).
+    pub cold: Duration,
+    /// Second read of everything (shortest).
+    pub warm: Duration,
+}
+
+/// The whole benchmark.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The images, in order.
+    pub images: Vec<PathBuf>,
+    /// Measured setups: kernel, `--no-share`, one domain.
+    pub rows: Vec<Row>,
+    /// Page-rounded size of the distinct file contents of all images.
+    pub ideal: u64,
+    /// Page-rounded size of all file contents (one copy per inode per image).
+    pub total_content: u64,
+    /// Bytes of each image file left in the page cache after the run.
+    pub images_cached_after: Vec<u64>,
+}
+
+/// Page-rounded size of the distinct contents and of all contents of `images`: every
+/// regular file once per inode, keyed by (size, fingerprint) as [`scan::scan`] gives it; a
+/// file whose stored fingerprint the daemon would refuse is hashed here (the ideal counts
+/// equal content once whatever its xattrs say).
+pub fn content_sizes(images: &[PathBuf]) -> Result<(u64, u64), MemoryError> {
+    let mut seen: HashSet<(u64, Vec<u8>)> = HashSet::new();
+    let (mut unique, mut total) = (0, 0);
+    for path in images {
+        let name = path.display().to_string();
+        let img = erofs::Image::open(path).map_err(|source| MemoryError::Open {
+            image: name.clone(),
+            source,
+        })?;
+        let files = scan::scan(&img, &name, PAGE)?;
+        for f in files.files.iter().filter(|f| f.size > 0) {
+            let rounded = f.size.div_ceil(PAGE) * PAGE;
+            total += rounded;
+            let key = match &f.key {
+                Some(k) => k.clone(),
+                None => {
+                    let hash_err = |why: String| MemoryError::Hash {
+                        image: name.clone(),
+                        path: f.path.clone(),
+                        why,
+                    };
+                    let inode = img.resolve(&f.path).map_err(|e| hash_err(e.to_string()))?;
+                    erofs::fingerprint::of_reader(img.content(&inode))
+                        .map_err(|e| hash_err(e.to_string()))?
+                        .to_vec()
+                }
+            };
+            if seen.insert((f.size, key)) {
+                unique += rounded;
+            }
+        }
+    }
+    Ok((unique, total))
+}
+
+/// Reads every regular file under `root` (symlinks not followed); returns the bytes read.
+fn read_tree(root: &Path, buf: &mut [u8]) -> Result<u64, (PathBuf, std::io::Error)> {
+    let mut total = 0;
+    let rd = std::fs::read_dir(root).map_err(|e| (root.to_path_buf(), e))?;
+    for e in rd {
+        let e = e.map_err(|e| (root.to_path_buf(), e))?;
+        let ft = e.file_type().map_err(|err| (e.path(), err))?;
+        if ft.is_dir() {
+            total += read_tree(&e.path(), buf)?;
+        } else if ft.is_file() {
+            let p = e.path();
+            let mut f = std::fs::File::open(&p).map_err(|err| (p.clone(), err))?;
+            loop {
+                let n = f.read(buf).map_err(|err| (p.clone(), err))?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Mounts `images` with `mounter` and measures it `runs` times. On a shared host other
+/// processes only ever add time, and only ever take page cache away, so the shortest times and
+/// the largest growth are kept; the system-wide figure is the median.
+fn measure(mounter: &dyn Mounter, images: &[PathBuf], runs: usize) -> Result<Row, MemoryError> {
+    let setup = mounter.label();
+    let mounted = mounter.mount(images).map_err(|why| MemoryError::Mount {
+        setup: setup.clone(),
+        why,
+    })?;
+    let roots = mounted.roots();
+    let dirs: Vec<&Path> = roots.iter().map(|r| r.as_path()).collect();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut growth, mut cold, mut warm, mut bytes_read) = (0, Duration::MAX, Duration::MAX, 0);
+    let mut meminfo = Vec::new();
+    for _ in 0..runs.max(1) {
+        let r = page_cache::reading(&dirs).map_err(|source| MemoryError::Measure {
+            setup: setup.clone(),
+            source,
+        })?;
+        growth = growth.max(r.growth);
+        meminfo.push(r.meminfo_growth);
+        cold = cold.min(r.elapsed);
+        let t = Instant::now();
+        bytes_read = 0;
+        for root in &roots {
+            bytes_read += read_tree(root, &mut buf).map_err(|(p, source)| MemoryError::Warm {
+                setup: setup.clone(),
+                path: p.display().to_string(),
+                source,
+            })?;
+        }
+        warm = warm.min(t.elapsed());
+    }
+    meminfo.sort_unstable();
+    Ok(Row {
+        setup,
+        cache_growth: growth,
+        meminfo_growth: meminfo[meminfo.len() / 2],
+        bytes_read,
+        cold,
+        warm,
+    })
+}
+
+/// Runs the benchmark on `images` (root); `exe` is the `erofs-share` executable, which runs
+/// the private daemon.
+pub fn run(exe: &Path, images: &[PathBuf], runs: usize) -> Result<Report, MemoryError> {
+    if images.is_empty() {
+        return Err(MemoryError::NoImages);
+    }
+    let (ideal, total_content) = content_sizes(images)?;
+    let setups: [&dyn Mounter; 3] = [
+        &KernelLoop,
+        &ErofsShare {
+            exe: exe.to_path_buf(),
+            share: false,
+        },
+        &ErofsShare {
+            exe: exe.to_path_buf(),
+            share: true,
+        },
+    ];
+    let mut rows = Vec::new();
+    for m in setups {
+        rows.push(measure(m, images, runs)?);
+    }
+    let images_cached_after = images
+        .iter()
+        .map(|i| erofs_share_daemon::daemon::cached_bytes(i).unwrap_or(0))
+        .collect();
+    Ok(Report {
+        images: images.to_vec(),
+        rows,
+        ideal,
+        total_content,
+        images_cached_after,
+    })
+}
