@@ -6,8 +6,8 @@
 
 use erofs::Image;
 use erofs::inode::FileType;
-use erofs::walk::{Visit, walk};
-use std::ops::ControlFlow;
+use erofs::walk::{Problem, try_walk};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -29,6 +29,15 @@ pub enum SpeedError {
         #[source]
         source: erofs::Error,
     },
+}
+
+impl From<Problem> for SpeedError {
+    fn from(p: Problem) -> Self {
+        SpeedError::Image {
+            image: String::from_utf8_lossy(&p.path).into_owned(),
+            source: p.error,
+        }
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SpeedError {
@@ -196,40 +205,34 @@ pub struct ReadReport {
     pub kernel_median_s: f64,
 }
 
-/// Read every regular file of `img` through the library; returns (files, bytes).
+/// Read every regular file of `img` through the library; returns (files, bytes). A damaged
+/// tree or file is an error: timing a partial read would mislead.
 pub fn read_all_library(img: &Image) -> Result<(u64, u64), SpeedError> {
-    let mut buf = vec![0u8; 1 << 20];
     let (mut files, mut bytes) = (0u64, 0u64);
-    let mut failure = None;
-    walk(img, |v| {
-        let Visit::Inode { inode, path, .. } = v else {
-            return ControlFlow::Continue(());
-        };
+    // One 1 MiB buffer for every file: requests as a reader of big files makes them, and no
+    // allocation per file in the timed loop.
+    let mut buf = vec![0u8; 1 << 20];
+    try_walk::<SpeedError>(img, |path, inode| {
         if inode.file_type() != FileType::Reg {
-            return ControlFlow::Continue(());
+            return Ok(());
         }
-        files += 1;
-        let mut off = 0;
-        while off < inode.size {
-            match img.read_at(inode, off, &mut buf) {
+        let mut content = img.content(inode);
+        loop {
+            match content.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => off += n as u64,
+                Ok(n) => bytes += n as u64,
                 Err(source) => {
-                    failure = Some(SpeedError::Image {
-                        image: format!("{}: {}", img.name(), String::from_utf8_lossy(path)),
+                    return Err(SpeedError::Io {
+                        what: format!("{}: {}", img.name(), String::from_utf8_lossy(path)),
                         source,
                     });
-                    return ControlFlow::Break(());
                 }
             }
         }
-        bytes += off;
-        ControlFlow::Continue(())
-    });
-    match failure {
-        Some(e) => Err(e),
-        None => Ok((files, bytes)),
-    }
+        files += 1;
+        Ok(())
+    })?;
+    Ok((files, bytes))
 }
 
 fn read_all_tree(root: &Path) -> Result<u64, SpeedError> {
