@@ -32,30 +32,16 @@ impl Rng {
 fn contents(image: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
     let img = erofs::Image::open(image).unwrap();
     let mut out = BTreeMap::new();
-    let mut stack = vec![(img.root_nid(), String::new())];
-    let mut seen = std::collections::HashSet::new();
-    while let Some((nid, path)) = stack.pop() {
-        if !seen.insert(nid) {
-            continue;
+    erofs::walk::try_walk::<erofs::walk::Problem>(&img, |path, inode| {
+        if inode.file_type() == erofs::inode::FileType::Reg && inode.size > 0 {
+            let mut buf = vec![0; inode.size as usize];
+            img.read_at(inode, 0, &mut buf).unwrap();
+            let path = String::from_utf8_lossy(path);
+            out.insert(path.trim_start_matches('/').to_string(), buf);
         }
-        let inode = img.inode(nid).unwrap();
-        match inode.file_type() {
-            erofs::inode::FileType::Dir => {
-                for e in img.read_dir(&inode).unwrap() {
-                    if e.name != b"." && e.name != b".." {
-                        let name = String::from_utf8_lossy(&e.name).into_owned();
-                        stack.push((e.nid, format!("{path}/{name}")));
-                    }
-                }
-            }
-            erofs::inode::FileType::Reg if inode.size > 0 => {
-                let mut buf = vec![0; inode.size as usize];
-                img.read_at(&inode, 0, &mut buf).unwrap();
-                out.insert(path.trim_start_matches('/').to_string(), buf);
-            }
-            _ => {}
-        }
-    }
+        Ok(())
+    })
+    .unwrap();
     out
 }
 

@@ -286,32 +286,17 @@ pub fn inode_offset(image: &Path, path: &str) -> (u64, erofs::inode::Inode) {
 pub fn flat_plain_file(image: &Path) -> String {
     let img = erofs::Image::open(image).unwrap();
     let mut best: Option<(u64, String)> = None;
-    let mut stack = vec![(img.root_nid(), String::new())];
-    let mut seen = std::collections::HashSet::new();
-    while let Some((nid, path)) = stack.pop() {
-        if !seen.insert(nid) {
-            continue;
+    erofs::walk::try_walk::<erofs::walk::Problem>(&img, |path, inode| {
+        if inode.file_type() == erofs::inode::FileType::Reg
+            && inode.layout == 0
+            && inode.size > 16384
+            && best.as_ref().is_none_or(|(s, _)| inode.size > *s)
+        {
+            best = Some((inode.size, String::from_utf8_lossy(path).into_owned()));
         }
-        let inode = img.inode(nid).unwrap();
-        match inode.file_type() {
-            erofs::inode::FileType::Dir => {
-                for e in img.read_dir(&inode).unwrap() {
-                    if e.name != b"." && e.name != b".." {
-                        let name = String::from_utf8_lossy(&e.name);
-                        stack.push((e.nid, format!("{path}/{name}")));
-                    }
-                }
-            }
-            erofs::inode::FileType::Reg
-                if inode.layout == 0
-                    && inode.size > 16384
-                    && best.as_ref().is_none_or(|(s, _)| inode.size > *s) =>
-            {
-                best = Some((inode.size, path.clone()));
-            }
-            _ => {}
-        }
-    }
+        Ok(())
+    })
+    .unwrap();
     best.expect("a flat plain file")
         .1
         .trim_start_matches('/')
