@@ -30,6 +30,7 @@ fn bench_memory_agrees_with_analyze_and_plots() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rows"].as_array().unwrap().len(), 3);
     agrees_with_analyze(&v);
+    every_setup_read_everything(&v);
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     // IHDR: width and height, big-endian, right after the chunk header.
@@ -80,4 +81,18 @@ fn agrees_with_analyze(bench: &serde_json::Value) {
         "one domain {} B below the ideal {ideal} B",
         growth(2)
     );
+}
+
+/// Every setup read the same files and bytes, and timed an open and close of each.
+fn every_setup_read_everything(bench: &serde_json::Value) {
+    let rows = bench["rows"].as_array().unwrap();
+    let files = rows[0]["files"].as_u64().unwrap();
+    let bytes = rows[0]["bytes_read"].as_u64().unwrap();
+    assert!(files > 0 && bytes > 0, "{bench}");
+    for r in rows {
+        assert_eq!(r["files"].as_u64(), Some(files), "{r}");
+        assert_eq!(r["bytes_read"].as_u64(), Some(bytes), "{r}");
+        let us = r["open_close_us"].as_f64().unwrap();
+        assert!(us > 0.0 && us < 1e6, "{r}");
+    }
 }

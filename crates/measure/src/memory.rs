@@ -6,7 +6,8 @@
 //! mount in a memory cgroup of its own ([`crate::page_cache::reading`]: the page cache that read
 //! charges, whatever holds it — file pages, the kernel mount's metadata pages, FUSE's cached
 //! directory listings, the domain's dedup files — and robust to other processes dropping
-//! caches), then read it all again (warm). The ideal is the page-rounded size of the distinct
+//! caches), then read it all again (warm), then open and close every file once more: warm reads
+//! of many small files are dominated by that per-open cost. The ideal is the page-rounded size of the distinct
 //! contents (size, fingerprint) as [`crate::scan`] keys them.
 
 use crate::page_cache::{self, PageCacheError};
@@ -72,6 +73,10 @@ pub struct Row {
     pub cold: Duration,
     /// Second read of everything (shortest).
     pub warm: Duration,
+    /// Regular files read per pass.
+    pub files: u64,
+    /// Mean time to open and close one warm file (shortest over the runs).
+    pub open_close: Duration,
 }
 
 /// The whole benchmark.
@@ -128,15 +133,20 @@ pub fn content_sizes(images: &[PathBuf]) -> Result<(u64, u64), MemoryError> {
     Ok((unique, total))
 }
 
-/// Reads every regular file under `root` (symlinks not followed); returns the bytes read.
-fn read_tree(root: &Path, buf: &mut [u8]) -> Result<u64, (PathBuf, std::io::Error)> {
+/// Reads every regular file under `root` (symlinks not followed), adding its path to `files`;
+/// returns the bytes read.
+fn read_tree(
+    root: &Path,
+    buf: &mut [u8],
+    files: &mut Vec<PathBuf>,
+) -> Result<u64, (PathBuf, std::io::Error)> {
     let mut total = 0;
     let rd = std::fs::read_dir(root).map_err(|e| (root.to_path_buf(), e))?;
     for e in rd {
         let e = e.map_err(|e| (root.to_path_buf(), e))?;
         let ft = e.file_type().map_err(|err| (e.path(), err))?;
         if ft.is_dir() {
-            total += read_tree(&e.path(), buf)?;
+            total += read_tree(&e.path(), buf, files)?;
         } else if ft.is_file() {
             let p = e.path();
             let mut f = std::fs::File::open(&p).map_err(|err| (p.clone(), err))?;
@@ -147,9 +157,19 @@ fn read_tree(root: &Path, buf: &mut [u8]) -> Result<u64, (PathBuf, std::io::Erro
                 }
                 total += n as u64;
             }
+            files.push(p);
         }
     }
     Ok(total)
+}
+
+/// Opens and closes each of `files` once; returns the mean time per file.
+fn open_close(files: &[PathBuf]) -> Result<Duration, (PathBuf, std::io::Error)> {
+    let t = Instant::now();
+    for p in files {
+        drop(std::fs::File::open(p).map_err(|e| (p.clone(), e))?);
+    }
+    Ok(t.elapsed() / files.len().max(1) as u32)
 }
 
 /// Mounts `images` with `mounter` and measures it `runs` times. On a shared host other
@@ -165,6 +185,7 @@ fn measure(mounter: &dyn Mounter, images: &[PathBuf], runs: usize) -> Result<Row
     let dirs: Vec<&Path> = roots.iter().map(|r| r.as_path()).collect();
     let mut buf = vec![0u8; 1 << 20];
     let (mut growth, mut cold, mut warm, mut bytes_read) = (0, Duration::MAX, Duration::MAX, 0);
+    let (mut files, mut open_close_mean) = (Vec::new(), Duration::MAX);
     let mut meminfo = Vec::new();
     for _ in 0..runs.max(1) {
         let r = page_cache::reading(&dirs).map_err(|source| MemoryError::Measure {
@@ -176,14 +197,17 @@ fn measure(mounter: &dyn Mounter, images: &[PathBuf], runs: usize) -> Result<Row
         cold = cold.min(r.elapsed);
         let t = Instant::now();
         bytes_read = 0;
+        files.clear();
+        let warm_err = |(p, source): (PathBuf, std::io::Error)| MemoryError::Warm {
+            setup: setup.clone(),
+            path: p.display().to_string(),
+            source,
+        };
         for root in &roots {
-            bytes_read += read_tree(root, &mut buf).map_err(|(p, source)| MemoryError::Warm {
-                setup: setup.clone(),
-                path: p.display().to_string(),
-                source,
-            })?;
+            bytes_read += read_tree(root, &mut buf, &mut files).map_err(warm_err)?;
         }
         warm = warm.min(t.elapsed());
+        open_close_mean = open_close_mean.min(open_close(&files).map_err(warm_err)?);
     }
     meminfo.sort_unstable();
     Ok(Row {
@@ -193,6 +217,8 @@ fn measure(mounter: &dyn Mounter, images: &[PathBuf], runs: usize) -> Result<Row
         bytes_read,
         cold,
         warm,
+        files: files.len() as u64,
+        open_close: open_close_mean,
     })
 }
 
