@@ -835,15 +835,33 @@ pub fn run(state_dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Each mount holds a few /dev/fuse clones and its image: lift the soft fd limit to the hard one.
+/// Each mount holds a few /dev/fuse clones and its image, and each dedup object its dedup
+/// file: lift the soft fd limit to the hard one, and as root the hard one to the kernel's
+/// per-process maximum (`fs.nr_open`).
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    let nr_open = fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
     // SAFETY: getrlimit/setrlimit read and write a local struct of the right type.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if let Some(max) = nr_open.filter(|&m| m > lim.rlim_max) {
+            let raised = libc::rlimit {
+                rlim_cur: max,
+                rlim_max: max,
+            };
+            // Needs CAP_SYS_RESOURCE; without it the soft limit is raised below.
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return;
+            }
+        }
+        if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }

@@ -6,12 +6,57 @@
 //! pairs of every mounted file with that key; a page-cache miss on the object's dedup file is
 //! served from the first source that reads cleanly, so a corrupt or vanished image only costs
 //! a retry on the next one. The object lives while any source references it.
+//!
+//! An object keeps its dedup file open once it has been opened (within a descriptor budget):
+//! each mount's first open of a shared file then registers that file for passthrough with no
+//! path lookup on the dedup mount, a round trip otherwise, again after the kernel forgets.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Dedup files kept open by objects, over all domains.
+static KEPT_FILES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many dedup files objects may keep open: half the descriptor limit, so mounts, images,
+/// sockets and the fallback opens always have room.
+fn kept_files_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes a local struct of the right type.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            usize::try_from(lim.rlim_cur / 2).unwrap_or(usize::MAX)
+        } else {
+            0
+        }
+    })
+}
+
+/// An object's dedup file: kept by the object, or opened for this use only.
+#[derive(Debug)]
+pub enum DedupFile<'a> {
+    /// Kept open while the object lives.
+    Kept(&'a File),
+    /// Over the descriptor budget: closed when dropped.
+    Once(File),
+}
+
+impl AsFd for DedupFile<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DedupFile::Kept(f) => f.as_fd(),
+            DedupFile::Once(f) => f.as_fd(),
+        }
+    }
+}
 
 /// A file's content as one source image stores it.
 pub trait Content: Send + Sync + fmt::Debug {
@@ -40,9 +85,40 @@ pub struct DedupObject {
     sources: Mutex<Vec<Source>>,
     misses: AtomicU64,
     miss_bytes: AtomicU64,
+    file: OnceLock<File>,
+}
+
+impl Drop for DedupObject {
+    fn drop(&mut self) {
+        if self.file.get().is_some() {
+            KEPT_FILES.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl DedupObject {
+    /// The object's dedup file: the kept one, or one opened with `open`, which is kept if
+    /// the descriptor budget allows.
+    pub fn file(&self, open: impl FnOnce() -> io::Result<File>) -> io::Result<DedupFile<'_>> {
+        if let Some(f) = self.file.get() {
+            return Ok(DedupFile::Kept(f));
+        }
+        let f = open()?;
+        let reserved = KEPT_FILES
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < kept_files_budget()).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved {
+            return Ok(DedupFile::Once(f));
+        }
+        if self.file.set(f).is_err() {
+            // Another thread kept one first; ours closes here.
+            KEPT_FILES.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(DedupFile::Kept(self.file.get().expect("set above")))
+    }
+
     /// Serves a page-cache miss: reads `buf.len()` bytes at `offset` (clamped to the size)
     /// from the first source that succeeds.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
@@ -173,6 +249,7 @@ impl DedupTable {
             sources: Mutex::new(vec![source]),
             misses: AtomicU64::new(0),
             miss_bytes: AtomicU64::new(0),
+            file: OnceLock::new(),
         });
         self.next_ino += 1;
         self.by_key.insert(key.to_vec(), obj.clone());
@@ -291,5 +368,33 @@ mod tests {
             panic!()
         };
         assert_ne!(n.ino, o.ino);
+    }
+
+    #[test]
+    fn an_object_keeps_its_file_until_it_dies() {
+        let mut t = DedupTable::default();
+        let Attach::Shared(a) = t.attach(b"k", 3, src(1, Bytes(b"abc".to_vec()))) else {
+            panic!()
+        };
+        let before = KEPT_FILES.load(Ordering::Relaxed);
+        let opened = std::cell::Cell::new(0);
+        let open = || {
+            opened.set(opened.get() + 1);
+            File::open("/dev/null")
+        };
+        assert!(matches!(a.file(open).unwrap(), DedupFile::Kept(_)));
+        assert!(matches!(a.file(open).unwrap(), DedupFile::Kept(_)));
+        assert_eq!(opened.get(), 1, "the kept file is reused");
+        assert_eq!(KEPT_FILES.load(Ordering::Relaxed), before + 1);
+        // A failed open keeps nothing.
+        let Attach::Shared(b) = t.attach(b"j", 1, src(1, Bytes(b"x".to_vec()))) else {
+            panic!()
+        };
+        assert!(b.file(|| File::open("/nonexistent/erofs-share")).is_err());
+        assert_eq!(KEPT_FILES.load(Ordering::Relaxed), before + 1);
+        drop(b);
+        t.detach_mount(1);
+        drop(a);
+        assert_eq!(KEPT_FILES.load(Ordering::Relaxed), before);
     }
 }

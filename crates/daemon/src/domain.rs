@@ -7,10 +7,13 @@
 //! can collide with another one by shifting bytes between the two (the kernel's plain
 //! concatenation can).
 
+use std::fs::File;
+use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::dedup::DedupTable;
+use crate::dedup::{DedupFile, DedupObject, DedupTable};
 
 /// The sharing key of a file: `len(domain) ‖ domain ‖ len(fingerprint) ‖ fingerprint`, lengths
 /// as little-endian u32.
@@ -47,6 +50,8 @@ pub struct Domain {
     pub dedup_mountpoint: PathBuf,
     /// Dedup objects of the domain, by key and by dedup inode number.
     pub objects: Mutex<DedupTable>,
+    /// Whether a close on the dedup mount has used up the kernel's one FLUSH.
+    flush_spent: AtomicBool,
 }
 
 impl Domain {
@@ -56,6 +61,7 @@ impl Domain {
             id,
             dedup_mountpoint,
             objects: Mutex::new(DedupTable::default()),
+            flush_spent: AtomicBool::new(false),
         }
     }
 
@@ -63,6 +69,20 @@ impl Domain {
     pub fn object_path(&self, ino: u64) -> PathBuf {
         self.dedup_mountpoint
             .join(crate::dedup_fs::object_name(ino))
+    }
+
+    /// A dedup object's file, to register for passthrough: the one the object keeps, or
+    /// opened now (see [`DedupObject::file`]). Call from an image mount's thread, never from
+    /// the dedup mount's own.
+    pub fn object_file<'a>(&self, obj: &'a DedupObject) -> io::Result<DedupFile<'a>> {
+        let open = || File::open(self.object_path(obj.ino));
+        if !self.flush_spent.swap(true, Ordering::Relaxed) {
+            // The kernel sends FLUSH on each close on the dedup mount until it is first
+            // answered (ENOSYS, then never again). Spend it here: a kept file may be closed
+            // later on one of the dedup mount's own threads, which must not wait on its mount.
+            drop(open()?);
+        }
+        obj.file(open)
     }
 }
 

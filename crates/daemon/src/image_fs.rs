@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -351,10 +350,9 @@ impl ImageFs {
             .domain
             .as_ref()
             .expect("shared files have a domain");
-        let file = File::open(domain.object_path(obj.ino))?;
+        let file = domain.object_file(obj)?;
+        // The kernel takes its own reference to the file.
         let id = reply.open_backing(&file)?;
-        // The kernel holds its own reference to the file now.
-        drop(file);
         let b = Arc::new(Backing { id });
         // Two first opens may race: the kernel needs one id per inode, keep the first.
         let mut st = self.state.lock().unwrap();
