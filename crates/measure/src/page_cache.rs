@@ -78,7 +78,7 @@ pub struct Reading {
 /// [`growth_of_reading`], with the time the read took and the system-wide figure.
 pub fn reading(dirs: &[&Path]) -> Result<Reading, PageCacheError> {
     for _ in 0..ATTEMPTS {
-        testkit::drop_caches().map_err(|source| PageCacheError::Io {
+        erofs_share_host::drop_caches().map_err(|source| PageCacheError::Io {
             what: "dropping caches".into(),
             source,
         })?;

@@ -178,7 +178,7 @@ pub trait Mounted: std::fmt::Debug {
 pub struct KernelLoop;
 
 #[derive(Debug)]
-struct LoopMounts(Vec<testkit::LoopMount>);
+struct LoopMounts(Vec<erofs_share_host::LoopMount>);
 
 impl Mounted for LoopMounts {
     fn roots(&self) -> Vec<PathBuf> {
@@ -193,8 +193,10 @@ impl Mounter for KernelLoop {
     fn mount(&self, images: &[PathBuf]) -> Result<Box<dyn Mounted>, String> {
         let mut mounts = Vec::new();
         for img in images {
-            mounts
-                .push(testkit::LoopMount::new(img).map_err(|e| format!("{}: {e}", img.display()))?);
+            mounts.push(
+                erofs_share_host::LoopMount::new(img)
+                    .map_err(|e| format!("{}: {e}", img.display()))?,
+            );
         }
         Ok(Box::new(LoopMounts(mounts)))
     }
@@ -269,7 +271,7 @@ pub fn run_setup(config: &Config, mounter: &dyn Mounter) -> Result<SetupResult, 
     for _ in 0..ATTEMPTS {
         check_interrupt()?;
         if config.drop_caches {
-            testkit::drop_caches().map_err(|source| RuntimeError::Io {
+            erofs_share_host::drop_caches().map_err(|source| RuntimeError::Io {
                 what: "dropping caches (/proc/sys/vm/drop_caches)".into(),
                 source,
             })?;

@@ -23,6 +23,12 @@ pub enum SpeedError {
     },
     #[error("{0}")]
     Tool(String),
+    #[error("mounting {image} with the kernel")]
+    KernelMount {
+        image: String,
+        #[source]
+        source: erofs_share_host::LoopMountError,
+    },
     #[error("{image}: {source}")]
     Image {
         image: String,
@@ -266,11 +272,15 @@ fn read_all_tree(root: &Path) -> Result<u64, SpeedError> {
 /// dropped before each run, `runs` times each, alternating. Root only.
 pub fn read(image: &Path, runs: usize) -> Result<ReadReport, SpeedError> {
     let name = image.display().to_string();
-    let mount = testkit::LoopMount::new(image).map_err(SpeedError::Tool)?;
+    let mount =
+        erofs_share_host::LoopMount::new(image).map_err(|source| SpeedError::KernelMount {
+            image: image.display().to_string(),
+            source,
+        })?;
     let (mut lib, mut kern) = (Vec::new(), Vec::new());
     let (mut files, mut bytes) = (0, 0);
     for _ in 0..runs.max(1) {
-        testkit::drop_caches().map_err(io("drop caches"))?;
+        erofs_share_host::drop_caches().map_err(io("drop caches"))?;
         let start = Instant::now();
         let img = Image::open(image).map_err(|source| SpeedError::Image {
             image: name.clone(),
@@ -280,7 +290,7 @@ pub fn read(image: &Path, runs: usize) -> Result<ReadReport, SpeedError> {
         lib.push(start.elapsed().as_secs_f64());
         drop(img);
 
-        testkit::drop_caches().map_err(io("drop caches"))?;
+        erofs_share_host::drop_caches().map_err(io("drop caches"))?;
         let start = Instant::now();
         let kernel_bytes = read_all_tree(mount.path())?;
         kern.push(start.elapsed().as_secs_f64());

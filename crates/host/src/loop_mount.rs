@@ -1,8 +1,34 @@
 //! A kernel EROFS mount through a read-only, direct-I/O loop device (so the image file is not
 //! cached a second time), undone on drop: unmount, then detach the loop device.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Why an image could not be loop-mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopMountError {
+    /// The temporary mountpoint could not be created.
+    #[error("creating a mountpoint: {0}")]
+    Mountpoint(#[source] io::Error),
+    /// A tool (`losetup`, `mount`) could not be started.
+    #[error("running {command}: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why it did not start.
+        #[source]
+        source: io::Error,
+    },
+    /// A tool ran and failed.
+    #[error("{command} failed: {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// What it printed on standard error.
+        stderr: String,
+    },
+}
 
 /// A mounted image. Dropping it unmounts and detaches the loop device.
 #[derive(Debug)]
@@ -12,27 +38,32 @@ pub struct LoopMount {
     mounted: bool,
 }
 
-fn run(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+fn run(cmd: &mut Command) -> Result<String, LoopMountError> {
+    let command = format!("{cmd:?}");
+    let out = cmd.output().map_err(|source| LoopMountError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
     if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(LoopMountError::Failed {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 impl LoopMount {
-    /// Mount `image` read-only with the kernel erofs driver, with extra `-o` options.
-    pub fn new_with_options(image: &Path, options: &str) -> Result<LoopMount, String> {
+    /// Mounts `image` read-only with the kernel erofs driver, with extra `-o` options.
+    pub fn new_with_options(image: &Path, options: &str) -> Result<LoopMount, LoopMountError> {
         let dir = tempfile::Builder::new()
             .prefix("erofs-mnt-")
             .tempdir()
-            .map_err(|e| e.to_string())?;
+            .map_err(LoopMountError::Mountpoint)?;
         let loopdev = run(Command::new("losetup")
             .args(["--find", "--show", "--read-only", "--direct-io=on"])
             .arg(image))?;
+        // From here on, dropping `m` detaches the loop device.
         let mut m = LoopMount {
             dir,
             loopdev,
@@ -51,8 +82,8 @@ impl LoopMount {
         Ok(m)
     }
 
-    /// Mount `image` read-only with the kernel erofs driver.
-    pub fn new(image: &Path) -> Result<LoopMount, String> {
+    /// Mounts `image` read-only with the kernel erofs driver.
+    pub fn new(image: &Path) -> Result<LoopMount, LoopMountError> {
         Self::new_with_options(image, "")
     }
 
@@ -79,11 +110,4 @@ impl Drop for LoopMount {
             eprintln!("LoopMount: {e}");
         }
     }
-}
-
-/// Drop clean page cache, dentries and inodes (root only).
-pub fn drop_caches() -> std::io::Result<()> {
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
-    std::fs::write("/proc/sys/vm/drop_caches", "3")
 }
