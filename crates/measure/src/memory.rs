@@ -6,9 +6,9 @@
 //! mount in a memory cgroup of its own ([`crate::page_cache::reading`]: the page cache that read
 //! charges, whatever holds it — file pages, the kernel mount's metadata pages, FUSE's cached
 //! directory listings, the domain's dedup files — and robust to other processes dropping
-//! caches), then read it all again (warm), then open and close every file once more: warm reads
-//! of many small files are dominated by that per-open cost. The ideal is the page-rounded size of the distinct
-//! contents (size, fingerprint) as [`crate::scan`] keys them.
+//! caches), then read it all again (warm), then open and close every file once more: warm
+//! reads of many small files are dominated by that per-open cost. The ideal is the page-rounded
+//! size of the distinct contents (size, fingerprint) as [`crate::scan`] keys them.
 
 use crate::page_cache::{self, PageCacheError};
 use crate::runtime::{KernelLoop, Mounter};
