@@ -100,13 +100,22 @@ impl DedupObject {
     /// The object's dedup file: the kept one, or one opened with `open`, which is kept if
     /// the descriptor budget allows.
     pub fn file(&self, open: impl FnOnce() -> io::Result<File>) -> io::Result<DedupFile<'_>> {
+        self.file_within(kept_files_budget(), open)
+    }
+
+    /// [`Self::file`] with at most `budget` files kept over all objects.
+    fn file_within(
+        &self,
+        budget: usize,
+        open: impl FnOnce() -> io::Result<File>,
+    ) -> io::Result<DedupFile<'_>> {
         if let Some(f) = self.file.get() {
             return Ok(DedupFile::Kept(f));
         }
         let f = open()?;
         let reserved = KEPT_FILES
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < kept_files_budget()).then_some(n + 1)
+                (n < budget).then_some(n + 1)
             })
             .is_ok();
         if !reserved {
@@ -391,6 +400,12 @@ mod tests {
             panic!()
         };
         assert!(b.file(|| File::open("/nonexistent/erofs-share")).is_err());
+        assert_eq!(KEPT_FILES.load(Ordering::Relaxed), before + 1);
+        // Over the budget the file is lent for one use and nothing is kept.
+        let once = b.file_within(0, || File::open("/dev/null")).unwrap();
+        assert!(matches!(once, DedupFile::Once(_)));
+        drop(once);
+        assert!(b.file.get().is_none());
         assert_eq!(KEPT_FILES.load(Ordering::Relaxed), before + 1);
         drop(b);
         t.detach_mount(1);
