@@ -58,7 +58,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
 #[derive(Debug)]
 struct MountRecord {
     image: Arc<MountedImage>,
-    share: bool,
     detached: bool,
 }
 
@@ -201,7 +200,7 @@ impl Daemon {
             }
             _ => {}
         }
-        let fs = ImageFs::new(mounted.clone(), dom.is_some());
+        let fs = ImageFs::new(mounted.clone());
         let fsname = format!("{IMAGE_FSNAME}{}", image.display());
         let session = match session_on(
             fs,
@@ -223,7 +222,6 @@ impl Daemon {
             id,
             MountRecord {
                 image: mounted.clone(),
-                share: dom.is_some(),
                 detached: false,
             },
         );
@@ -248,7 +246,7 @@ impl Daemon {
                 .map(|r| format!(", unshared: {r}"))
                 .unwrap_or_default()
         );
-        Ok(self.mount_status(&mounted, dom.is_some(), false))
+        Ok(self.mount_status(&mounted, false))
     }
 
     /// The live domain `id`, created (with its dedup mount) when absent; counts one more mount.
@@ -339,9 +337,7 @@ impl Daemon {
                 );
             }
         }
-        if rec.share {
-            self.release_domain(&dom.id);
-        }
+        self.release_domain(&dom.id);
     }
 
     /// Unmounts `mountpoint`: lazily, so open and mapped files keep working; returns true
@@ -390,13 +386,15 @@ impl Daemon {
         }
     }
 
-    fn mount_status(&self, m: &MountedImage, share: bool, detached: bool) -> MountStatus {
+    /// A mount shares when it was given a domain it could join (see `mount`) and nothing
+    /// since said why not.
+    fn mount_status(&self, m: &MountedImage, detached: bool) -> MountStatus {
         MountStatus {
             id: m.id,
             image: m.image_path.clone(),
             mountpoint: m.mountpoint.clone(),
             domain: m.domain.as_ref().map(|d| d.id.clone()),
-            sharing: share && m.unshared().is_none(),
+            sharing: m.domain.is_some() && m.unshared().is_none(),
             unshared_reason: m.unshared(),
             detached,
             shared_opens: m.shared_opens.load(Ordering::Relaxed),
@@ -415,7 +413,7 @@ impl Daemon {
             .lock()
             .unwrap()
             .values()
-            .map(|r| self.mount_status(&r.image, r.share, r.detached))
+            .map(|r| self.mount_status(&r.image, r.detached))
             .collect();
         mounts.sort_by_key(|m| m.id);
         let domains: Vec<(Arc<Domain>, usize)> = self

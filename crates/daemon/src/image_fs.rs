@@ -157,7 +157,7 @@ struct State {
 #[derive(Debug)]
 pub struct ImageFs {
     mount: Arc<MountedImage>,
-    /// Whether this mount tries to share at all (domain given, `--no-share` absent).
+    /// Whether this mount shares: it has a domain, and `init` got passthrough from the kernel.
     share: bool,
     state: Mutex<State>,
 }
@@ -184,11 +184,11 @@ fn safely<T>(
 }
 
 impl ImageFs {
-    /// A filesystem serving `mount`; `share` asks for passthrough sharing in its domain.
-    pub fn new(mount: Arc<MountedImage>, share: bool) -> Self {
+    /// A filesystem serving `mount`, sharing through passthrough when the mount has a domain.
+    pub fn new(mount: Arc<MountedImage>) -> Self {
         Self {
+            share: mount.domain.is_some(),
             mount,
-            share,
             state: Mutex::new(State::default()),
         }
     }
@@ -398,14 +398,11 @@ impl Filesystem for ImageFs {
         if !self.share {
             return Ok(());
         }
+        // (Without CAP_SYS_ADMIN the daemon gives the mount no domain, so `share` is false.)
         if std::env::var_os("EROFS_SHARE_NO_PASSTHROUGH").is_some() {
             self.share = false;
             self.mount
                 .set_unshared("passthrough disabled by EROFS_SHARE_NO_PASSTHROUGH");
-        } else if !has_cap_sys_admin() {
-            self.share = false;
-            self.mount
-                .set_unshared("the daemon lacks CAP_SYS_ADMIN, which FUSE passthrough needs");
         } else if config
             .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
             .is_err()

@@ -68,32 +68,17 @@ impl UncachedFile {
             .read(true)
             .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
             .open(path);
-        let (file, direct) = match direct {
-            Ok(f) => (f, true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                let f = File::open(path)?;
-                // SAFETY: plain fadvise on an fd we own; no memory is passed.
-                unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
-                (f, false)
-            }
+        let f = match direct {
+            Ok(file) => Self::new(file, true)?,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Self::open_buffered(path),
             Err(e) => return Err(e),
         };
-        let len = file.metadata()?.len();
-        let f = Self {
-            file,
-            direct,
-            len,
-            bytes_read: AtomicU64::new(0),
-            meta: Mutex::new(MetaCache::default()),
-        };
-        if direct {
-            // Probe once: some filesystems accept the flag at open time and fail reads.
-            let mut probe = [0u8; 1];
-            if len > 0 && f.read_direct(&mut probe, 0).is_err() {
-                return Self::open_buffered(path);
-            }
-            f.bytes_read.store(0, Ordering::Relaxed);
+        // Probe once: some filesystems accept the flag at open time and fail reads.
+        let mut probe = [0u8; 1];
+        if f.len > 0 && f.read_direct(&mut probe, 0).is_err() {
+            return Self::open_buffered(path);
         }
+        f.bytes_read.store(0, Ordering::Relaxed);
         Ok(f)
     }
 
@@ -101,10 +86,14 @@ impl UncachedFile {
         let file = File::open(path)?;
         // SAFETY: plain fadvise on an fd we own; no memory is passed.
         unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        Self::new(file, false)
+    }
+
+    fn new(file: File, direct: bool) -> io::Result<Self> {
         let len = file.metadata()?.len();
         Ok(Self {
             file,
-            direct: false,
+            direct,
             len,
             bytes_read: AtomicU64::new(0),
             meta: Mutex::new(MetaCache::default()),
