@@ -16,7 +16,7 @@ fn gate(name: &str) -> bool {
     require(name, &[Need::Fuse, Need::Testdata])
 }
 
-/// True when our reader reads every file of `image` (compressed images need the codecs).
+/// Whether our reader reads every file of `image` (compressed images need the codecs).
 fn reader_reads_all(image: &Path) -> Result<(), String> {
     let img = erofs::Image::open(image).map_err(|e| e.to_string())?;
     let mut stack = vec![img.root_nid()];
@@ -63,8 +63,7 @@ fn image_mounts_show_what_the_kernel_shows() {
         let actual = testkit::manifest::of_tree(&mp).unwrap();
         testkit::manifest::assert_same(&expected, &actual, &format!("{name} over erofs-share"));
         // statfs answers from the superblock.
-        let st = nix_statfs(&mp);
-        assert!(st.0 > 0, "{name}: statfs blocks");
+        assert!(statfs_blocks(&mp) > 0, "{name}: statfs blocks");
         d.umount(&mp);
         checked += 1;
     }
@@ -106,16 +105,16 @@ fn image_mounts_are_read_only_and_cache_unshared_files() {
     });
 }
 
-fn nix_statfs(p: &Path) -> (u64, u64) {
+fn statfs_blocks(p: &Path) -> u64 {
     let c = std::ffi::CString::new(p.as_os_str().to_str().unwrap()).unwrap();
     // SAFETY: statvfs writes into a zeroed struct of the right type.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is a valid path, s is a valid out-pointer.
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
-    (s.f_blocks, s.f_bsize)
+    s.f_blocks
 }
 
-/// Reads every regular file of `mounts`; returns the page cache the daemon's mounts hold.
+/// Reads every regular file of `mounts`.
 fn read_everything(mounts: &[&Path]) {
     for m in mounts {
         for p in regular_files(m).values() {
@@ -307,7 +306,8 @@ fn o_direct_on_a_shared_file_is_einval() {
     assert!(ns.unshared_reason.is_some());
     let f = direct(&ns.mountpoint.join("big/text-800k.txt")).unwrap();
     drop(f);
-    let _ = n;
+    let e = direct(&n.join("big/text-800k.txt")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "shared in domain d2");
 }
 
 #[test]

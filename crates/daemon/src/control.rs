@@ -24,7 +24,8 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -191,6 +192,41 @@ pub fn request(state_dir: &Path, req: &Request) -> io::Result<Response> {
             format!("bad answer from the daemon: {e}"),
         )
     })
+}
+
+/// Why a daemon just started did not come up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The daemon process ended before answering.
+    #[error("the daemon exited at start ({0})")]
+    Exited(ExitStatus),
+    /// It did not answer in time.
+    #[error("the daemon did not answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+    /// Its status could not be polled.
+    #[error("waiting for the daemon: {0}")]
+    Wait(#[source] io::Error),
+}
+
+/// Waits until `child`, a daemon started on `state_dir`, answers a status request.
+pub fn wait_ready(
+    state_dir: &Path,
+    child: &mut Child,
+    timeout: Duration,
+) -> Result<(), StartError> {
+    let t = Instant::now();
+    loop {
+        if request(state_dir, &Request::Status).is_ok() {
+            return Ok(());
+        }
+        if let Some(st) = child.try_wait().map_err(StartError::Wait)? {
+            return Err(StartError::Exited(st));
+        }
+        if t.elapsed() >= timeout {
+            return Err(StartError::Timeout(timeout));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Reads one request line from a client connection.

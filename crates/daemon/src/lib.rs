@@ -8,7 +8,6 @@
 //! - [`source`]: image files read with `O_DIRECT`, never cached twice.
 //! - [`control`]: the control socket and its JSON protocol.
 //! - [`daemon`]: the registry of mounts and domains and the foreground main loop.
-//! - [`bench`]: `bench memory`, the page-cache benchmark against the kernel.
 
 pub mod control;
 pub mod daemon;

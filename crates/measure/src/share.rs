@@ -41,25 +41,9 @@ impl Daemon {
             .spawn()
             .map_err(|e| format!("starting {} daemon: {e}", exe.display()))?;
         let mut d = Daemon { child, state };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if control::request(d.state.path(), &Request::Status).is_ok() {
-                return Ok(d);
-            }
-            if let Ok(Some(st)) = d.child.try_wait() {
-                return Err(format!(
-                    "the daemon exited at start ({st}): {}",
-                    crate::container::log_tail(&log_path)
-                ));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "the daemon did not answer within 10 s: {}",
-                    crate::container::log_tail(&log_path)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        control::wait_ready(d.state.path(), &mut d.child, Duration::from_secs(10))
+            .map_err(|e| format!("{e}: {}", crate::container::log_tail(&log_path)))?;
+        Ok(d)
     }
 
     fn request(&self, req: &Request) -> Result<control::Response, String> {

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use erofs_share_measure::memory;
+use erofs_share_measure::report::mb;
 
 /// Arguments of `erofs-share bench`.
 #[derive(Debug, clap::Args)]
@@ -42,10 +43,6 @@ pub struct MemoryArgs {
     /// The images, read all together in every setup.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -101,9 +98,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let names: Vec<String> = r.images.iter().map(|i| i.display().to_string()).collect();
     println!("images: {}", names.join(" "));
     println!(
-        "file content: {:.1} MiB in all, {:.1} MiB distinct (page-rounded); best of {} runs",
-        mib(r.total_content),
-        mib(r.ideal),
+        "file content: {} MiB in all, {} MiB distinct (page-rounded); best of {} runs",
+        mb(r.total_content),
+        mb(r.ideal),
         a.runs
     );
     println!();
@@ -114,18 +111,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!("|---|---:|---:|---:|---:|---:|");
     for x in &r.rows {
         println!(
-            "| {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.1} |",
             x.setup,
-            mib(x.cache_growth),
-            mib(x.meminfo_growth),
+            mb(x.cache_growth),
+            mb(x.meminfo_growth),
             x.cold.as_secs_f64(),
             x.warm.as_secs_f64(),
             x.open_close.as_secs_f64() * 1e6
         );
     }
     println!(
-        "| ideal: unique file content | {:.1} | – | – | – | – |",
-        mib(r.ideal)
+        "| ideal: unique file content | {} | – | – | – | – |",
+        mb(r.ideal)
     );
     println!();
     println!(
@@ -158,9 +155,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     for (i, c) in r.images.iter().zip(&r.images_cached_after) {
         println!(
-            "after the run {} has {:.1} MiB in the page cache",
+            "after the run {} has {} MiB in the page cache",
             i.display(),
-            mib(*c)
+            mb(*c)
         );
     }
     Ok(ExitCode::SUCCESS)

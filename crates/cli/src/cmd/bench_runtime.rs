@@ -48,8 +48,7 @@ fn mounter(name: &str) -> anyhow::Result<Box<dyn Mounter>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !super::is_root() {
         anyhow::bail!(
             "bench runtime needs root: it mounts images, creates cgroups and chroots into them"
         );

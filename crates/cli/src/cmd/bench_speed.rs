@@ -87,8 +87,7 @@ pub fn run_mkfs(a: MkfsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !super::is_root() {
         bail!("bench read drops caches and mounts the image: run it as root");
     }
     let r = speed::read(&a.image, a.runs)?;

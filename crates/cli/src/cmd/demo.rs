@@ -61,8 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     let a = super::analyze::analyze_images(&images)?;
 
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !super::is_root() {
         println!(
             "Measuring needs root (it mounts both images, reads them in a memory cgroup and \
              drops the page cache between runs). Here is what `erofs-share analyze` predicts \

@@ -77,15 +77,10 @@ fn superblock(img: &Image) -> anyhow::Result<Value> {
             json!({"base_index": p.base_index, "name": bytes(&[base, &p.infix[..]].concat())})
         })
         .collect();
-    let fingerprint_name = sb.ishare_xattr_prefix_id.and_then(|id| {
-        img.long_prefixes()
-            .ok()
-            .and_then(|p| p.get(id as usize).cloned())
-            .map(|p| {
-                let base = xattr_index::prefix(p.base_index).unwrap_or(b"");
-                bytes(&[base, &p.infix[..]].concat())
-            })
-    });
+    let fingerprint_name = sb
+        .ishare_xattr_prefix_id
+        .and_then(|id| prefixes.get(id as usize))
+        .map(|p| p["name"].clone());
     Ok(json!({
         "image": img.name(),
         "size": img.len(),

@@ -14,3 +14,9 @@ pub mod mkfs;
 pub mod mount;
 pub mod status;
 pub mod umount;
+
+/// True when this process runs as root (what mounting, cgroups and drop_caches need).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use erofs_share_daemon::control::{self, Request};
@@ -102,21 +102,6 @@ pub fn ensure_daemon(state_dir: &Path) -> anyhow::Result<()> {
         });
     }
     let mut child = cmd.spawn().context("start the daemon")?;
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        if control::request(state_dir, &Request::Status).is_ok() {
-            return Ok(());
-        }
-        if let Some(st) = child.try_wait()? {
-            bail!(
-                "the daemon exited at start ({st}); see {}",
-                log_path.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!(
-        "the daemon did not answer within 10 s; see {}",
-        log_path.display()
-    )
+    control::wait_ready(state_dir, &mut child, Duration::from_secs(10))
+        .map_err(|e| anyhow::anyhow!("{e}; see {}", log_path.display()))
 }

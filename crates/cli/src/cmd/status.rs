@@ -18,7 +18,7 @@ pub struct Args {
 }
 
 fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+    format!("{} MiB", erofs_share_measure::report::mb(b))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,15 +61,9 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        self.child = Some(cmd.spawn().unwrap());
-        let t = Instant::now();
-        while control::request(&self.state, &Request::Status).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "daemon did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let child = self.child.insert(cmd.spawn().unwrap());
+        if let Err(e) = control::wait_ready(&self.state, child, Duration::from_secs(10)) {
+            panic!("daemon did not start: {e}: {}", self.log());
         }
     }
 
@@ -195,8 +188,6 @@ pub fn regular_files(root: &Path) -> BTreeMap<String, PathBuf> {
             } else if md.file_type().is_file() {
                 let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
                 out.insert(rel, p);
-            } else {
-                let _ = md.file_type().is_fifo();
             }
         }
     }
@@ -234,8 +225,8 @@ pub fn cache_of(mounts: &[&Path], status: &Status) -> u64 {
     total
 }
 
-/// Page-rounded size of the distinct contents of the regular files under `roots`, with the
-/// distinct (sha256, size) set.
+/// Page-rounded size of the distinct contents, by (sha256, size), of the regular files under
+/// `roots`.
 pub fn unique_content(roots: &[&Path]) -> u64 {
     use sha2::Digest;
     let mut seen = std::collections::HashSet::new();
@@ -250,11 +241,6 @@ pub fn unique_content(roots: &[&Path]) -> u64 {
         }
     }
     total
-}
-
-/// Inode number of a path, for hardlink-aware accounting.
-pub fn ino(p: &Path) -> u64 {
-    std::fs::metadata(p).unwrap().ino()
 }
 
 /// A copy of `image` in `dir` with `patch(bytes)` applied.
