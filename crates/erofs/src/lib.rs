@@ -8,8 +8,8 @@
 //! the whole tree with cycle and depth guards; [`fsck`] checks an image and [`extract`]
 //! restores its tree into a directory.
 //!
-//! Writing: [`build`] makes an uncompressed image from a directory or a tar stream, with the
-//! content fingerprints `inode_share` keys on.
+//! Writing: [`build`] makes an image, plain or compressed, from a directory or a tar stream,
+//! with the content fingerprints `inode_share` keys on.
 
 pub mod build;
 pub mod codec;

@@ -472,6 +472,18 @@ pub struct Placement {
     pub fragments: bool,
 }
 
+impl Placement {
+    /// Where a file of `size` bytes goes when inlining is `inline` and its inode body may
+    /// hold up to `max_xattr` bytes of xattrs.
+    pub fn of(c: &Compression, inline: bool, bs: u64, size: u64, max_xattr: usize) -> Self {
+        Placement {
+            inline: super::file_data::can_inline(inline, bs, size, max_xattr),
+            tail_budget: tail_budget(inline, size, bs, max_xattr),
+            fragments: c.fragments,
+        }
+    }
+}
+
 /// Where a big file's content can be read again: it is not kept in memory, and is needed
 /// once more only when it is stored plain.
 #[derive(Debug)]
@@ -536,17 +548,7 @@ pub fn prepare_stream(
     while base < size {
         let n = (size - base).min(batch as u64) as usize;
         buf.resize(n, 0);
-        r.read_exact(&mut buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                read_err(std::io::Error::new(
-                    e.kind(),
-                    "content ends before its recorded size (file truncated or changed while \
-                     reading)",
-                ))
-            } else {
-                read_err(e)
-            }
-        })?;
+        super::file_data::read_exact(r, &mut buf, read_err)?;
         if let Some(h) = hasher.as_mut() {
             h.update(&buf);
         }

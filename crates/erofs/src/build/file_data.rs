@@ -112,7 +112,8 @@ pub fn store(
 /// Bytes read and written at a time (a multiple of every block size).
 const CHUNK: usize = 1 << 20;
 
-fn read_exact(
+/// `r.read_exact(buf)`, with a short read reported as the file having changed under us.
+pub(super) fn read_exact(
     r: &mut dyn Read,
     buf: &mut [u8],
     read_err: &dyn Fn(std::io::Error) -> BuildError,

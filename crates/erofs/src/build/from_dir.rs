@@ -85,16 +85,7 @@ pub fn read(
                             let hash = opts.fingerprint.is_some() && size > 0;
                             let bs = img.block_size();
                             let max_ibody = max_ibody_size(&node.xattrs, hash);
-                            let at = compress::Placement {
-                                inline: file_data::can_inline(opts.inline, bs, size, max_ibody),
-                                tail_budget: compress::tail_budget(
-                                    opts.inline,
-                                    size,
-                                    bs,
-                                    max_ibody,
-                                ),
-                                fragments: c.fragments,
-                            };
+                            let at = compress::Placement::of(c, opts.inline, bs, size, max_ibody);
                             let id = tree.nodes.len();
                             let (prepared, failed) = (&prepared, &failed);
                             let path = child_path.clone();
@@ -190,10 +181,7 @@ fn prepare_big(
     let mut f = std::fs::File::open(path).map_err(err)?;
     let origin = compress::Origin::Path(path.to_path_buf());
     let p = compress::prepare_stream(img, &mut f, size, origin, c, hash, at, &err)?;
-    let mut extra = [0u8; 1];
-    if f.read(&mut extra).map_err(err)? != 0 {
-        return Err(err(std::io::Error::other("file grew while it was read")));
-    }
+    expect_end(&mut f, &err)?;
     Ok(p)
 }
 
@@ -204,19 +192,23 @@ fn read_whole(path: &Path, size: u64) -> Result<Vec<u8>, BuildError> {
         source: e,
     };
     let mut f = std::fs::File::open(path).map_err(err)?;
-    let mut data = Vec::with_capacity(size.min(1 << 30) as usize);
-    (&mut f).take(size).read_to_end(&mut data).map_err(err)?;
-    if data.len() as u64 != size {
-        return Err(err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "content ends before its recorded size (file truncated or changed while reading)",
-        )));
-    }
+    // Only files of at most one compression segment come here.
+    let mut data = vec![0; size as usize];
+    file_data::read_exact(&mut f, &mut data, &err)?;
+    expect_end(&mut f, &err)?;
+    Ok(data)
+}
+
+/// Fails when `f` has more to read: the file grew after the walk measured it.
+fn expect_end(
+    f: &mut std::fs::File,
+    err: &dyn Fn(std::io::Error) -> BuildError,
+) -> Result<(), BuildError> {
     let mut extra = [0u8; 1];
     if f.read(&mut extra).map_err(err)? != 0 {
         return Err(err(std::io::Error::other("file grew while it was read")));
     }
-    Ok(data)
+    Ok(())
 }
 
 /// How one file will be stored: its blocks, reserved now, and whether it is hashed.
@@ -253,10 +245,7 @@ fn store_one(
     };
     let mut f = std::fs::File::open(path).map_err(err)?;
     let s = file_data::store(img, &job.at, size, &mut f, job.hash, progress, &err)?;
-    let mut extra = [0u8; 1];
-    if f.read(&mut extra).map_err(err)? != 0 {
-        return Err(err(std::io::Error::other("file grew while it was read")));
-    }
+    expect_end(&mut f, &err)?;
     Ok(s)
 }
 

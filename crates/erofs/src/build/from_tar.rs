@@ -126,6 +126,7 @@ impl Read for Tee<'_> {
     }
 }
 
+/// Split and check a member path: relative, no `..`, names of at most 255 bytes.
 fn components(path: &[u8]) -> Result<Vec<&[u8]>, String> {
     let shown = || String::from_utf8_lossy(path).into_owned();
     if path.first() == Some(&b'/') {
@@ -253,28 +254,15 @@ impl Builder<'_> {
                     )));
                 }
                 let fp = self.opts.fingerprint.is_some() && e.size > 0;
-                let inline = file_data::can_inline(
-                    self.opts.inline,
-                    bs,
-                    e.size,
-                    max_ibody_size(&e.xattrs, fp),
-                );
+                let max_ibody = max_ibody_size(&e.xattrs, fp);
                 let at_header = tar.header_at;
                 let err = |io: std::io::Error| BuildError::Tar {
                     offset: at_header,
                     msg: format!("{shown:?}: {io}"),
                 };
                 let stored = if let Some(c) = &self.opts.compression {
-                    let at = super::compress::Placement {
-                        inline,
-                        tail_budget: super::compress::tail_budget(
-                            self.opts.inline,
-                            e.size,
-                            bs,
-                            max_ibody_size(&e.xattrs, fp),
-                        ),
-                        fragments: c.fragments,
-                    };
+                    let at =
+                        super::compress::Placement::of(c, self.opts.inline, bs, e.size, max_ibody);
                     let short = || {
                         err(std::io::Error::new(
                             std::io::ErrorKind::UnexpectedEof,
@@ -314,12 +302,9 @@ impl Builder<'_> {
                     };
                     super::compress::store(img, p, c)?
                 } else {
+                    let inline = file_data::can_inline(self.opts.inline, bs, e.size, max_ibody);
                     let at = file_data::place(img, e.size, inline);
                     let mut data = (&mut tar.r).take(e.size);
-                    let err = |io: std::io::Error| BuildError::Tar {
-                        offset: at_header,
-                        msg: format!("{shown:?}: {io}"),
-                    };
                     match self.hash.as_ref().filter(|_| fp) {
                         Some(pipe) => {
                             let mut tee = Tee {

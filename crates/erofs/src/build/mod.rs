@@ -253,9 +253,6 @@ pub fn build(
         compress::store_packed(&mut tree, opts, c, &img)?;
     }
     tree.count_links()?;
-    if let Some(p) = tree.packed {
-        tree.nodes[p].nlink = 1;
-    }
     let summary = write::image(&tree, opts, &mut img)?;
     tracing::debug!("wrote the metadata");
     let mut perms = img

@@ -398,7 +398,6 @@ fn parse_pax(mut data: &[u8], out: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Result<()
     Ok(())
 }
 
-/// Split and check a member path: relative, no `..`, names of at most 255 bytes.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,8 +39,8 @@ pub struct CompressedMap {
     pub blocks: u64,
     /// Map header, reserved bytes, lcluster indexes and the inline tail pcluster.
     pub map: Vec<u8>,
-    /// The last pcluster is inline after the indexes (ztailpacking): the record must then
-    /// stay within one block.
+    /// The last pcluster is inline after the indexes: the inode gets the ZTAILPACKING advise
+    /// (the layout keeps any record of at most a block within one block anyway).
     pub tail_inline: bool,
 }
 
@@ -166,10 +166,15 @@ impl Tree {
     }
 
     /// Set every node's `nlink`: directories 2 + subdirectories, others the number of
-    /// entries naming them. Nodes no entry reaches get 0 (the layout skips them).
+    /// entries naming them, the packed inode 1. Other nodes no entry reaches get 0 (the layout
+    /// skips them).
     pub fn count_links(&mut self) -> Result<(), BuildError> {
         let mut links = vec![0u64; self.nodes.len()];
         links[0] = 2;
+        // The packed inode is in no directory; the superblock's reference counts as one.
+        if let Some(p) = self.packed {
+            links[p] = 1;
+        }
         for id in 0..self.nodes.len() {
             if let Kind::Dir(entries) = &self.nodes[id].kind {
                 for &child in entries.values() {
