@@ -17,9 +17,6 @@
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
-/// Longest fingerprint value the daemon (like the kernel) shares on: one block.
-pub const MAX_FINGERPRINT_LEN: usize = 4096;
-
 /// How many contributors each top list keeps.
 pub const TOP: usize = 10;
 
@@ -95,11 +92,6 @@ pub fn fuse_dir_pages(name_lens: impl IntoIterator<Item = usize>, page_size: u64
 /// Pages needed to cache `size` bytes.
 pub fn pages(size: u64, page_size: u64) -> u64 {
     size.div_ceil(page_size)
-}
-
-/// True when the daemon would share on this stored fingerprint value.
-pub fn usable_fingerprint(value: &[u8]) -> bool {
-    !value.is_empty() && value.len() <= MAX_FINGERPRINT_LEN
 }
 
 /// Per-image figures.

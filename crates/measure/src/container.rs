@@ -150,11 +150,6 @@ impl CgroupTree {
         &self.path
     }
 
-    /// Which interface it is on.
-    pub fn version(&self) -> CgroupVersion {
-        self.version
-    }
-
     /// A new child cgroup `name`.
     pub fn child(&self, name: &str) -> Result<Cgroup, ContainerError> {
         let path = self.path.join(name);

@@ -9,6 +9,7 @@ pub mod interrupt;
 pub mod load;
 pub mod memory;
 pub mod page_cache;
+pub mod read_tree;
 pub mod report;
 pub mod runtime;
 pub mod scan;

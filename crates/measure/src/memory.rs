@@ -11,11 +11,11 @@
 //! size of the distinct contents (size, fingerprint) as [`crate::scan`] keys them.
 
 use crate::page_cache::{self, PageCacheError};
+use crate::read_tree::read_tree;
 use crate::runtime::{KernelLoop, Mounter};
 use crate::scan::{self, ScanError};
 use crate::share::ErofsShare;
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -131,36 +131,6 @@ pub fn content_sizes(images: &[PathBuf]) -> Result<(u64, u64), MemoryError> {
         }
     }
     Ok((unique, total))
-}
-
-/// Reads every regular file under `root` (symlinks not followed), adding its path to `files`;
-/// returns the bytes read.
-fn read_tree(
-    root: &Path,
-    buf: &mut [u8],
-    files: &mut Vec<PathBuf>,
-) -> Result<u64, (PathBuf, std::io::Error)> {
-    let mut total = 0;
-    let rd = std::fs::read_dir(root).map_err(|e| (root.to_path_buf(), e))?;
-    for e in rd {
-        let e = e.map_err(|e| (root.to_path_buf(), e))?;
-        let ft = e.file_type().map_err(|err| (e.path(), err))?;
-        if ft.is_dir() {
-            total += read_tree(&e.path(), buf, files)?;
-        } else if ft.is_file() {
-            let p = e.path();
-            let mut f = std::fs::File::open(&p).map_err(|err| (p.clone(), err))?;
-            loop {
-                let n = f.read(buf).map_err(|err| (p.clone(), err))?;
-                if n == 0 {
-                    break;
-                }
-                total += n as u64;
-            }
-            files.push(p);
-        }
-    }
-    Ok(total)
 }
 
 /// Opens and closes each of `files` once; returns the mean time per file.

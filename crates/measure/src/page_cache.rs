@@ -55,10 +55,7 @@ pub fn drops() -> Result<u64, PageCacheError> {
         .sum())
 }
 
-/// Drop the page cache, then read every regular file under `dirs` and return how many bytes
-/// of page cache that charged (root). Another process dropping caches meanwhile would
-/// make the figure too small: such a run is detected (`drop_pagecache` in /proc/vmstat) and
-/// repeated.
+/// The page cache growth of [`reading`] `dirs`, in bytes.
 pub fn growth_of_reading(dirs: &[&Path]) -> Result<u64, PageCacheError> {
     reading(dirs).map(|r| r.growth)
 }
@@ -75,7 +72,10 @@ pub struct Reading {
     pub elapsed: Duration,
 }
 
-/// [`growth_of_reading`], with the time the read took and the system-wide figure.
+/// Drops the page cache, then reads every regular file under `dirs` and measures how many
+/// bytes of page cache that charged, how long it took and the system-wide figure (root).
+/// Another process dropping caches meanwhile would make the figure too small: such a run is
+/// detected ([`drops`]) and repeated.
 pub fn reading(dirs: &[&Path]) -> Result<Reading, PageCacheError> {
     for _ in 0..ATTEMPTS {
         erofs_share_host::drop_caches().map_err(|source| PageCacheError::Io {

@@ -194,16 +194,23 @@ pub const NO_SHARE: &str = "erofs-share --no-share";
 pub const ONE_DOMAIN: &str = "erofs-share, one domain";
 pub const IDEAL: &str = "ideal: unique file content";
 
+/// The pages `a` predicts for the setup called `label` (0 for an unknown label).
+fn predicted_pages(a: &Analysis, label: &str) -> u64 {
+    match label {
+        KERNEL => a.kernel_pages,
+        NO_SHARE => a.pages_without,
+        ONE_DOMAIN => a.pages_with,
+        IDEAL => a.file_pages_with,
+        _ => 0,
+    }
+}
+
 /// The prediction in the rows of `bench memory`'s table.
 pub fn prediction_table(a: &Analysis) -> Table {
     let ps = a.page_size;
     let mut t = Table::new(&["setup", "page cache MiB", "change"]);
-    for (label, pages) in [
-        (KERNEL, a.kernel_pages),
-        (NO_SHARE, a.pages_without),
-        (ONE_DOMAIN, a.pages_with),
-        (IDEAL, a.file_pages_with),
-    ] {
+    for label in [KERNEL, NO_SHARE, ONE_DOMAIN, IDEAL] {
+        let pages = predicted_pages(a, label);
         t.row(vec![
             label.into(),
             pages_mb(pages, ps),
@@ -218,21 +225,10 @@ pub fn prediction_table(a: &Analysis) -> Table {
 /// are matched to the prediction by the names above.
 pub fn memory_chart(title: &str, measured: &[(String, u64)], predicted: &Analysis) -> BarChart {
     let ps = predicted.page_size;
-    let predict = |label: &str| -> f64 {
-        let pages = match label {
-            KERNEL => predicted.kernel_pages,
-            NO_SHARE => predicted.pages_without,
-            ONE_DOMAIN => predicted.pages_with,
-            IDEAL => predicted.file_pages_with,
-            _ => 0,
-        };
-        (pages * ps) as f64 / MB
-    };
+    let predict = |label: &str| (predicted_pages(predicted, label) * ps) as f64 / MB;
     let short = |label: &str| -> String {
         match label {
             KERNEL => "kernel erofs".into(),
-            NO_SHARE => "erofs-share --no-share".into(),
-            ONE_DOMAIN => "erofs-share, one domain".into(),
             IDEAL => "ideal".into(),
             other => other.into(),
         }

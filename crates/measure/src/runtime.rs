@@ -188,7 +188,7 @@ impl Mounted for LoopMounts {
 
 impl Mounter for KernelLoop {
     fn label(&self) -> String {
-        "kernel erofs, loop --direct-io=on, no sharing".into()
+        crate::report::KERNEL.into()
     }
     fn mount(&self, images: &[PathBuf]) -> Result<Box<dyn Mounted>, String> {
         let mut mounts = Vec::new();
@@ -260,7 +260,7 @@ const ATTEMPTS: usize = 4;
 /// Run `config` on images mounted by `mounter`: everything started is stopped and removed
 /// before this returns, whatever happens. Another process dropping the page cache during the
 /// run would take clean pages away from the containers and make their figures too small:
-/// such a run is detected (`drop_pagecache` in /proc/vmstat) and repeated.
+/// such a run is detected ([`crate::page_cache::drops`]) and repeated.
 pub fn run_setup(config: &Config, mounter: &dyn Mounter) -> Result<SetupResult, RuntimeError> {
     let drops = || {
         crate::page_cache::drops().map_err(|e| RuntimeError::App {

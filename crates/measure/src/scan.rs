@@ -2,13 +2,12 @@
 //! once per inode with its content key (the stored fingerprint, or SHA-256 computed on the fly
 //! when the image has none), and every directory.
 
-use crate::analyze::{
-    DirEntry, FileEntry, ImageFiles, KeySource, fuse_dir_pages, usable_fingerprint,
-};
+use crate::analyze::{DirEntry, FileEntry, ImageFiles, KeySource, fuse_dir_pages};
 use erofs::Image;
 use erofs::format::{chunk, layout};
 use erofs::inode::{FileType, Inode};
 use erofs::walk::{Problem, try_walk};
+use erofs_share_daemon::domain::fingerprint_usable;
 use std::collections::HashSet;
 
 /// Why an image could not be scanned.
@@ -110,7 +109,8 @@ fn file_entry(
         });
     }
     if let Some(value) = image.fingerprint(inode)? {
-        let key = usable_fingerprint(&value).then_some(value);
+        // The daemon's rule, so the prediction shares exactly what it will.
+        let key = fingerprint_usable(&value, image.superblock().block_size()).then_some(value);
         return Ok(FileEntry {
             path,
             size: inode.size,

@@ -55,14 +55,15 @@ impl Daemon {
         Ok(resp)
     }
 
-    /// Mount `image` at `mountpoint` (an existing directory), in `domain` or unshared.
+    /// Mount `image` at `mountpoint` (an existing directory), sharing in `domain`, or
+    /// unshared without one.
     pub fn mount(
         &self,
         image: &Path,
         mountpoint: &Path,
         domain: Option<&str>,
-        share: bool,
     ) -> Result<(), String> {
+        let share = domain.is_some();
         let image = image
             .canonicalize()
             .map_err(|e| format!("{}: {e}", image.display()))?;
@@ -126,7 +127,7 @@ struct ShareMounts {
     mountpoints: Vec<PathBuf>,
     // Dropped after the unmounts in `drop`: the daemon, then the directories.
     daemon: Daemon,
-    _dirs: tempfile::TempDir,
+    dirs: tempfile::TempDir,
 }
 
 impl Mounted for ShareMounts {
@@ -148,9 +149,9 @@ impl Drop for ShareMounts {
 impl Mounter for ErofsShare {
     fn label(&self) -> String {
         if self.share {
-            "erofs-share, one domain".into()
+            crate::report::ONE_DOMAIN.into()
         } else {
-            "erofs-share --no-share".into()
+            crate::report::NO_SHARE.into()
         }
     }
 
@@ -163,13 +164,13 @@ impl Mounter for ErofsShare {
         let mut mounts = ShareMounts {
             mountpoints: Vec::new(),
             daemon,
-            _dirs: dirs,
+            dirs,
         };
         for (i, img) in images.iter().enumerate() {
-            let mp = mounts._dirs.path().join(i.to_string());
+            let mp = mounts.dirs.path().join(i.to_string());
             std::fs::create_dir(&mp).map_err(|e| format!("{}: {e}", mp.display()))?;
             let domain = self.share.then_some(DOMAIN);
-            mounts.daemon.mount(img, &mp, domain, self.share)?;
+            mounts.daemon.mount(img, &mp, domain)?;
             mounts.mountpoints.push(mp);
         }
         Ok(Box::new(mounts))

@@ -111,22 +111,9 @@ fn reference_compression(spec: &str) -> String {
     }
 }
 
+/// Reads every file once so both tools start from a warm page cache.
 fn warm(dir: &Path) -> Result<(), SpeedError> {
-    // Read every file once so both tools start from a warm page cache.
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg("find \"$1\" -type f -exec cat {} + >/dev/null")
-        .arg("sh")
-        .arg(dir)
-        .status()
-        .map_err(io("warm the page cache"))?;
-    if !st.success() {
-        return Err(SpeedError::Tool(format!(
-            "could not read {}",
-            dir.display()
-        )));
-    }
-    Ok(())
+    read_all_tree(dir).map(drop)
 }
 
 /// Time `ours mkfs [-z SPEC] IMG DIR` and `mkfs.erofs [-zALG] IMG DIR`, alternating, `runs`
@@ -241,31 +228,15 @@ pub fn read_all_library(img: &Image) -> Result<(u64, u64), SpeedError> {
     Ok((files, bytes))
 }
 
+/// Reads every regular file under `root`; returns the bytes read.
 fn read_all_tree(root: &Path) -> Result<u64, SpeedError> {
-    let mut bytes = 0;
-    let mut stack = vec![root.to_path_buf()];
     let mut buf = vec![0u8; 1 << 20];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).map_err(io(d.display().to_string()))? {
-            let e = e.map_err(io(d.display().to_string()))?;
-            let ft = e.file_type().map_err(io(e.path().display().to_string()))?;
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() {
-                let mut f =
-                    std::fs::File::open(e.path()).map_err(io(e.path().display().to_string()))?;
-                loop {
-                    let n = std::io::Read::read(&mut f, &mut buf)
-                        .map_err(io(e.path().display().to_string()))?;
-                    if n == 0 {
-                        break;
-                    }
-                    bytes += n as u64;
-                }
-            }
+    crate::read_tree::read_tree(root, &mut buf, &mut Vec::new()).map_err(|(p, source)| {
+        SpeedError::Io {
+            what: p.display().to_string(),
+            source,
         }
-    }
-    Ok(bytes)
+    })
 }
 
 /// Time reading every file of `image` through the library and through the kernel, caches
