@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -23,28 +22,6 @@ fn is_mounted(p: &Path) -> bool {
         .unwrap()
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
-}
-
-fn map(f: &std::fs::File, len: usize) -> &'static [u8] {
-    // SAFETY: a fresh read-only shared mapping of an open file; unmapped by unmap().
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    // SAFETY: the mapping is len bytes long and lives until unmap().
-    unsafe { std::slice::from_raw_parts(p as *const u8, len) }
-}
-
-fn unmap(s: &[u8]) {
-    // SAFETY: s is exactly a mapping made by map().
-    unsafe { libc::munmap(s.as_ptr() as *mut libc::c_void, s.len()) };
 }
 
 /// Runs `f` on another thread; None if it did not finish within `limit` (a hang).
@@ -67,10 +44,10 @@ fn umount_while_open_and_mapped_keeps_serving() {
     let b = d.mount(&testdata::image("plain-b512-fp"), "b", Some("d"));
     let expected = read_all(&a.join(REL));
     let f = std::fs::File::open(a.join(REL)).unwrap();
-    let m = map(&f, expected.len());
+    let m = Mapped::new(&f, expected.len()).unwrap();
     assert!(!d.umount(&a), "busy: detached lazily");
     assert!(!is_mounted(&a), "gone from the namespace");
-    assert!(m == &expected[..], "mapped bytes after umount");
+    assert!(m.bytes() == &expected[..], "mapped bytes after umount");
     testkit::drop_caches().unwrap();
     assert!(
         read_all(&b.join(REL)) == expected,
@@ -79,7 +56,7 @@ fn umount_while_open_and_mapped_keeps_serving() {
     let mut again = Vec::new();
     std::io::Read::read_to_end(&mut &f, &mut again).unwrap();
     assert!(again == expected, "open fd after umount");
-    unmap(m);
+    drop(m);
     drop(f);
     // The detached mount's session ends with its last file; its sources go, b's remain.
     let t = std::time::Instant::now();
@@ -131,7 +108,7 @@ fn daemon_stop_with_open_files_unmounts_and_exits() {
     let f = std::fs::File::open(a.join(REL)).unwrap();
     let g = std::fs::File::open(n.join(REL)).unwrap();
     let len = f.metadata().unwrap().len() as usize;
-    let m = map(&f, len);
+    let m = Mapped::new(&f, len).unwrap();
     let dedup = d.status().domains[0].dedup_mountpoint.clone();
     assert!(
         d.stop(Duration::from_secs(10)),
@@ -147,7 +124,7 @@ fn daemon_stop_with_open_files_unmounts_and_exits() {
         (r1, r2)
     });
     assert!(r.is_some(), "a read after daemon stop hung");
-    unmap(m);
+    drop(m);
 }
 
 #[test]

@@ -19,30 +19,9 @@ fn gate(name: &str) -> bool {
 /// Whether our reader reads every file of `image` (compressed images need the codecs).
 fn reader_reads_all(image: &Path) -> Result<(), String> {
     let img = erofs::Image::open(image).map_err(|e| e.to_string())?;
-    let mut stack = vec![img.root_nid()];
-    let mut seen = std::collections::HashSet::new();
-    while let Some(nid) = stack.pop() {
-        if !seen.insert(nid) {
-            continue;
-        }
-        let inode = img.inode(nid).map_err(|e| e.to_string())?;
-        match inode.file_type() {
-            erofs::inode::FileType::Dir => {
-                for e in img.read_dir(&inode).map_err(|e| e.to_string())? {
-                    if e.name != b"." && e.name != b".." {
-                        stack.push(e.nid);
-                    }
-                }
-            }
-            erofs::inode::FileType::Reg => {
-                let mut buf = vec![0; inode.size as usize];
-                img.read_at(&inode, 0, &mut buf)
-                    .map_err(|e| e.to_string())?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    erofs_share_measure::speed::read_all_library(&img)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -224,10 +203,10 @@ fn mmap_from_two_mounts_is_one_copy_and_maps_show_the_user_path() {
     let size = expected.len();
     let fa = std::fs::File::open(a.join(rel)).unwrap();
     let fb = std::fs::File::open(b.join(rel)).unwrap();
-    let ma = map(&fa, size);
-    let mb = map(&fb, size);
+    let ma = Mapped::new(&fa, size).unwrap();
+    let mb = Mapped::new(&fb, size).unwrap();
     assert!(
-        ma == &expected[..] && mb == &expected[..],
+        ma.bytes() == &expected[..] && mb.bytes() == &expected[..],
         "mapped bytes differ"
     );
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
@@ -251,36 +230,7 @@ fn mmap_from_two_mounts_is_one_copy_and_maps_show_the_user_path() {
         cached_dedup >= page_round(size as u64) && cached_dedup < 2 * page_round(size as u64),
         "dedup cache {cached_dedup} for one {size}-byte file"
     );
-    unmap(ma);
-    unmap(mb);
-}
-
-fn map(f: &std::fs::File, len: usize) -> &'static [u8] {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a fresh read-only shared mapping of an open file; unmapped by unmap().
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(
-        p,
-        libc::MAP_FAILED,
-        "mmap: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: the mapping is len bytes long and lives until unmap().
-    unsafe { std::slice::from_raw_parts(p as *const u8, len) }
-}
-
-fn unmap(s: &[u8]) {
-    // SAFETY: s is exactly a mapping made by map().
-    unsafe { libc::munmap(s.as_ptr() as *mut libc::c_void, s.len()) };
+    drop((ma, mb));
 }
 
 #[test]

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -77,29 +76,13 @@ fn check(
         }
         _ => {
             let f = std::fs::File::open(&p)?;
-            // SAFETY: a fresh read-only shared mapping, unmapped below.
-            let m = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    want.len(),
-                    libc::PROT_READ,
-                    libc::MAP_SHARED,
-                    f.as_raw_fd(),
-                    0,
-                )
-            };
-            if m == libc::MAP_FAILED {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: the mapping is want.len() bytes long until munmap below.
-            let s = unsafe { std::slice::from_raw_parts(m as *const u8, want.len()) };
+            let m = Mapped::new(&f, want.len())?;
+            let s = m.bytes();
             let off = rng.below(want.len() as u64) as usize;
             let len = (rng.below(64 * 1024) as usize + 1).min(want.len() - off);
             if s[off..off + len] != want[off..off + len] {
                 fail(format!("mmap {len} at {off}"));
             }
-            // SAFETY: unmaps exactly the mapping made above.
-            unsafe { libc::munmap(m, want.len()) };
         }
     }
     Ok(())

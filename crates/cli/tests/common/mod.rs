@@ -330,6 +330,26 @@ pub struct Mapped {
 }
 
 impl Mapped {
+    /// Maps the first `len` (> 0) bytes of `f`.
+    pub fn new(f: &std::fs::File, len: usize) -> std::io::Result<Mapped> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh read-only shared mapping of an open file, owned by Mapped.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapped { ptr, len })
+    }
+
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: the mapping is len bytes long and lives as long as self.
         unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
@@ -338,7 +358,7 @@ impl Mapped {
 
 impl Drop for Mapped {
     fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly the mapping made in map_all.
+        // SAFETY: ptr/len are exactly the mapping made in new().
         unsafe { libc::munmap(self.ptr, self.len) };
     }
 }
@@ -347,7 +367,6 @@ impl Drop for Mapped {
 /// survive anyone's drop_caches, so a page-cache measurement taken while the mappings live
 /// is not disturbed by other processes on the host.
 pub fn map_all(roots: &[&Path]) -> Vec<Mapped> {
-    use std::os::fd::AsRawFd;
     let mut out = Vec::new();
     for r in roots {
         for p in regular_files(r).values() {
@@ -356,19 +375,7 @@ pub fn map_all(roots: &[&Path]) -> Vec<Mapped> {
             if len == 0 {
                 continue;
             }
-            // SAFETY: a fresh read-only shared mapping of an open file, owned by Mapped.
-            let ptr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ,
-                    libc::MAP_SHARED,
-                    f.as_raw_fd(),
-                    0,
-                )
-            };
-            assert_ne!(ptr, libc::MAP_FAILED, "mmap {}", p.display());
-            let m = Mapped { ptr, len };
+            let m = Mapped::new(&f, len).unwrap_or_else(|e| panic!("mmap {}: {e}", p.display()));
             let mut sum = 0u8;
             for i in (0..len).step_by(4096) {
                 sum = sum.wrapping_add(m.bytes()[i]);
