@@ -213,27 +213,23 @@ impl Checker<'_> {
                 "xattr area holds only its header (the kernel refuses such inodes)".into(),
             );
         }
-        let raw = match xattr::raw(self.img, inode) {
-            Ok(r) => r,
+        let ibody = match xattr::ibody(self.img, inode) {
+            Ok(b) => b,
             Err(e) => return self.problem(path, describe(&e)),
         };
-        if self.img.superblock().xattr_filter_active() {
-            match xattr::ibody_header(self.img, inode) {
-                Ok(Some(h)) => {
-                    let present = !xattr::expected_filter(&raw);
-                    if h.name_filter & present != 0 {
-                        self.problem(
-                            path,
-                            format!(
-                                "xattr name filter {:#010x} hides names present (bits {:#010x})",
-                                h.name_filter,
-                                h.name_filter & present
-                            ),
-                        );
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => self.problem(path, describe(&e)),
+        if self.img.superblock().xattr_filter_active()
+            && let Some((h, raw)) = &ibody
+        {
+            let present = !xattr::expected_filter(raw);
+            if h.name_filter & present != 0 {
+                self.problem(
+                    path,
+                    format!(
+                        "xattr name filter {:#010x} hides names present (bits {:#010x})",
+                        h.name_filter,
+                        h.name_filter & present
+                    ),
+                );
             }
         }
         if let Err(e) = self.img.listed_xattrs(inode) {

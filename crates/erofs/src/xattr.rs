@@ -127,9 +127,14 @@ pub(crate) fn load_prefixes(img: &Image) -> Result<Vec<LongPrefix>> {
     Ok(out)
 }
 
-/// The inline header of `inode`, or None when it has no xattr area.
-pub fn ibody_header(img: &Image, inode: &Inode) -> Result<Option<IbodyHeader>> {
-    Ok(read_ibody(img, inode)?.map(|(h, _)| h))
+/// The inline header of `inode` and every entry (shared first, then inline), read once; None
+/// when it has no xattr area.
+pub fn ibody(img: &Image, inode: &Inode) -> Result<Option<(IbodyHeader, Vec<RawXattr>)>> {
+    let Some((h, inline)) = read_ibody(img, inode)? else {
+        return Ok(None);
+    };
+    let entries = decode_all(img, inode, &h, &inline)?;
+    Ok(Some((h, entries)))
 }
 
 /// The header and the raw bytes of the inline entries.
@@ -256,10 +261,9 @@ fn shared_entry(img: &Image, inode: &Inode, id: u32) -> Result<RawXattr> {
 
 /// Every entry: shared first, then inline.
 pub fn raw(img: &Image, inode: &Inode) -> Result<Vec<RawXattr>> {
-    let Some((h, inline)) = read_ibody(img, inode)? else {
-        return Ok(Vec::new());
-    };
-    decode_all(img, inode, &h, &inline)
+    Ok(ibody(img, inode)?
+        .map(|(_, entries)| entries)
+        .unwrap_or_default())
 }
 
 fn decode_all(img: &Image, inode: &Inode, h: &IbodyHeader, inline: &[u8]) -> Result<Vec<RawXattr>> {

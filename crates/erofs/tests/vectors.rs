@@ -119,8 +119,7 @@ fn fingerprints_are_sha256_of_content_and_filters_match_the_hash() {
             let Visit::Inode { path, inode, .. } = v else {
                 panic!("{name}: {v:?}");
             };
-            let raw = erofs::xattr::raw(&img, inode).unwrap();
-            if let Some(h) = erofs::xattr::ibody_header(&img, inode).unwrap()
+            if let Some((h, raw)) = erofs::xattr::ibody(&img, inode).unwrap()
                 && sb.has_compat(erofs::format::compat::XATTR_FILTER)
             {
                 assert_eq!(
