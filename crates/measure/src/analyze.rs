@@ -261,35 +261,29 @@ pub fn analyze(images: &[ImageFiles], page_size: u64) -> Analysis {
             d.files += 1;
             d.bytes += f.size;
             d.pages_without += p;
-            match f.key.as_deref() {
+            let alone = match f.key.as_deref() {
                 None => {
                     // Never shared: one copy per inode.
                     d.pages_with += p;
                     pages_unkeyed += p;
                     bytes_unkeyed += f.size;
-                    if p > 0 {
-                        unshared.push(UnsharedContributor {
-                            image: img.name.clone(),
-                            path: f.path.clone(),
-                            size: f.size,
-                            pages: p,
-                        });
-                    }
+                    true
                 }
                 Some(key) => {
                     let c = &contents[&(f.size, key)];
                     if c.images.iter().any(|&j| j != i) {
                         r.shared_bytes += f.size;
                     }
-                    if c.copies == 1 && p > 0 {
-                        unshared.push(UnsharedContributor {
-                            image: img.name.clone(),
-                            path: f.path.clone(),
-                            size: f.size,
-                            pages: p,
-                        });
-                    }
+                    c.copies == 1
                 }
+            };
+            if alone && p > 0 {
+                unshared.push(UnsharedContributor {
+                    image: img.name.clone(),
+                    path: f.path.clone(),
+                    size: f.size,
+                    pages: p,
+                });
             }
         }
         pages_without += r.pages;

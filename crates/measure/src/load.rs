@@ -257,7 +257,7 @@ pub fn http_get(
                     if stop() || Instant::now() >= deadline {
                         return;
                     }
-                    let c = match conn.take() {
+                    let mut c = match conn.take() {
                         Some(c) => c,
                         None => match TcpStream::connect_timeout(&addr, Duration::from_secs(2))
                             .and_then(HttpConn::new)
@@ -269,7 +269,6 @@ pub fn http_get(
                             }
                         },
                     };
-                    let mut c = c;
                     match c.get(path) {
                         Ok(keep_alive) => {
                             done.fetch_add(1, Ordering::Relaxed);
