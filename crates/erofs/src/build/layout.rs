@@ -52,10 +52,10 @@ pub fn dir_blocks(names: &[&[u8]], block_size: u64) -> (Vec<Range<usize>>, u64) 
 
 /// Place inode records in the metadata area, which starts `start` bytes into its first block
 /// (after the shared xattrs). Records are 32-byte aligned (nid = offset / 32). `sizes[0]`, the
-/// root, goes first so its nid stays small. Every record of at most a block stays inside one
-/// block (the kernel needs an inline tail in one block), packed best-fit decreasing to waste
-/// little; larger ones (no inline data, huge xattr bodies) follow at the end. Returns each
-/// record's offset and the end of the area.
+/// root, goes first so its nid stays small. Every record of at most a block, the root included,
+/// stays inside one block (the kernel needs an inline tail in one block), packed best-fit
+/// decreasing to waste little; larger ones (no inline data, huge xattr bodies) follow at the
+/// end. Returns each record's offset and the end of the area.
 pub fn pack(block_size: u64, start: u64, sizes: &[u64]) -> (Vec<u64>, u64) {
     let slot = |s: u64| s.max(1).next_multiple_of(SLOT);
     let mut offsets = vec![0u64; sizes.len()];
@@ -63,22 +63,36 @@ pub fn pack(block_size: u64, start: u64, sizes: &[u64]) -> (Vec<u64>, u64) {
         return (offsets, start);
     };
     let first = start.next_multiple_of(SLOT);
-    offsets[0] = first;
-    let mut end = first + slot(root);
-    // Blocks' used bytes, and free space → blocks with that much room.
-    let mut used: Vec<u64> = Vec::new();
+    let first_block = first - first % block_size;
+    // Blocks' used bytes (block 0 is the one the area starts in), and free space → blocks
+    // with that much room.
+    let mut used: Vec<u64> = vec![first % block_size];
     let mut by_free: BTreeSet<(u64, usize)> = BTreeSet::new();
-    let base = end.next_multiple_of(block_size);
-    if base > end && base - end >= SLOT {
-        // The rest of the root's block is usable too.
-        used.push(end % block_size);
-        by_free.insert((base - end, 0));
-    }
-    let first_block = if used.is_empty() {
-        base
+    let mut end = first;
+    let root = slot(root);
+    if root > block_size {
+        // No inline tail: the root may span blocks; the rest of its last block is usable.
+        offsets[0] = first;
+        end = first + root;
+        used = vec![block_size; (end - first_block).div_ceil(block_size) as usize];
+        *used.last_mut().expect("the root spans a block") =
+            (end - first_block - 1) % block_size + 1;
     } else {
-        base - block_size
-    };
+        // The root's record must not cross a block: start a new block when the shared
+        // xattrs leave too little room in the first one.
+        if used[0] + root > block_size {
+            used.push(0);
+        }
+        let b = used.len() - 1;
+        offsets[0] = first_block + b as u64 * block_size + used[b];
+        used[b] += root;
+        end = end.max(offsets[0] + root);
+    }
+    for (b, &u) in used.iter().enumerate() {
+        if block_size - u >= SLOT {
+            by_free.insert((block_size - u, b));
+        }
+    }
     let mut order: Vec<usize> = (1..sizes.len()).collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(slot(sizes[i])), i));
     let mut large = Vec::new();
@@ -100,12 +114,17 @@ pub fn pack(block_size: u64, start: u64, sizes: &[u64]) -> (Vec<u64>, u64) {
         };
         offsets[i] = first_block + b as u64 * block_size + used[b];
         used[b] += size;
+        end = end.max(offsets[i] + size);
         let free = block_size - used[b];
         if free >= SLOT {
             by_free.insert((free, b));
         }
     }
-    end = end.max(first_block + used.len() as u64 * block_size);
+    end = end.max(first_block + (used.len() as u64 - 1) * block_size + used[used.len() - 1]);
+    if !large.is_empty() {
+        // Large records after every packed block (they may span blocks).
+        end = end.max(first_block + used.len() as u64 * block_size);
+    }
     for i in large {
         offsets[i] = end;
         end += slot(sizes[i]);
@@ -155,5 +174,41 @@ mod tests {
         assert_eq!(off[4] / 4096, 1);
         assert_eq!((off[5] / 4096, off[6] / 4096), (2, 0));
         assert_eq!(end, 3 * 4096 + 5024);
+    }
+
+    #[test]
+    fn a_root_that_does_not_fit_after_the_shared_xattrs_starts_a_block() {
+        // Shared xattrs end at 3872: a 352-byte root (inline tail) would cross into block 1.
+        for (start, root) in [
+            (3872u64, 352u64),
+            (4000, 128),
+            (100, 4096),
+            (0, 9000),
+            (3872, 5000),
+        ] {
+            let sizes = [root, 200, 3900, 64, 32, 6000];
+            let (off, end) = pack(4096, start, &sizes);
+            let mut spans: Vec<(u64, u64)> = off
+                .iter()
+                .zip(&sizes)
+                .map(|(&o, &s)| (o, o + s.next_multiple_of(32)))
+                .collect();
+            for (i, (&o, &s)) in off.iter().zip(&sizes).enumerate() {
+                assert!(o >= start && o % 32 == 0, "record {i} at {o}");
+                assert!(o + s <= end, "record {i} past the end");
+                if s <= 4096 {
+                    assert_eq!(o / 4096, (o + s - 1) / 4096, "record {i} crosses a block");
+                }
+            }
+            spans.sort();
+            assert!(
+                spans.windows(2).all(|w| w[0].1 <= w[1].0),
+                "overlap: {spans:?}"
+            );
+            assert!(
+                off[0] < start.next_multiple_of(4096) + 4096,
+                "root nid stays small"
+            );
+        }
     }
 }
