@@ -50,6 +50,9 @@ pub enum Request {
         /// False for `--no-share`.
         #[serde(default = "yes")]
         share: bool,
+        /// `overlay`, `fuse`, or none for the best this kernel has.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        front: Option<String>,
     },
     /// Unmount (lazily when busy).
     Umount {
@@ -125,6 +128,15 @@ pub struct MountStatus {
     pub image_bytes_read: u64,
     /// True when the image file is read with O_DIRECT (else buffered + drop-behind).
     pub direct_io: bool,
+    /// `overlay` or `fuse` (see DESIGN.md, "the overlay front").
+    #[serde(default)]
+    pub front: String,
+    /// Why this front and not the other.
+    #[serde(default)]
+    pub front_reason: Option<String>,
+    /// The overlay front's metadata-only image.
+    #[serde(default)]
+    pub meta_image: Option<PathBuf>,
 }
 
 /// One sharing domain.
@@ -150,6 +162,9 @@ pub struct DomainStatus {
     pub miss_bytes: u64,
     /// Page cache saved against one copy per mount: Σ cached × (references − 1).
     pub saved_bytes: u64,
+    /// Requests the dedup mount served (lookups, getattrs, reads).
+    #[serde(default)]
+    pub requests: u64,
 }
 
 /// The daemon's state, answer to `status`.
@@ -285,7 +300,8 @@ mod tests {
                 image: "/a.erofs".into(),
                 mountpoint: "/m".into(),
                 domain: Some("web".into()),
-                share: true
+                share: true,
+                front: None,
             }
         );
         assert_eq!(

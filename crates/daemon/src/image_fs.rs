@@ -112,6 +112,18 @@ impl MountedImage {
     }
 }
 
+/// A regular file of a mounted image as a dedup object's source.
+pub fn source_of(mount: &Arc<MountedImage>, inode: &Inode) -> Source {
+    Source {
+        mount_id: mount.id,
+        nid: inode.nid,
+        content: Arc::new(ImageFile {
+            mount: mount.clone(),
+            inode: inode.clone(),
+        }),
+    }
+}
+
 /// A regular file of a mounted image, as a dedup object's source.
 #[derive(Debug)]
 struct ImageFile {
@@ -309,14 +321,7 @@ impl ImageFs {
             return None;
         }
         let key = share_key(domain.id.as_bytes(), &fp);
-        let source = Source {
-            mount_id: self.mount.id,
-            nid: inode.nid,
-            content: Arc::new(ImageFile {
-                mount: self.mount.clone(),
-                inode: inode.clone(),
-            }),
-        };
+        let source = source_of(&self.mount, inode);
         match domain
             .objects
             .lock()

@@ -16,6 +16,9 @@ pub const DOMAIN: &str = "bench";
 pub struct Daemon {
     child: Child,
     state: tempfile::TempDir,
+    /// The front mounts ask for (None: the daemon's choice, the overlay front where the
+    /// kernel has it).
+    pub front: Option<String>,
 }
 
 impl Daemon {
@@ -40,7 +43,11 @@ impl Daemon {
             .stderr(log2)
             .spawn()
             .map_err(|e| format!("starting {} daemon: {e}", exe.display()))?;
-        let mut d = Daemon { child, state };
+        let mut d = Daemon {
+            child,
+            state,
+            front: None,
+        };
         control::wait_ready(d.state.path(), &mut d.child, Duration::from_secs(10))
             .map_err(|e| format!("{e}: {}", crate::container::log_tail(&log_path)))?;
         Ok(d)
@@ -72,6 +79,7 @@ impl Daemon {
             mountpoint: mountpoint.to_path_buf(),
             domain: domain.map(str::to_string),
             share,
+            front: self.front.clone(),
         })?;
         // A shared benchmark that silently shares nothing would report a wrong table.
         if share && let Some(why) = resp.mount.and_then(|m| m.unshared_reason) {

@@ -40,8 +40,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (_, Some(r)) => format!("unshared: {r}"),
             (None, None) => "unshared".into(),
         };
+        let front = match (&m.meta_image, &m.front_reason) {
+            (Some(meta), _) => format!("{} front, metadata image {}", m.front, meta.display()),
+            (None, Some(why)) => format!("{} front: {why}", m.front),
+            (None, None) => format!("{} front", m.front),
+        };
         println!(
-            "  {} <- {} [{}]{} opens shared/unshared {}/{}, image read {}{}{}",
+            "  {} <- {} [{}] ({front}){} opens shared/unshared {}/{}, image read {}{}{}",
             m.mountpoint.display(),
             m.image.display(),
             sharing,
@@ -63,10 +68,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!("domains: {}", st.domains.len());
     for d in &st.domains {
+        // The overlay front's internal domain for mounts that share nothing.
+        let id = if d.id.is_empty() {
+            "(unshared files)"
+        } else {
+            d.id.as_str()
+        };
         println!(
             "  {}: {} mounts, {} dedup objects, {} files shared, shared page cache {}, \
              misses served {} ({}), saved vs one copy per mount {}",
-            d.id,
+            id,
             d.mounts,
             d.objects,
             d.files_shared,

@@ -19,6 +19,7 @@ pub(crate) mod file_data;
 pub(crate) mod from_dir;
 pub(crate) mod from_tar;
 pub(crate) mod layout;
+pub mod meta;
 pub(crate) mod tar;
 pub(crate) mod tree;
 pub(crate) mod write;
@@ -212,6 +213,19 @@ pub fn build(
     opts: &Options,
     progress: &dyn Progress,
 ) -> Result<Summary, BuildError> {
+    build_with(dst, opts, |img| match source {
+        Source::Dir(path) => from_dir::read(&path, opts, img, progress),
+        Source::Tar(reader) => from_tar::read(reader, opts, img, progress),
+    })
+}
+
+/// Build `dst` from the tree `make_tree` reads (storing file content into the image it is
+/// given as it goes). The image appears at `dst` only when complete.
+pub(crate) fn build_with(
+    dst: &Path,
+    opts: &Options,
+    make_tree: impl FnOnce(&ImageFile) -> Result<tree::Tree, BuildError>,
+) -> Result<Summary, BuildError> {
     let blkszbits = opts.validate()?;
     let parent = match dst.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -239,10 +253,7 @@ pub fn build(
         spool: compress::Spool::new(parent.clone()),
         next_block: AtomicU64::new(first_data_block),
     };
-    let mut tree = match source {
-        Source::Dir(path) => from_dir::read(&path, opts, &img, progress)?,
-        Source::Tar(reader) => from_tar::read(reader, opts, &img, progress)?,
-    };
+    let mut tree = make_tree(&img)?;
     if opts.uid.is_some() || opts.gid.is_some() {
         for n in &mut tree.nodes {
             n.uid = opts.uid.unwrap_or(n.uid);
