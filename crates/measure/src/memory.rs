@@ -84,7 +84,8 @@ pub struct Row {
 pub struct Report {
     /// The images, in order.
     pub images: Vec<PathBuf>,
-    /// Measured setups: kernel, `--no-share`, one domain.
+    /// Measured setups: kernel, `--no-share`, one domain (overlay front), one domain (FUSE
+    /// front).
     pub rows: Vec<Row>,
     /// Page-rounded size of the distinct file contents of all images.
     pub ideal: u64,
@@ -199,15 +200,22 @@ pub fn run(exe: &Path, images: &[PathBuf], runs: usize) -> Result<Report, Memory
         return Err(MemoryError::NoImages);
     }
     let (ideal, total_content) = content_sizes(images)?;
-    let setups: [&dyn Mounter; 3] = [
+    let setups: [&dyn Mounter; 4] = [
         &KernelLoop,
         &ErofsShare {
             exe: exe.to_path_buf(),
             share: false,
+            front: None,
         },
         &ErofsShare {
             exe: exe.to_path_buf(),
             share: true,
+            front: None,
+        },
+        &ErofsShare {
+            exe: exe.to_path_buf(),
+            share: true,
+            front: Some("fuse"),
         },
     ];
     let mut rows = Vec::new();

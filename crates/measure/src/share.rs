@@ -128,6 +128,8 @@ pub struct ErofsShare {
     pub exe: PathBuf,
     /// False for `--no-share`.
     pub share: bool,
+    /// `Some("fuse")` for the FUSE front; None for the daemon's default (overlay).
+    pub front: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -156,15 +158,20 @@ impl Drop for ShareMounts {
 
 impl Mounter for ErofsShare {
     fn label(&self) -> String {
-        if self.share {
-            crate::report::ONE_DOMAIN.into()
-        } else {
-            crate::report::NO_SHARE.into()
+        use crate::report::{NO_SHARE, NO_SHARE_FUSE, ONE_DOMAIN, ONE_DOMAIN_FUSE};
+        let fuse = self.front == Some("fuse");
+        match (self.share, fuse) {
+            (true, false) => ONE_DOMAIN,
+            (true, true) => ONE_DOMAIN_FUSE,
+            (false, false) => NO_SHARE,
+            (false, true) => NO_SHARE_FUSE,
         }
+        .into()
     }
 
     fn mount(&self, images: &[PathBuf]) -> Result<Box<dyn Mounted>, String> {
-        let daemon = Daemon::start(&self.exe)?;
+        let mut daemon = Daemon::start(&self.exe)?;
+        daemon.front = self.front.map(str::to_string);
         let dirs = tempfile::Builder::new()
             .prefix("erofs-share-bench-mnt-")
             .tempdir()

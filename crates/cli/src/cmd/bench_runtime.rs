@@ -39,11 +39,14 @@ pub struct Args {
 fn mounter(name: &str) -> anyhow::Result<Box<dyn Mounter>> {
     match name {
         "kernel" => Ok(Box::new(KernelLoop)),
-        "no-share" | "share" => Ok(Box::new(ErofsShare {
+        "no-share" | "share" | "share-fuse" => Ok(Box::new(ErofsShare {
             exe: std::env::current_exe().context("finding the erofs-share executable")?,
-            share: name == "share",
+            share: name != "no-share",
+            front: (name == "share-fuse").then_some("fuse"),
         })),
-        other => anyhow::bail!("unknown setup {other:?}: expected kernel, no-share or share"),
+        other => {
+            anyhow::bail!("unknown setup {other:?}: expected kernel, no-share, share or share-fuse")
+        }
     }
 }
 

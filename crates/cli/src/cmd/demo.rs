@@ -78,12 +78,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Box::new(ErofsShare {
                 exe: exe.clone(),
                 share: false,
+                front: None,
             }),
             NO_SHARE,
             a.pages_without,
         ),
         (
-            Box::new(ErofsShare { exe, share: true }),
+            Box::new(ErofsShare {
+                exe,
+                share: true,
+                front: None,
+            }),
             ONE_DOMAIN,
             a.pages_with,
         ),
