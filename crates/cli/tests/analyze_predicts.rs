@@ -13,7 +13,7 @@ use testkit::Need;
 fn analyze_matches_the_page_cache_of_every_setup() {
     if !testkit::require(
         "analyze_matches_the_page_cache_of_every_setup",
-        &[Need::Testdata, Need::KernelErofs, Need::Fuse],
+        &[Need::KernelErofs, Need::Fuse],
     ) {
         return;
     }

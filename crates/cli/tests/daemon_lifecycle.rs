@@ -14,7 +14,7 @@ use testkit::{Need, require, testdata};
 const REL: &str = "big/text-800k.txt";
 
 fn gate(name: &str) -> bool {
-    require(name, &[Need::Fuse, Need::Testdata])
+    require(name, &[Need::Fuse])
 }
 
 fn is_mounted(p: &Path) -> bool {

@@ -13,7 +13,7 @@ const PLAIN: &str = "plain-fp";
 const PLAIN_B512: &str = "plain-b512-fp";
 
 fn gate(name: &str) -> bool {
-    require(name, &[Need::Fuse, Need::Testdata])
+    require(name, &[Need::Fuse])
 }
 
 /// Whether our reader reads every file of `image` (compressed images need the codecs).
