@@ -205,7 +205,7 @@ pub enum StartError {
     Timeout(Duration),
     /// Its status could not be polled.
     #[error("waiting for the daemon: {0}")]
-    Wait(#[source] io::Error),
+    Wait(io::Error),
 }
 
 /// Waits until `child`, a daemon started on `state_dir`, answers a status request.

@@ -38,12 +38,12 @@ const DEDUP_THREADS: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call on a named object failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// What was being done, naming the path.
         what: String,
         /// The OS error.
-        source: io::Error,
+        cause: io::Error,
     },
     /// Another daemon owns the state directory.
     #[error("another erofs-share daemon already runs with state directory {0}")]
@@ -52,7 +52,7 @@ pub enum Error {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
-    move |source| Error::Io { what, source }
+    move |cause| Error::Io { what, cause }
 }
 
 #[derive(Debug)]
@@ -189,7 +189,7 @@ impl Daemon {
                 if let Some(d) = &dom {
                     self.release_domain(&d.id);
                 }
-                format!("{}: {e}", image.display())
+                e.to_string()
             });
         let mounted = Arc::new(mounted?);
         match (&domain, share) {

@@ -82,12 +82,9 @@ impl FsckReport {
     }
 }
 
-/// Strip the "image: nid N:" context from reader errors: the problem already names the path.
+/// A reader error without its image name: the report is about one image and names it once.
 fn describe(e: &Error) -> String {
-    match e {
-        Error::Corrupt { at, what, .. } => format!("{at}: corrupt: {what}"),
-        other => other.to_string(),
-    }
+    e.detail()
 }
 
 struct Checker<'a> {

@@ -18,11 +18,10 @@ pub enum ScanError {
     /// A problem the walk met, before [`scan`] names the image.
     #[error(transparent)]
     Problem(Box<Problem>),
-    #[error("{image}: {path}: {error}")]
+    #[error("{image}: {path}: {}", error.detail())]
     Walk {
         image: String,
         path: String,
-        #[source]
         error: Box<erofs::Error>,
     },
     #[error("{image}: {path} (nid {nid}): hashing the content: {error}")]
@@ -30,7 +29,6 @@ pub enum ScanError {
         image: String,
         path: String,
         nid: u64,
-        #[source]
         error: std::io::Error,
     },
 }

@@ -1,6 +1,5 @@
 //! `erofs-share analyze`: predict what sharing saves for a set of images (no root, no mount).
 
-use anyhow::Context;
 use erofs_share_measure::{analyze, report, scan};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,8 +22,8 @@ pub fn analyze_images(images: &[PathBuf]) -> anyhow::Result<analyze::Analysis> {
             .iter()
             .map(|path| {
                 s.spawn(move || -> anyhow::Result<analyze::ImageFiles> {
-                    let img = erofs::Image::open(path)
-                        .with_context(|| format!("opening {}", path.display()))?;
+                    // The reader's errors name the image.
+                    let img = erofs::Image::open(path)?;
                     Ok(scan::scan(&img, &path.display().to_string(), page_size())?)
                 })
             })

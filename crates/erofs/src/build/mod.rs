@@ -36,14 +36,13 @@ pub use exclude::Pattern;
 /// What a build failed on.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("writing the image: {0}")]
-    Write(#[source] std::io::Error),
+    Write(std::io::Error),
     #[error("tar input at byte {offset}: {msg}")]
     Tar { offset: u64, msg: String },
     #[error("source: {0}")]
@@ -57,7 +56,7 @@ pub enum BuildError {
 impl BuildError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BuildError {
         let path = path.into();
-        move |source| BuildError::Io { path, source }
+        move |cause| BuildError::Io { path, cause }
     }
 }
 
@@ -220,7 +219,7 @@ pub fn build(
     let tmp = tempfile::Builder::new()
         .prefix(".erofs-share-mkfs-")
         .tempfile_in(&parent)
-        .map_err(BuildError::io(&parent))?;
+        .map_err(|e| BuildError::io(&parent)(without_temp_path(e)))?;
     let file = tmp.as_file().try_clone().map_err(BuildError::Write)?;
     let first_data_block = layout::first_data_block(blkszbits, opts);
     let mut img = ImageFile {
@@ -271,6 +270,20 @@ pub fn build(
     img.file.set_permissions(perms).map_err(BuildError::Write)?;
     // No fsync, like mkfs.erofs: the rename protects the destination from failed builds;
     // callers that need durability sync the image themselves.
-    tmp.persist(dst).map_err(|e| BuildError::io(dst)(e.error))?;
+    // The caller names `dst` (its context says what is built): not named again here.
+    tmp.persist(dst).map_err(|e| BuildError::Write(e.error))?;
     Ok(summary)
+}
+
+/// tempfile's errors end in "at path <the temporary file>": the build names the directory.
+fn without_temp_path(e: std::io::Error) -> std::io::Error {
+    let code = e
+        .get_ref()
+        .and_then(|inner| inner.source())
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error);
+    match code {
+        Some(c) => std::io::Error::from_raw_os_error(c),
+        None => e,
+    }
 }
