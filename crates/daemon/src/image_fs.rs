@@ -259,6 +259,14 @@ impl ImageFs {
         Ok(entries)
     }
 
+    /// Counts an EIO answered for corrupt image content (`read_errors` in `status`).
+    fn counted(&self, e: Errno) -> Errno {
+        if e == Errno::EIO {
+            self.mount.read_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        e
+    }
+
     fn attr(&self, inode: &Inode) -> FileAttr {
         let bs = self.mount.image.superblock().block_size();
         let mtime = if inode.mtime >= 0 {
@@ -282,6 +290,28 @@ impl ImageFs {
             gid: inode.gid,
             rdev: inode.rdev,
             blksize: bs as u32,
+            flags: 0,
+        }
+    }
+
+    /// Attributes for a directory entry whose inode cannot be read: its number and type, as
+    /// the directory records them, and nothing else.
+    fn unreadable_attr(&self, e: &DirEntry) -> FileAttr {
+        FileAttr {
+            ino: self.ino_of(e.nid),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: kind_of(e.file_type),
+            perm: 0,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: self.mount.image.superblock().block_size() as u32,
             flags: 0,
         }
     }
@@ -467,7 +497,7 @@ impl Filesystem for ImageFs {
         };
         match self.inode(entry.nid) {
             Ok(i) => reply.entry(&TTL, &self.attr(&i), Generation(0)),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.counted(e)),
         }
     }
 
@@ -627,7 +657,7 @@ impl Filesystem for ImageFs {
     ) {
         let entries = match self.listing(ino) {
             Ok(e) => e,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(self.counted(e)),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let name = OsStr::from_bytes(&e.name);
@@ -648,21 +678,26 @@ impl Filesystem for ImageFs {
     ) {
         let entries = match self.listing(ino) {
             Ok(e) => e,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(self.counted(e)),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            // An entry whose inode cannot be decoded is left out here; a lookup of its name
-            // still answers EIO.
-            let Ok(inode) = self.inode(e.nid) else {
-                continue;
-            };
             let name = OsStr::from_bytes(&e.name);
+            // An entry whose inode cannot be decoded (logged by `inode`) is still listed, with
+            // the directory's file type and attributes valid for no time: `ls` shows the name
+            // and its stat or lookup answers EIO, rather than the name silently missing.
+            let (attr, ttl) = match self.inode(e.nid) {
+                Ok(inode) => (self.attr(&inode), TTL),
+                Err(err) => {
+                    self.counted(err);
+                    (self.unreadable_attr(e), Duration::ZERO)
+                }
+            };
             if reply.add(
                 self.ino_of(e.nid),
                 i as u64 + 1,
                 name,
-                &TTL,
-                &self.attr(&inode),
+                &ttl,
+                &attr,
                 Generation(0),
             ) {
                 break;

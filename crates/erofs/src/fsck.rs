@@ -4,6 +4,7 @@
 //! found at; memory is bounded (at most `max_problems` kept, data streamed) and so is time
 //! when a data budget is given.
 
+use crate::build::Progress;
 use crate::data::{self, Phys};
 use crate::error::Error;
 use crate::format::fingerprint as fpfmt;
@@ -125,6 +126,12 @@ impl Bitmap {
 
 /// Check `img`.
 pub fn fsck(img: &Image, opts: &FsckOptions) -> FsckReport {
+    fsck_with_progress(img, opts, &crate::build::NoProgress)
+}
+
+/// Check `img`, advancing `progress` by one per inode visited (of the superblock's count).
+pub fn fsck_with_progress(img: &Image, opts: &FsckOptions, progress: &dyn Progress) -> FsckReport {
+    progress.set_total(img.superblock().inos);
     let mut c = Checker {
         img,
         opts,
@@ -147,7 +154,10 @@ pub fn fsck(img: &Image, opts: &FsckOptions) -> FsckReport {
                 inode,
                 parent,
                 entry,
-            } => c.visit(path, inode, entry.is_some(), parent),
+            } => {
+                progress.advance(1);
+                c.visit(path, inode, entry.is_some(), parent)
+            }
         }
         ControlFlow::Continue(())
     });

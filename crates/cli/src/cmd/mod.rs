@@ -13,6 +13,7 @@ pub mod fsck;
 pub mod inspect;
 pub mod mkfs;
 pub mod mount;
+pub mod progress;
 pub mod status;
 pub mod stop;
 pub mod umount;

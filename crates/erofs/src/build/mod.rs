@@ -141,12 +141,13 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// Progress of a build, in bytes of file content (a no-op by default).
+/// How a long job reports how far it got: a build counts content bytes, a check, an
+/// extraction or a scan counts inodes (out of the superblock's count). No-ops by default.
 pub trait Progress: Sync {
-    /// Total content bytes, when known in advance (directory input).
-    fn set_total(&self, _bytes: u64) {}
-    /// Content bytes stored since the last call.
-    fn advance(&self, _bytes: u64) {}
+    /// Total units, when known in advance (directory input, an image's inode count).
+    fn set_total(&self, _units: u64) {}
+    /// Units done since the last call.
+    fn advance(&self, _units: u64) {}
 }
 
 /// Progress that reports nothing.
