@@ -128,14 +128,11 @@ impl Daemon {
                 status: Some(self.status()),
                 ..Response::default()
             },
-            Request::Stop => {
-                // SAFETY: kill on our own pid; the signal thread performs the shutdown.
-                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
-                Response {
-                    ok: true,
-                    ..Response::default()
-                }
-            }
+            // Acknowledged here; `handle_conn` starts the shutdown once the answer is out.
+            Request::Stop => Response {
+                ok: true,
+                ..Response::default()
+            },
         }
     }
 
@@ -879,15 +876,24 @@ fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 }
 
 fn handle_conn(stream: UnixStream, daemon: Arc<Daemon>, me: u32) {
+    let mut stop = false;
     let resp = match control::peer_uid(&stream) {
         Ok(uid) if uid == 0 || uid == me => match control::read_request(&stream) {
-            Ok(req) => daemon.handle(req),
+            Ok(req) => {
+                stop = req == Request::Stop;
+                daemon.handle(req)
+            }
             Err(e) => Response::error(e),
         },
         Ok(uid) => Response::error(format!("uid {uid} may not control the daemon")),
         Err(e) => Response::error(format!("peer credentials: {e}")),
     };
     let _ = control::write_response(&stream, &resp);
+    if stop {
+        // After the answer: the shutdown may end the process at once.
+        // SAFETY: kill on our own pid; the signal thread performs the shutdown.
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    }
 }
 
 /// Detaches what a killed daemon left: its dedup mounts under `state_dir`, and image mounts

@@ -220,7 +220,7 @@ pub fn build(
     let tmp = tempfile::Builder::new()
         .prefix(".erofs-share-mkfs-")
         .tempfile_in(&parent)
-        .map_err(|e| BuildError::io(&parent)(without_temp_path(e)))?;
+        .map_err(|e| BuildError::io(&parent)(without_temp_path(e, &parent)))?;
     let file = tmp.as_file().try_clone().map_err(BuildError::Write)?;
     let first_data_block = layout::first_data_block(blkszbits, opts);
     let mut img = ImageFile {
@@ -276,15 +276,11 @@ pub fn build(
     Ok(summary)
 }
 
-/// tempfile's errors end in "at path <the temporary file>": the build names the directory.
-fn without_temp_path(e: std::io::Error) -> std::io::Error {
-    let code = e
-        .get_ref()
-        .and_then(|inner| inner.source())
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .and_then(std::io::Error::raw_os_error);
-    match code {
-        Some(c) => std::io::Error::from_raw_os_error(c),
-        None => e,
+/// tempfile's errors end in "at path <the temporary file>" and hide the OS error inside: the
+/// build names the directory, so the error is the directory's own (or, failing that, its kind).
+fn without_temp_path(e: std::io::Error, dir: &Path) -> std::io::Error {
+    match std::fs::metadata(dir) {
+        Err(direct) => direct,
+        Ok(_) => std::io::Error::from(e.kind()),
     }
 }
