@@ -122,7 +122,8 @@ pub struct MountStatus {
     pub unshared_opens: u64,
     /// Files not shared because their size differed from their dedup object's.
     pub size_mismatches: u64,
-    /// Reads answered with EIO (corrupt data).
+    /// Requests answered with EIO for corrupt image content: file reads, directory listings,
+    /// entries whose inode cannot be decoded.
     pub read_errors: u64,
     /// Bytes read from the image file (by this mount and by dedup misses it served).
     pub image_bytes_read: u64,
@@ -220,7 +221,7 @@ pub enum StartError {
     Timeout(Duration),
     /// Its status could not be polled.
     #[error("waiting for the daemon: {0}")]
-    Wait(#[source] io::Error),
+    Wait(io::Error),
 }
 
 /// Waits until `child`, a daemon started on `state_dir`, answers a status request.

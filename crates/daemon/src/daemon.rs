@@ -40,12 +40,12 @@ const DEDUP_THREADS: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call on a named object failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// What was being done, naming the path.
         what: String,
         /// The OS error.
-        source: io::Error,
+        cause: io::Error,
     },
     /// Another daemon owns the state directory.
     #[error("another erofs-share daemon already runs with state directory {0}")]
@@ -54,7 +54,7 @@ pub enum Error {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
-    move |source| Error::Io { what, source }
+    move |cause| Error::Io { what, cause }
 }
 
 /// How an image is mounted (DESIGN.md): the overlay front (kernel overlayfs over a metadata
@@ -179,14 +179,11 @@ impl Daemon {
                 status: Some(self.status()),
                 ..Response::default()
             },
-            Request::Stop => {
-                // SAFETY: kill on our own pid; the signal thread performs the shutdown.
-                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
-                Response {
-                    ok: true,
-                    ..Response::default()
-                }
-            }
+            // Acknowledged here; `handle_conn` starts the shutdown once the answer is out.
+            Request::Stop => Response {
+                ok: true,
+                ..Response::default()
+            },
         }
     }
 
@@ -296,7 +293,7 @@ impl Daemon {
                 if let Some(d) = &dom {
                     self.release_domain(&d.id);
                 }
-                format!("{}: {e}", image.display())
+                e.to_string()
             });
         let mounted = Arc::new(mounted?);
         match (&domain, share) {
@@ -1257,15 +1254,24 @@ fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 }
 
 fn handle_conn(stream: UnixStream, daemon: Arc<Daemon>, me: u32) {
+    let mut stop = false;
     let resp = match control::peer_uid(&stream) {
         Ok(uid) if uid == 0 || uid == me => match control::read_request(&stream) {
-            Ok(req) => daemon.handle(req),
+            Ok(req) => {
+                stop = req == Request::Stop;
+                daemon.handle(req)
+            }
             Err(e) => Response::error(e),
         },
         Ok(uid) => Response::error(format!("uid {uid} may not control the daemon")),
         Err(e) => Response::error(format!("peer credentials: {e}")),
     };
     let _ = control::write_response(&stream, &resp);
+    if stop {
+        // After the answer: the shutdown may end the process at once.
+        // SAFETY: kill on our own pid; the signal thread performs the shutdown.
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    }
 }
 
 /// Detaches what a killed daemon left: its dedup mounts under `state_dir`, and image mounts

@@ -26,12 +26,8 @@ const PAGE: u64 = 4096;
 pub enum MemoryError {
     #[error("no images given")]
     NoImages,
-    #[error("{image}")]
-    Open {
-        image: String,
-        #[source]
-        source: erofs::Error,
-    },
+    #[error("{cause}")]
+    Open { image: String, cause: erofs::Error },
     #[error(transparent)]
     Scan(#[from] ScanError),
     #[error("{image}: {path}: {why}")]
@@ -42,18 +38,16 @@ pub enum MemoryError {
     },
     #[error("{setup}: mounting: {why}")]
     Mount { setup: String, why: String },
-    #[error("{setup}")]
+    #[error("{setup}: {cause}")]
     Measure {
         setup: String,
-        #[source]
-        source: PageCacheError,
+        cause: PageCacheError,
     },
-    #[error("{setup}: warm read of {path}")]
+    #[error("{setup}: warm read of {path}: {cause}")]
     Warm {
         setup: String,
         path: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -106,7 +100,7 @@ pub fn content_sizes(images: &[PathBuf]) -> Result<(u64, u64), MemoryError> {
         let name = path.display().to_string();
         let img = erofs::Image::open(path).map_err(|source| MemoryError::Open {
             image: name.clone(),
-            source,
+            cause: source,
         })?;
         let files = scan::scan(&img, &name, PAGE)?;
         for f in files.files.iter().filter(|f| f.size > 0) {
@@ -161,7 +155,7 @@ fn measure(mounter: &dyn Mounter, images: &[PathBuf], runs: usize) -> Result<Row
     for _ in 0..runs.max(1) {
         let r = page_cache::reading(&dirs).map_err(|source| MemoryError::Measure {
             setup: setup.clone(),
-            source,
+            cause: source,
         })?;
         growth = growth.max(r.growth);
         meminfo.push(r.meminfo_growth);
@@ -172,7 +166,7 @@ fn measure(mounter: &dyn Mounter, images: &[PathBuf], runs: usize) -> Result<Row
         let warm_err = |(p, source): (PathBuf, std::io::Error)| MemoryError::Warm {
             setup: setup.clone(),
             path: p.display().to_string(),
-            source,
+            cause: source,
         };
         for root in &roots {
             bytes_read += read_tree(root, &mut buf, &mut files).map_err(warm_err)?;

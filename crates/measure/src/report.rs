@@ -172,6 +172,9 @@ pub fn analysis_text(a: &Analysis) -> String {
         ]);
     }
     out += &t.render();
+    if a.dirs_left_out > 0 {
+        out += &format!("… and {} more directories\n", a.dirs_left_out);
+    }
     let unfp: Vec<&str> = a
         .images
         .iter()

@@ -1,10 +1,11 @@
 //! `erofs-share mkfs`: build an image from a directory or a tar stream.
 
 use anyhow::{Context, bail};
-use erofs::build::{self, Options, Pattern, Progress, Source};
+use erofs::build::{self, Options, Pattern, Source};
 use erofs::fingerprint::XattrName;
-use std::io::IsTerminal;
 use std::path::PathBuf;
+
+use super::progress::{Bar, Unit};
 use std::process::ExitCode;
 
 /// Arguments of `erofs-share mkfs`.
@@ -68,6 +69,9 @@ pub struct Args {
     /// No progress bar and no summary line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Print what was built as JSON on stdout: sizes, counts, features.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_uuid(s: &str) -> anyhow::Result<[u8; 16]> {
@@ -97,23 +101,6 @@ fn version4(mut u: [u8; 16]) -> [u8; 16] {
     u[6] = (u[6] & 0x0f) | 0x40;
     u[8] = (u[8] & 0x3f) | 0x80;
     u
-}
-
-struct Bar(indicatif::ProgressBar);
-
-impl Progress for Bar {
-    fn set_total(&self, bytes: u64) {
-        self.0.set_length(bytes);
-        self.0.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template"),
-        );
-    }
-    fn advance(&self, bytes: u64) {
-        self.0.inc(bytes);
-    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -188,23 +175,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Source::Tar(Box::new(f))
         }
     };
-    let show = !args.quiet && std::io::stderr().is_terminal();
-    let bar = Bar(if show {
-        let b = indicatif::ProgressBar::new_spinner();
-        // Tar input: the total is unknown, show bytes and rate.
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec}")
-                .expect("valid template"),
-        );
-        b.enable_steady_tick(std::time::Duration::from_millis(200));
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    });
+    // Tar input: the total is unknown, a spinner shows bytes and rate.
+    let bar = Bar::new(Unit::Bytes, !args.quiet);
     let summary = build::build(&args.image, source, &opts, &bar)
-        .with_context(|| format!("building {}", args.image.display()))?;
-    bar.0.finish_and_clear();
-    if !args.quiet {
+        .with_context(|| format!("building {}", args.image.display()));
+    bar.finish();
+    let summary = summary?;
+    if args.json {
+        // The features as the image's superblock states them.
+        let img = erofs::Image::open(&args.image)?;
+        let sb = img.superblock();
+        let v = serde_json::json!({
+            "image": args.image,
+            "image_bytes": summary.image_bytes,
+            "block_size": args.block_size,
+            "blocks": summary.blocks,
+            "inodes": summary.inodes,
+            "content_bytes": summary.content_bytes,
+            "fingerprints": summary.fingerprints,
+            "shared_xattrs": summary.shared_xattrs,
+            "features": sb.feature_names(),
+            "fingerprint_xattr": opts.fingerprint.as_ref().map(|n| n.full.clone()),
+            "inline": opts.inline,
+            "compression": opts.compression.as_ref().map(|c| serde_json::json!({
+                "spec": c.spec,
+                "pcluster_size": c.pcluster_size,
+                "dedupe": c.dedupe,
+                "fragments": c.fragments,
+            })),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if !args.quiet {
         eprintln!(
             "{}: {} inodes, {} bytes of content, {} fingerprints, {} shared xattrs, {} blocks of {} bytes ({} bytes)",
             args.image.display(),

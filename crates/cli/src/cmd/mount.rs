@@ -74,7 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts `erofs-share daemon --state-dir DIR` in the background unless one answers.
+/// Starts `erofs-share daemon --state-dir DIR` in the background unless one answers, and says
+/// so on stderr with where its log is.
 pub fn ensure_daemon(state_dir: &Path) -> anyhow::Result<()> {
     if control::request(state_dir, &Request::Status).is_ok() {
         return Ok(());
@@ -106,5 +107,11 @@ pub fn ensure_daemon(state_dir: &Path) -> anyhow::Result<()> {
     }
     let mut child = cmd.spawn().context("start the daemon")?;
     control::wait_ready(state_dir, &mut child, Duration::from_secs(10))
-        .map_err(|e| anyhow::anyhow!("{e}; see {}", log_path.display()))
+        .map_err(|e| anyhow::anyhow!("{e}; see {}", log_path.display()))?;
+    eprintln!(
+        "started the erofs-share daemon (pid {}); its log is {}",
+        child.id(),
+        log_path.display()
+    );
+    Ok(())
 }

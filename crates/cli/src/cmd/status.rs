@@ -9,7 +9,7 @@ use erofs_share_daemon::control::{self, Request};
 /// Arguments of `erofs-share status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print the daemon's answer as JSON.
+    /// Print the daemon's answer as JSON (`{"running": false}` when no daemon runs).
     #[arg(long)]
     pub json: bool,
     /// The daemon's state directory.
@@ -21,15 +21,36 @@ fn mib(b: u64) -> String {
     format!("{} MiB", erofs_share_measure::report::mb(b))
 }
 
+/// True when `e`, from connecting to the control socket, means no daemon runs there (no
+/// socket, or nobody listening on it).
+pub fn no_daemon(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let resp = control::request(&args.state_dir, &Request::Status)
-        .with_context(|| format!("no daemon answers at {}", args.state_dir.display()))?;
+    let resp = match control::request(&args.state_dir, &Request::Status) {
+        Ok(r) => r,
+        Err(e) if no_daemon(&e) => {
+            if args.json {
+                // A monitor gets an answer it can parse either way.
+                println!("{}", serde_json::json!({ "running": false }));
+                return Ok(ExitCode::SUCCESS);
+            }
+            bail!("no daemon runs at {}", args.state_dir.display());
+        }
+        Err(e) => bail!("{}: {e}", control::socket_path(&args.state_dir).display()),
+    };
     if !resp.ok {
         bail!("{}", resp.error.unwrap_or_default());
     }
     let st = resp.status.context("the daemon's answer has no status")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        v["running"] = true.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("daemon pid {} (state {})", st.pid, st.state_dir.display());

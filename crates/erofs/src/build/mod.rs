@@ -37,14 +37,13 @@ pub use exclude::Pattern;
 /// What a build failed on.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("writing the image: {0}")]
-    Write(#[source] std::io::Error),
+    Write(std::io::Error),
     #[error("tar input at byte {offset}: {msg}")]
     Tar { offset: u64, msg: String },
     #[error("source: {0}")]
@@ -58,7 +57,7 @@ pub enum BuildError {
 impl BuildError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BuildError {
         let path = path.into();
-        move |source| BuildError::Io { path, source }
+        move |cause| BuildError::Io { path, cause }
     }
 }
 
@@ -143,12 +142,13 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// Progress of a build, in bytes of file content (a no-op by default).
+/// How a long job reports how far it got: a build counts content bytes, a check, an
+/// extraction or a scan counts inodes (out of the superblock's count). No-ops by default.
 pub trait Progress: Sync {
-    /// Total content bytes, when known in advance (directory input).
-    fn set_total(&self, _bytes: u64) {}
-    /// Content bytes stored since the last call.
-    fn advance(&self, _bytes: u64) {}
+    /// Total units, when known in advance (directory input, an image's inode count).
+    fn set_total(&self, _units: u64) {}
+    /// Units done since the last call.
+    fn advance(&self, _units: u64) {}
 }
 
 /// Progress that reports nothing.
@@ -234,7 +234,7 @@ pub(crate) fn build_with(
     let tmp = tempfile::Builder::new()
         .prefix(".erofs-share-mkfs-")
         .tempfile_in(&parent)
-        .map_err(BuildError::io(&parent))?;
+        .map_err(|e| BuildError::io(&parent)(without_temp_path(e, &parent)))?;
     let file = tmp.as_file().try_clone().map_err(BuildError::Write)?;
     let first_data_block = layout::first_data_block(blkszbits, opts);
     let mut img = ImageFile {
@@ -282,6 +282,16 @@ pub(crate) fn build_with(
     img.file.set_permissions(perms).map_err(BuildError::Write)?;
     // No fsync, like mkfs.erofs: the rename protects the destination from failed builds;
     // callers that need durability sync the image themselves.
-    tmp.persist(dst).map_err(|e| BuildError::io(dst)(e.error))?;
+    // The caller names `dst` (its context says what is built): not named again here.
+    tmp.persist(dst).map_err(|e| BuildError::Write(e.error))?;
     Ok(summary)
+}
+
+/// tempfile's errors end in "at path <the temporary file>" and hide the OS error inside: the
+/// build names the directory, so the error is the directory's own (or, failing that, its kind).
+fn without_temp_path(e: std::io::Error, dir: &Path) -> std::io::Error {
+    match std::fs::metadata(dir) {
+        Err(direct) => direct,
+        Ok(_) => std::io::Error::from(e.kind()),
+    }
 }
