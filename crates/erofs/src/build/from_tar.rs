@@ -13,11 +13,23 @@ use super::tar::{Entry, TarReader, decompress, pad};
 use super::tree::{Content, Kind, Node, NodeId, Tree, encode_dev};
 use super::xattrs::max_ibody_size;
 use super::{BuildError, ImageFile, Options, Progress};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 
 const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
+
+/// What to do with OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Whiteouts {
+    /// Ordinary names.
+    Keep,
+    /// The overlayfs form: a 0/0 character device, `trusted.overlay.opaque=y`.
+    Overlay,
+    /// Applied to the layers below, as the OCI image spec says: `.wh.NAME` removes NAME,
+    /// `.wh..wh..opq` empties its directory of what lower layers put there.
+    Apply,
+}
 
 /// Read a tar stream into a tree, storing file content in `img`.
 pub fn read(
@@ -26,30 +38,100 @@ pub fn read(
     img: &ImageFile,
     progress: &dyn Progress,
 ) -> Result<Tree, BuildError> {
-    let mut tar = TarReader {
-        r: decompress(input).map_err(|e| BuildError::Tar {
-            offset: 0,
-            msg: format!("reading: {e}"),
-        })?,
-        pos: 0,
-        pending: 0,
-        header_at: 0,
-        global: BTreeMap::new(),
+    let mode = if opts.oci_layer {
+        Whiteouts::Overlay
+    } else {
+        Whiteouts::Keep
     };
+    read_layers(
+        std::iter::once(Ok(Layer { label: None, input })),
+        mode,
+        opts,
+        img,
+        progress,
+    )
+}
+
+/// One tar stream of a stack.
+pub(crate) struct Layer {
+    /// How errors name the layer (`None`: a lone tar, errors give only the byte offset).
+    pub(crate) label: Option<String>,
+    pub(crate) input: Box<dyn Read + Send>,
+}
+
+/// Read tar streams one over the other into one tree. A labelled layer is read to its end
+/// after the end-of-archive marker, so that a verifying reader sees every byte.
+pub(crate) fn read_layers(
+    layers: impl IntoIterator<Item = Result<Layer, BuildError>>,
+    mode: Whiteouts,
+    opts: &Options,
+    img: &ImageFile,
+    progress: &dyn Progress,
+) -> Result<Tree, BuildError> {
     let mut b = Builder {
         tree: Tree::new(),
         opts,
         hash: opts.fingerprint.is_some().then(HashPipe::start),
         hashed: Vec::new(),
+        mode,
+        upper: HashSet::new(),
     };
     b.tree.nodes[0].mtime = opts.build_time as i64;
-    while let Some(e) = tar.next_entry()? {
-        let at = tar.header_at;
-        let fail = |msg: String| BuildError::Tar { offset: at, msg };
-        b.apply(e, &mut tar, img, progress).map_err(|e| match e {
-            BuildError::Source(msg) => fail(msg),
-            other => other,
-        })?;
+    for layer in layers {
+        let Layer { label, input } = layer?;
+        let in_layer = |e: BuildError| match (&label, e) {
+            (Some(l), BuildError::Tar { offset, msg }) => {
+                BuildError::Source(format!("{l}, tar byte {offset}: {msg}"))
+            }
+            (Some(l), BuildError::Source(msg)) => BuildError::Source(format!("{l}: {msg}")),
+            (_, e) => e,
+        };
+        let mut tar = TarReader {
+            r: decompress(input).map_err(|e| {
+                in_layer(BuildError::Tar {
+                    offset: 0,
+                    msg: format!("reading: {e}"),
+                })
+            })?,
+            pos: 0,
+            pending: 0,
+            header_at: 0,
+            global: BTreeMap::new(),
+        };
+        b.upper.clear();
+        let mut entries = || -> Result<(), BuildError> {
+            while let Some(e) = tar.next_entry()? {
+                let at = tar.header_at;
+                let fail = |msg: String| BuildError::Tar { offset: at, msg };
+                b.apply(e, &mut tar, img, progress).map_err(|e| match e {
+                    BuildError::Source(msg) => fail(msg),
+                    other => other,
+                })?;
+            }
+            Ok(())
+        };
+        let result = entries();
+        if label.is_some() {
+            // Read to the end: a verifying reader checks digests there. A layer that fails to
+            // parse is read on too, so that a corrupt blob is reported as one.
+            let drained = std::io::copy(&mut tar.r, &mut std::io::sink());
+            match (result, drained) {
+                (Err(e), Err(io)) if io.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::debug!("layer error {e} comes from a blob that fails verification");
+                    return Err(in_layer(BuildError::Source(io.to_string())));
+                }
+                (Err(e), _) => return Err(in_layer(e)),
+                (Ok(()), Err(io)) => {
+                    return Err(in_layer(BuildError::Tar {
+                        offset: tar.pos,
+                        msg: format!("after the end-of-archive marker: {io}"),
+                    }));
+                }
+                (Ok(()), Ok(_)) => {}
+            }
+        } else {
+            result?;
+        }
     }
     if let Some(pipe) = b.hash.take() {
         let values = pipe.finish()?;
@@ -155,6 +237,10 @@ struct Builder<'a> {
     hash: Option<HashPipe>,
     /// Nodes whose content went through `hash`, in order.
     hashed: Vec<NodeId>,
+    mode: Whiteouts,
+    /// Entries (directory, name) the current layer made (for [`Whiteouts::Apply`]: whiteouts
+    /// hide only what lower layers made).
+    upper: HashSet<(NodeId, Vec<u8>)>,
 }
 
 impl Builder<'_> {
@@ -175,15 +261,41 @@ impl Builder<'_> {
                     let mut n = Node::new(Kind::Dir(BTreeMap::new()), 0o755);
                     n.mtime = self.opts.build_time as i64;
                     let id = self.tree.add(n);
-                    self.tree
-                        .entries_mut(cur)
-                        .expect("a directory")
-                        .insert(c.to_vec(), id);
+                    self.insert(cur, c, id);
                     id
                 }
             };
         }
         Ok(cur)
+    }
+
+    /// Name `id` `name` in `dir`, replacing what was there.
+    fn insert(&mut self, dir: NodeId, name: &[u8], id: NodeId) {
+        self.tree
+            .entries_mut(dir)
+            .expect("a directory")
+            .insert(name.to_vec(), id);
+        if self.mode == Whiteouts::Apply {
+            self.upper.insert((dir, name.to_vec()));
+        }
+    }
+
+    /// Remove from `dir`, recursively, every entry the current layer did not make.
+    fn make_opaque(&mut self, dir: NodeId) {
+        let entries: Vec<(Vec<u8>, NodeId)> = match self.tree.entries(dir) {
+            Some(e) => e.iter().map(|(k, &v)| (k.clone(), v)).collect(),
+            None => return,
+        };
+        for (name, id) in entries {
+            if !self.upper.contains(&(dir, name.clone())) {
+                self.tree
+                    .entries_mut(dir)
+                    .expect("a directory")
+                    .remove(&name);
+            } else if self.tree.nodes[id].is_dir() {
+                self.make_opaque(id);
+            }
+        }
     }
 
     fn lookup(&self, comps: &[&[u8]]) -> Option<NodeId> {
@@ -212,10 +324,25 @@ impl Builder<'_> {
             typeflag = b'5';
         }
         let mut devmajor_minor = (e.devmajor, e.devminor);
-        if self.opts.oci_layer
+        if self.mode != Whiteouts::Keep
             && let Some(last) = comps.last().copied()
             && let Some(hidden) = last.strip_prefix(WHITEOUT)
         {
+            if self.mode == Whiteouts::Apply {
+                let parent = &comps[..comps.len() - 1];
+                if last == OPAQUE {
+                    let dir = self.dir(parent)?;
+                    self.make_opaque(dir);
+                } else if hidden.is_empty() || hidden.starts_with(WHITEOUT) {
+                    return Err(src(format!("bad whiteout name {shown:?}")));
+                } else if let Some(dir) = self.lookup(parent)
+                    && !self.upper.contains(&(dir, hidden.to_vec()))
+                    && let Some(entries) = self.tree.entries_mut(dir)
+                {
+                    entries.remove(hidden);
+                }
+                return Ok(());
+            }
             let parent = self.dir(&comps[..comps.len() - 1])?;
             if last == OPAQUE {
                 self.tree.nodes[parent]
@@ -351,10 +478,7 @@ impl Builder<'_> {
                     return Err(src("hardlink to the root".into()));
                 };
                 let dir = self.dir(parent)?;
-                self.tree
-                    .entries_mut(dir)
-                    .expect("a directory")
-                    .insert(name.to_vec(), id);
+                self.insert(dir, name, id);
                 return Ok(());
             }
             b'2' => Kind::Symlink(e.link.clone()),
@@ -404,13 +528,13 @@ impl Builder<'_> {
             Some(id) if self.tree.nodes[id].is_dir() && node.is_dir() => {
                 node.kind = std::mem::replace(&mut self.tree.nodes[id].kind, Kind::Fifo);
                 self.tree.nodes[id] = node;
+                if self.mode == Whiteouts::Apply {
+                    self.upper.insert((dir, name.to_vec()));
+                }
             }
             _ => {
                 let id = self.tree.add(node);
-                self.tree
-                    .entries_mut(dir)
-                    .expect("a directory")
-                    .insert(name.to_vec(), id);
+                self.insert(dir, name, id);
                 if hashed {
                     self.hashed.push(id);
                 }
