@@ -617,3 +617,36 @@ fn hostile_inputs_fail_cleanly() {
         "mkfs --ref other",
     );
 }
+
+#[test]
+fn deleted_and_replaced_files_leave_no_blocks_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let big: Vec<u8> = (0..2_000_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let l1 = Tar::default()
+        .file("big", &big)
+        .file("replaced", &big)
+        .end();
+    let l2 = Tar::default()
+        .file(".wh.big", b"")
+        .file("replaced", b"small now")
+        .end();
+    let img = oci_image(vec![(l1, Comp::Gzip), (l2, Comp::Plain)]);
+    let layout = tmp.path().join("layout");
+    write_layout(&layout, &img, index_of(&img, REF));
+    let out_img = tmp.path().join("flat.erofs");
+    ok(&mkfs(&[out_img.as_ref(), layout.as_ref()]), "mkfs");
+    let size = std::fs::metadata(&out_img).unwrap().len();
+    assert!(size < 64 * 1024, "image of {size} bytes keeps dead content");
+    let out = Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+        .args(["extract"])
+        .arg(&out_img)
+        .arg(tmp.path().join("x"))
+        .output()
+        .unwrap();
+    ok(&out, "extract");
+    assert_eq!(
+        std::fs::read(tmp.path().join("x/replaced")).unwrap(),
+        b"small now"
+    );
+    assert!(!tmp.path().join("x/big").exists());
+}

@@ -10,10 +10,10 @@
 
 use super::file_data;
 use super::tar::{Entry, TarReader, decompress, pad};
-use super::tree::{Content, Kind, Node, NodeId, Tree, encode_dev};
+use super::tree::{Content, Kind, Node, NodeId, Stored, Tree, encode_dev};
 use super::xattrs::max_ibody_size;
 use super::{BuildError, ImageFile, Options, Progress};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 
 const WHITEOUT: &[u8] = b".wh.";
@@ -43,13 +43,49 @@ pub fn read(
     } else {
         Whiteouts::Keep
     };
-    read_layers(
-        std::iter::once(Ok(Layer { label: None, input })),
-        mode,
+    let once = std::iter::once(Ok(Layer { label: None, input }));
+    Ok(read_layers(once, mode, Pass::Store, opts, img, progress)?.0)
+}
+
+/// Flatten `count` layers (`open(i)` gives layer `i`, bottom first), whiteouts applied. Two
+/// passes: the first reads only the metadata and finds which members' content survives the
+/// layers above; the second stores just that content, so replaced and deleted files leave no
+/// dead blocks in the image.
+pub(crate) fn flatten(
+    count: usize,
+    open: &dyn Fn(usize) -> Result<Layer, BuildError>,
+    opts: &Options,
+    img: &ImageFile,
+    progress: &dyn Progress,
+) -> Result<Tree, BuildError> {
+    let (_, keep) = read_layers(
+        (0..count).map(open),
+        Whiteouts::Apply,
+        Pass::Plan,
         opts,
         img,
         progress,
-    )
+    )?;
+    let pass = Pass::Keep(keep);
+    Ok(read_layers(
+        (0..count).map(open),
+        Whiteouts::Apply,
+        pass,
+        opts,
+        img,
+        progress,
+    )?
+    .0)
+}
+
+/// Which file contents a pass stores.
+pub(crate) enum Pass {
+    /// All.
+    Store,
+    /// None: only find the members (layer, member number) whose content the tree keeps.
+    Plan,
+    /// Those members'.
+    Keep(HashSet<(usize, u64)>),
 }
 
 /// One tar stream of a stack.
@@ -61,23 +97,29 @@ pub(crate) struct Layer {
 
 /// Read tar streams one over the other into one tree. A labelled layer is read to its end
 /// after the end-of-archive marker, so that a verifying reader sees every byte.
+/// Also returns, for [`Pass::Plan`], the members whose content the tree keeps.
 pub(crate) fn read_layers(
     layers: impl IntoIterator<Item = Result<Layer, BuildError>>,
     mode: Whiteouts,
+    pass: Pass,
     opts: &Options,
     img: &ImageFile,
     progress: &dyn Progress,
-) -> Result<Tree, BuildError> {
+) -> Result<(Tree, HashSet<(usize, u64)>), BuildError> {
+    let plan = matches!(pass, Pass::Plan);
     let mut b = Builder {
         tree: Tree::new(),
         opts,
-        hash: opts.fingerprint.is_some().then(HashPipe::start),
+        hash: (opts.fingerprint.is_some() && !plan).then(HashPipe::start),
+        pass,
+        at: (0, 0),
+        origins: HashMap::new(),
         hashed: Vec::new(),
         mode,
         upper: HashSet::new(),
     };
     b.tree.nodes[0].mtime = opts.build_time as i64;
-    for layer in layers {
+    for (layer_no, layer) in layers.into_iter().enumerate() {
         let Layer { label, input } = layer?;
         let in_layer = |e: BuildError| match (&label, e) {
             (Some(l), BuildError::Tar { offset, msg }) => {
@@ -100,7 +142,10 @@ pub(crate) fn read_layers(
         };
         b.upper.clear();
         let mut entries = || -> Result<(), BuildError> {
+            let mut member = 0;
             while let Some(e) = tar.next_entry()? {
+                b.at = (layer_no, member);
+                member += 1;
                 let at = tar.header_at;
                 let fail = |msg: String| BuildError::Tar { offset: at, msg };
                 b.apply(e, &mut tar, img, progress).map_err(|e| match e {
@@ -145,7 +190,16 @@ pub(crate) fn read_layers(
             }
         }
     }
-    Ok(b.tree)
+    let keep = if plan {
+        b.tree
+            .bfs()
+            .iter()
+            .filter_map(|(id, _)| b.origins.get(id).copied())
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    Ok((b.tree, keep))
 }
 
 /// Fingerprints computed beside the tar reader: the reader hands each file's bytes to a
@@ -238,6 +292,11 @@ struct Builder<'a> {
     /// Nodes whose content went through `hash`, in order.
     hashed: Vec<NodeId>,
     mode: Whiteouts,
+    pass: Pass,
+    /// The member being applied: (layer, member number).
+    at: (usize, u64),
+    /// [`Pass::Plan`]: the member each file node came from.
+    origins: HashMap<NodeId, (usize, u64)>,
     /// Entries (directory, name) the current layer made (for [`Whiteouts::Apply`]: whiteouts
     /// hide only what lower layers made).
     upper: HashSet<(NodeId, Vec<u8>)>,
@@ -387,7 +446,15 @@ impl Builder<'_> {
                     offset: at_header,
                     msg: format!("{shown:?}: {io}"),
                 };
-                let stored = if let Some(c) = &self.opts.compression {
+                let skip = match &self.pass {
+                    Pass::Store => false,
+                    Pass::Plan => true,
+                    Pass::Keep(k) => !k.contains(&self.at),
+                };
+                let stored = if skip {
+                    // Left in the stream: the next header skips it.
+                    Stored::default()
+                } else if let Some(c) = &self.opts.compression {
                     let at =
                         super::compress::Placement::of(c, self.opts.inline, bs, e.size, max_ibody);
                     let short = || {
@@ -452,8 +519,10 @@ impl Builder<'_> {
                         }
                     }
                 };
-                tar.pos += e.size;
-                tar.pending = pad(e.size);
+                if !skip {
+                    tar.pos += e.size;
+                    tar.pending = pad(e.size);
+                }
                 Kind::File {
                     size: e.size,
                     content: Content::Stored(stored),
@@ -533,8 +602,12 @@ impl Builder<'_> {
                 }
             }
             _ => {
+                let is_file = matches!(node.kind, Kind::File { .. });
                 let id = self.tree.add(node);
                 self.insert(dir, name, id);
+                if is_file && matches!(self.pass, Pass::Plan) {
+                    self.origins.insert(id, self.at);
+                }
                 if hashed {
                     self.hashed.push(id);
                 }

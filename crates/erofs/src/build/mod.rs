@@ -265,13 +265,18 @@ pub fn build(
                 }
                 None => (0..image.layers.len(), from_tar::Whiteouts::Apply),
             };
-            let layers = range.map(|i| {
+            let open = |i: usize| {
                 Ok(from_tar::Layer {
                     label: Some(image.layer_label(i)),
                     input: image.layer(i)?,
                 })
-            });
-            let mut tree = from_tar::read_layers(layers, mode, opts, &img, progress)?;
+            };
+            let mut tree = if mode == from_tar::Whiteouts::Apply {
+                from_tar::flatten(image.layers.len(), &open, opts, &img, progress)?
+            } else {
+                let pass = from_tar::Pass::Store;
+                from_tar::read_layers(range.map(open), mode, pass, opts, &img, progress)?.0
+            };
             tree.nodes[0].xattrs.insert(
                 oci::PROVENANCE_XATTR.as_bytes().to_vec(),
                 image.provenance(layer),
