@@ -77,6 +77,10 @@ fn superblock(img: &Image) -> anyhow::Result<Value> {
             json!({"base_index": p.base_index, "name": bytes(&[base, &p.infix[..]].concat())})
         })
         .collect();
+    // Images built from OCI input record where they came from on the root.
+    let oci_source = img
+        .get_xattr(&img.root()?, erofs::build::oci::PROVENANCE_XATTR.as_bytes())?
+        .map(|v| serde_json::from_slice::<Value>(&v).unwrap_or_else(|_| bytes(&v)));
     let fingerprint_name = sb
         .ishare_xattr_prefix_id
         .and_then(|id| prefixes.get(id as usize))
@@ -106,6 +110,7 @@ fn superblock(img: &Image) -> anyhow::Result<Value> {
         "available_compr_algs": format!("{:#x}", sb.available_compr_algs),
         "long_xattr_prefixes": prefixes,
         "fingerprint_xattr": fingerprint_name,
+        "oci_source": oci_source,
     }))
 }
 

@@ -1,9 +1,10 @@
-//! `erofs-share mkfs`: build an image from a directory or a tar stream.
+//! `erofs-share mkfs`: build an image from a directory, a tar stream or an OCI image (layout
+//! directory, oci-archive or docker save tar: flattened, or one image per layer).
 
 use anyhow::{Context, bail};
 use erofs::build::{self, Options, Pattern, Source};
 use erofs::fingerprint::XattrName;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::progress::{Bar, Unit};
 use std::process::ExitCode;
@@ -11,10 +12,26 @@ use std::process::ExitCode;
 /// Arguments of `erofs-share mkfs`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The image to write (replaced only when the build succeeds).
+    /// The image to write (replaced only when the build succeeds); with `--layers`, leave it
+    /// out and give only SOURCE.
+    #[arg(value_name = "IMAGE")]
     pub image: PathBuf,
-    /// A directory, or a tar file (plain, gzip or zstd), or `-` for a tar on stdin.
-    pub source: String,
+    /// A directory, a tar file (plain, gzip or zstd), `-` for a tar on stdin, or an OCI
+    /// image: a layout directory, an oci-archive tar or a `docker save` tar (detected by
+    /// content; its layers are flattened, whiteouts applied).
+    #[arg(value_name = "SOURCE", required_unless_present = "layers")]
+    pub source: Option<String>,
+    /// OCI input: the image to take, by `org.opencontainers.image.ref.name` (docker save:
+    /// a RepoTag), when the input holds more than one.
+    #[arg(long = "ref", value_name = "NAME")]
+    pub reference: Option<String>,
+    /// OCI input: the platform to take from an index (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// OCI input: write one image per layer into DIR instead, named by the layer's diff_id
+    /// (`sha256-HEX.erofs`), whiteouts in the overlayfs form; print the stack bottom first.
+    #[arg(long, value_name = "DIR")]
+    pub layers: Option<PathBuf>,
     /// Block size in bytes (512 to 65536, a power of two).
     #[arg(long, default_value_t = 4096)]
     pub block_size: u32,
@@ -69,7 +86,8 @@ pub struct Args {
     /// No progress bar and no summary line.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Print what was built as JSON on stdout: sizes, counts, features.
+    /// Print what was built as JSON on stdout: sizes, counts, features (with `--layers`:
+    /// the stack).
     #[arg(long)]
     pub json: bool,
 }
@@ -163,30 +181,95 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         gid: args.gid,
         oci_layer: args.oci_layer,
     };
-    let source = if args.source == "-" {
-        Source::Tar(Box::new(std::io::stdin()))
+    // With --layers the one positional is the source.
+    let (image, source) = match (&args.layers, &args.source) {
+        (Some(_), None) => (None, args.image.to_string_lossy().into_owned()),
+        (Some(_), Some(_)) => bail!("with --layers, give only SOURCE (the images go to DIR)"),
+        (None, Some(s)) => (Some(args.image.clone()), s.clone()),
+        (None, None) => bail!("SOURCE is missing"),
+    };
+    let kind = if source == "-" {
+        None
     } else {
-        let p = PathBuf::from(&args.source);
-        let md = std::fs::metadata(&p).with_context(|| format!("source {}", p.display()))?;
-        if md.is_dir() {
-            Source::Dir(p)
-        } else {
-            let f = std::fs::File::open(&p).with_context(|| format!("source {}", p.display()))?;
-            Source::Tar(Box::new(f))
+        build::oci::detect(Path::new(&source)).with_context(|| format!("source {source}"))?
+    };
+    let say = |what: &str| {
+        if !args.quiet {
+            eprintln!("{source}: {what}");
         }
     };
+    let oci_only = args.reference.is_some() || args.platform.is_some() || args.layers.is_some();
+    let source = match kind {
+        Some(kind) => {
+            say(&kind.to_string());
+            if args.oci_layer {
+                bail!("--oci-layer is for a single layer tar; {source} is a whole image ({kind})");
+            }
+            let select = build::oci::Select {
+                reference: args.reference.clone(),
+                platform: args
+                    .platform
+                    .as_deref()
+                    .map(build::oci::Platform::parse)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+            };
+            let img = build::oci::open(Path::new(&source), kind, &select)
+                .with_context(|| format!("reading {source}"))?;
+            if !args.quiet {
+                eprintln!(
+                    "image {}: manifest {}, config {}, {} layers",
+                    img.reference.as_deref().unwrap_or("(no ref)"),
+                    img.manifest
+                        .as_ref()
+                        .map_or("(none in a docker save tar)".to_string(), |d| d.to_string()),
+                    img.config,
+                    img.layers.len()
+                );
+            }
+            if let Some(dir) = &args.layers {
+                return build_layers(img, dir, &opts, args.quiet, args.json);
+            }
+            Source::Oci {
+                image: std::sync::Arc::new(img),
+                layer: None,
+            }
+        }
+        None if oci_only => {
+            bail!("--ref, --platform and --layers are for OCI images; {source} is not one")
+        }
+        None if source == "-" => Source::Tar(Box::new(std::io::stdin())),
+        None => {
+            let p = PathBuf::from(&source);
+            let md = std::fs::metadata(&p).with_context(|| format!("source {}", p.display()))?;
+            if md.is_dir() {
+                say("directory");
+                Source::Dir(p)
+            } else {
+                say(if args.oci_layer {
+                    "tar (an OCI layer)"
+                } else {
+                    "tar"
+                });
+                let f =
+                    std::fs::File::open(&p).with_context(|| format!("source {}", p.display()))?;
+                Source::Tar(Box::new(f))
+            }
+        }
+    };
+    let image = image.expect("set without --layers");
     // Tar input: the total is unknown, a spinner shows bytes and rate.
     let bar = Bar::new(Unit::Bytes, !args.quiet);
-    let summary = build::build(&args.image, source, &opts, &bar)
-        .with_context(|| format!("building {}", args.image.display()));
+    let summary = build::build(&image, source, &opts, &bar)
+        .with_context(|| format!("building {}", image.display()));
     bar.finish();
     let summary = summary?;
     if args.json {
         // The features as the image's superblock states them.
-        let img = erofs::Image::open(&args.image)?;
+        let img = erofs::Image::open(&image)?;
         let sb = img.superblock();
         let v = serde_json::json!({
-            "image": args.image,
+            "image": image,
             "image_bytes": summary.image_bytes,
             "block_size": args.block_size,
             "blocks": summary.blocks,
@@ -208,7 +291,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else if !args.quiet {
         eprintln!(
             "{}: {} inodes, {} bytes of content, {} fingerprints, {} shared xattrs, {} blocks of {} bytes ({} bytes)",
-            args.image.display(),
+            image.display(),
             summary.inodes,
             summary.content_bytes,
             summary.fingerprints,
@@ -217,6 +300,94 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.block_size,
             summary.image_bytes
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Serialize)]
+struct StackLayer {
+    diff_id: String,
+    digest: Option<String>,
+    image: PathBuf,
+}
+
+/// `--layers DIR`: one image per layer, then the stack bottom first. Images this run wrote
+/// are removed again if a later layer fails (so is DIR, if this run made it).
+fn build_layers(
+    img: build::oci::Image,
+    dir: &Path,
+    opts: &Options,
+    quiet: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let made_dir = !dir.exists();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut written: Vec<PathBuf> = Vec::new();
+    let img = std::sync::Arc::new(img);
+    let result = (|| -> anyhow::Result<Vec<StackLayer>> {
+        let mut stack = Vec::new();
+        for (i, l) in img.layers.iter().enumerate() {
+            let path = dir.join(format!(
+                "{}-{}.erofs",
+                l.diff_id.algorithm(),
+                l.diff_id.digest()
+            ));
+            // The same layer twice in one image (empty layers are common): built once.
+            if !stack.iter().any(|s: &StackLayer| s.image == path) {
+                let summary = build::build(
+                    &path,
+                    Source::Oci {
+                        image: img.clone(),
+                        layer: Some(i),
+                    },
+                    opts,
+                    &build::NoProgress,
+                )
+                .with_context(|| format!("building {} ({})", path.display(), img.layer_label(i)))?;
+                written.push(path.clone());
+                if !quiet {
+                    eprintln!(
+                        "{}: {} inodes, {} bytes of content ({} bytes)",
+                        path.display(),
+                        summary.inodes,
+                        summary.content_bytes,
+                        summary.image_bytes
+                    );
+                }
+            }
+            stack.push(StackLayer {
+                diff_id: l.diff_id.to_string(),
+                digest: l.digest.as_ref().map(|d| d.to_string()),
+                image: path,
+            });
+        }
+        Ok(stack)
+    })();
+    let stack = match result {
+        Ok(s) => s,
+        Err(e) => {
+            for p in &written {
+                let _ = std::fs::remove_file(p);
+            }
+            if made_dir {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(e);
+        }
+    };
+    if json {
+        let v = serde_json::json!({
+            "ref": img.reference,
+            "manifest": img.manifest.as_ref().map(|d| d.to_string()),
+            "config": img.config.to_string(),
+            "layers": stack,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("stack, bottom first (overlayfs lowerdir lists the top first):");
+        for (i, s) in stack.iter().enumerate() {
+            println!("{:>3} {} {}", i + 1, s.diff_id, s.image.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,14 +10,26 @@
 
 use super::file_data;
 use super::tar::{Entry, TarReader, decompress, pad};
-use super::tree::{Content, Kind, Node, NodeId, Tree, encode_dev};
+use super::tree::{Content, Kind, Node, NodeId, Stored, Tree, encode_dev};
 use super::xattrs::max_ibody_size;
 use super::{BuildError, ImageFile, Options, Progress};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 
 const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
+
+/// What to do with OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Whiteouts {
+    /// Ordinary names.
+    Keep,
+    /// The overlayfs form: a 0/0 character device, `trusted.overlay.opaque=y`.
+    Overlay,
+    /// Applied to the layers below, as the OCI image spec says: `.wh.NAME` removes NAME,
+    /// `.wh..wh..opq` empties its directory of what lower layers put there.
+    Apply,
+}
 
 /// Read a tar stream into a tree, storing file content in `img`.
 pub fn read(
@@ -26,30 +38,145 @@ pub fn read(
     img: &ImageFile,
     progress: &dyn Progress,
 ) -> Result<Tree, BuildError> {
-    let mut tar = TarReader {
-        r: decompress(input).map_err(|e| BuildError::Tar {
-            offset: 0,
-            msg: format!("reading: {e}"),
-        })?,
-        pos: 0,
-        pending: 0,
-        header_at: 0,
-        global: BTreeMap::new(),
+    let mode = if opts.oci_layer {
+        Whiteouts::Overlay
+    } else {
+        Whiteouts::Keep
     };
+    let once = std::iter::once(Ok(Layer { label: None, input }));
+    Ok(read_layers(once, mode, Pass::Store, opts, img, progress)?.0)
+}
+
+/// Flatten `count` layers (`open(i)` gives layer `i`, bottom first), whiteouts applied. Two
+/// passes: the first reads only the metadata and finds which members' content survives the
+/// layers above; the second stores just that content, so replaced and deleted files leave no
+/// dead blocks in the image.
+pub(crate) fn flatten(
+    count: usize,
+    open: &dyn Fn(usize) -> Result<Layer, BuildError>,
+    opts: &Options,
+    img: &ImageFile,
+    progress: &dyn Progress,
+) -> Result<Tree, BuildError> {
+    let (_, keep) = read_layers(
+        (0..count).map(open),
+        Whiteouts::Apply,
+        Pass::Plan,
+        opts,
+        img,
+        progress,
+    )?;
+    let pass = Pass::Keep(keep);
+    Ok(read_layers(
+        (0..count).map(open),
+        Whiteouts::Apply,
+        pass,
+        opts,
+        img,
+        progress,
+    )?
+    .0)
+}
+
+/// Which file contents a pass stores.
+pub(crate) enum Pass {
+    /// All.
+    Store,
+    /// None: only find the members (layer, member number) whose content the tree keeps.
+    Plan,
+    /// Those members'.
+    Keep(HashSet<(usize, u64)>),
+}
+
+/// One tar stream of a stack.
+pub(crate) struct Layer {
+    /// How errors name the layer (`None`: a lone tar, errors give only the byte offset).
+    pub(crate) label: Option<String>,
+    pub(crate) input: Box<dyn Read + Send>,
+}
+
+/// Read tar streams one over the other into one tree. A labelled layer is read to its end
+/// after the end-of-archive marker, so that a verifying reader sees every byte.
+/// Also returns, for [`Pass::Plan`], the members whose content the tree keeps.
+pub(crate) fn read_layers(
+    layers: impl IntoIterator<Item = Result<Layer, BuildError>>,
+    mode: Whiteouts,
+    pass: Pass,
+    opts: &Options,
+    img: &ImageFile,
+    progress: &dyn Progress,
+) -> Result<(Tree, HashSet<(usize, u64)>), BuildError> {
+    let plan = matches!(pass, Pass::Plan);
     let mut b = Builder {
         tree: Tree::new(),
         opts,
-        hash: opts.fingerprint.is_some().then(HashPipe::start),
+        hash: (opts.fingerprint.is_some() && !plan).then(HashPipe::start),
+        pass,
+        at: (0, 0),
+        origins: HashMap::new(),
         hashed: Vec::new(),
+        mode,
+        upper: HashSet::new(),
     };
     b.tree.nodes[0].mtime = opts.build_time as i64;
-    while let Some(e) = tar.next_entry()? {
-        let at = tar.header_at;
-        let fail = |msg: String| BuildError::Tar { offset: at, msg };
-        b.apply(e, &mut tar, img, progress).map_err(|e| match e {
-            BuildError::Source(msg) => fail(msg),
-            other => other,
-        })?;
+    for (layer_no, layer) in layers.into_iter().enumerate() {
+        let Layer { label, input } = layer?;
+        let in_layer = |e: BuildError| match (&label, e) {
+            (Some(l), BuildError::Tar { offset, msg }) => {
+                BuildError::Source(format!("{l}, tar byte {offset}: {msg}"))
+            }
+            (Some(l), BuildError::Source(msg)) => BuildError::Source(format!("{l}: {msg}")),
+            (_, e) => e,
+        };
+        let mut tar = TarReader {
+            r: decompress(input).map_err(|e| {
+                in_layer(BuildError::Tar {
+                    offset: 0,
+                    msg: format!("reading: {e}"),
+                })
+            })?,
+            pos: 0,
+            pending: 0,
+            header_at: 0,
+            global: BTreeMap::new(),
+        };
+        b.upper.clear();
+        let mut entries = || -> Result<(), BuildError> {
+            let mut member = 0;
+            while let Some(e) = tar.next_entry()? {
+                b.at = (layer_no, member);
+                member += 1;
+                let at = tar.header_at;
+                let fail = |msg: String| BuildError::Tar { offset: at, msg };
+                b.apply(e, &mut tar, img, progress).map_err(|e| match e {
+                    BuildError::Source(msg) => fail(msg),
+                    other => other,
+                })?;
+            }
+            Ok(())
+        };
+        let result = entries();
+        if label.is_some() {
+            // Read to the end: a verifying reader checks digests there. A layer that fails to
+            // parse is read on too, so that a corrupt blob is reported as one.
+            let drained = std::io::copy(&mut tar.r, &mut std::io::sink());
+            match (result, drained) {
+                (Err(e), Err(io)) if io.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::debug!("layer error {e} comes from a blob that fails verification");
+                    return Err(in_layer(BuildError::Source(io.to_string())));
+                }
+                (Err(e), _) => return Err(in_layer(e)),
+                (Ok(()), Err(io)) => {
+                    return Err(in_layer(BuildError::Tar {
+                        offset: tar.pos,
+                        msg: format!("after the end-of-archive marker: {io}"),
+                    }));
+                }
+                (Ok(()), Ok(_)) => {}
+            }
+        } else {
+            result?;
+        }
     }
     if let Some(pipe) = b.hash.take() {
         let values = pipe.finish()?;
@@ -63,7 +190,16 @@ pub fn read(
             }
         }
     }
-    Ok(b.tree)
+    let keep = if plan {
+        b.tree
+            .bfs()
+            .iter()
+            .filter_map(|(id, _)| b.origins.get(id).copied())
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    Ok((b.tree, keep))
 }
 
 /// Fingerprints computed beside the tar reader: the reader hands each file's bytes to a
@@ -155,6 +291,15 @@ struct Builder<'a> {
     hash: Option<HashPipe>,
     /// Nodes whose content went through `hash`, in order.
     hashed: Vec<NodeId>,
+    mode: Whiteouts,
+    pass: Pass,
+    /// The member being applied: (layer, member number).
+    at: (usize, u64),
+    /// [`Pass::Plan`]: the member each file node came from.
+    origins: HashMap<NodeId, (usize, u64)>,
+    /// Entries (directory, name) the current layer made (for [`Whiteouts::Apply`]: whiteouts
+    /// hide only what lower layers made).
+    upper: HashSet<(NodeId, Vec<u8>)>,
 }
 
 impl Builder<'_> {
@@ -175,15 +320,41 @@ impl Builder<'_> {
                     let mut n = Node::new(Kind::Dir(BTreeMap::new()), 0o755);
                     n.mtime = self.opts.build_time as i64;
                     let id = self.tree.add(n);
-                    self.tree
-                        .entries_mut(cur)
-                        .expect("a directory")
-                        .insert(c.to_vec(), id);
+                    self.insert(cur, c, id);
                     id
                 }
             };
         }
         Ok(cur)
+    }
+
+    /// Name `id` `name` in `dir`, replacing what was there.
+    fn insert(&mut self, dir: NodeId, name: &[u8], id: NodeId) {
+        self.tree
+            .entries_mut(dir)
+            .expect("a directory")
+            .insert(name.to_vec(), id);
+        if self.mode == Whiteouts::Apply {
+            self.upper.insert((dir, name.to_vec()));
+        }
+    }
+
+    /// Remove from `dir`, recursively, every entry the current layer did not make.
+    fn make_opaque(&mut self, dir: NodeId) {
+        let entries: Vec<(Vec<u8>, NodeId)> = match self.tree.entries(dir) {
+            Some(e) => e.iter().map(|(k, &v)| (k.clone(), v)).collect(),
+            None => return,
+        };
+        for (name, id) in entries {
+            if !self.upper.contains(&(dir, name.clone())) {
+                self.tree
+                    .entries_mut(dir)
+                    .expect("a directory")
+                    .remove(&name);
+            } else if self.tree.nodes[id].is_dir() {
+                self.make_opaque(id);
+            }
+        }
     }
 
     fn lookup(&self, comps: &[&[u8]]) -> Option<NodeId> {
@@ -212,10 +383,25 @@ impl Builder<'_> {
             typeflag = b'5';
         }
         let mut devmajor_minor = (e.devmajor, e.devminor);
-        if self.opts.oci_layer
+        if self.mode != Whiteouts::Keep
             && let Some(last) = comps.last().copied()
             && let Some(hidden) = last.strip_prefix(WHITEOUT)
         {
+            if self.mode == Whiteouts::Apply {
+                let parent = &comps[..comps.len() - 1];
+                if last == OPAQUE {
+                    let dir = self.dir(parent)?;
+                    self.make_opaque(dir);
+                } else if hidden.is_empty() || hidden.starts_with(WHITEOUT) {
+                    return Err(src(format!("bad whiteout name {shown:?}")));
+                } else if let Some(dir) = self.lookup(parent)
+                    && !self.upper.contains(&(dir, hidden.to_vec()))
+                    && let Some(entries) = self.tree.entries_mut(dir)
+                {
+                    entries.remove(hidden);
+                }
+                return Ok(());
+            }
             let parent = self.dir(&comps[..comps.len() - 1])?;
             if last == OPAQUE {
                 self.tree.nodes[parent]
@@ -260,7 +446,15 @@ impl Builder<'_> {
                     offset: at_header,
                     msg: format!("{shown:?}: {io}"),
                 };
-                let stored = if let Some(c) = &self.opts.compression {
+                let skip = match &self.pass {
+                    Pass::Store => false,
+                    Pass::Plan => true,
+                    Pass::Keep(k) => !k.contains(&self.at),
+                };
+                let stored = if skip {
+                    // Left in the stream: the next header skips it.
+                    Stored::default()
+                } else if let Some(c) = &self.opts.compression {
                     let at =
                         super::compress::Placement::of(c, self.opts.inline, bs, e.size, max_ibody);
                     let short = || {
@@ -325,8 +519,10 @@ impl Builder<'_> {
                         }
                     }
                 };
-                tar.pos += e.size;
-                tar.pending = pad(e.size);
+                if !skip {
+                    tar.pos += e.size;
+                    tar.pending = pad(e.size);
+                }
                 Kind::File {
                     size: e.size,
                     content: Content::Stored(stored),
@@ -351,10 +547,7 @@ impl Builder<'_> {
                     return Err(src("hardlink to the root".into()));
                 };
                 let dir = self.dir(parent)?;
-                self.tree
-                    .entries_mut(dir)
-                    .expect("a directory")
-                    .insert(name.to_vec(), id);
+                self.insert(dir, name, id);
                 return Ok(());
             }
             b'2' => Kind::Symlink(e.link.clone()),
@@ -404,13 +597,17 @@ impl Builder<'_> {
             Some(id) if self.tree.nodes[id].is_dir() && node.is_dir() => {
                 node.kind = std::mem::replace(&mut self.tree.nodes[id].kind, Kind::Fifo);
                 self.tree.nodes[id] = node;
+                if self.mode == Whiteouts::Apply {
+                    self.upper.insert((dir, name.to_vec()));
+                }
             }
             _ => {
+                let is_file = matches!(node.kind, Kind::File { .. });
                 let id = self.tree.add(node);
-                self.tree
-                    .entries_mut(dir)
-                    .expect("a directory")
-                    .insert(name.to_vec(), id);
+                self.insert(dir, name, id);
+                if is_file && matches!(self.pass, Pass::Plan) {
+                    self.origins.insert(id, self.at);
+                }
                 if hashed {
                     self.hashed.push(id);
                 }

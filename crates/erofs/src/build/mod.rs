@@ -20,6 +20,7 @@ pub(crate) mod from_dir;
 pub(crate) mod from_tar;
 pub(crate) mod layout;
 pub mod meta;
+pub mod oci;
 pub(crate) mod tar;
 pub(crate) mod tree;
 pub(crate) mod write;
@@ -48,6 +49,8 @@ pub enum BuildError {
     Tar { offset: u64, msg: String },
     #[error("source: {0}")]
     Source(String),
+    #[error("OCI input: {0}")]
+    Oci(String),
     #[error("invalid option: {0}")]
     Option(String),
     #[error("too many {0} for the EROFS format")]
@@ -131,6 +134,13 @@ pub enum Source {
     Dir(PathBuf),
     /// A tar stream (plain, gzip or zstd; detected by magic).
     Tar(Box<dyn Read + Send>),
+    /// An OCI image: all its layers flattened (`layer: None`), whiteouts applied, or one
+    /// layer with its whiteouts in the overlayfs form. The root records the image's
+    /// provenance in [`oci::PROVENANCE_XATTR`].
+    Oci {
+        image: std::sync::Arc<oci::Image>,
+        layer: Option<usize>,
+    },
 }
 
 impl std::fmt::Debug for Source {
@@ -138,6 +148,7 @@ impl std::fmt::Debug for Source {
         match self {
             Source::Dir(p) => write!(f, "Dir({})", p.display()),
             Source::Tar(_) => f.write_str("Tar(..)"),
+            Source::Oci { image, layer } => write!(f, "Oci({:?}, layer {layer:?})", image.kind),
         }
     }
 }
@@ -216,6 +227,36 @@ pub fn build(
     build_with(dst, opts, |img| match source {
         Source::Dir(path) => from_dir::read(&path, opts, img, progress),
         Source::Tar(reader) => from_tar::read(reader, opts, img, progress),
+        Source::Oci { image, layer } => {
+            let (range, mode) = match layer {
+                Some(i) if i < image.layers.len() => (i..i + 1, from_tar::Whiteouts::Overlay),
+                Some(i) => {
+                    return Err(BuildError::Option(format!(
+                        "layer {} of an image with {}",
+                        i + 1,
+                        image.layers.len()
+                    )));
+                }
+                None => (0..image.layers.len(), from_tar::Whiteouts::Apply),
+            };
+            let open = |i: usize| {
+                Ok(from_tar::Layer {
+                    label: Some(image.layer_label(i)),
+                    input: image.layer(i)?,
+                })
+            };
+            let mut tree = if mode == from_tar::Whiteouts::Apply {
+                from_tar::flatten(image.layers.len(), &open, opts, img, progress)?
+            } else {
+                let pass = from_tar::Pass::Store;
+                from_tar::read_layers(range.map(open), mode, pass, opts, img, progress)?.0
+            };
+            tree.nodes[0].xattrs.insert(
+                oci::PROVENANCE_XATTR.as_bytes().to_vec(),
+                image.provenance(layer),
+            );
+            Ok(tree)
+        }
     })
 }
 
