@@ -382,6 +382,7 @@ pub fn commit(
             map,
             tail_inline: tail == Tail::Inline,
         }),
+        chunks: None,
     })
 }
 

@@ -29,6 +29,19 @@ pub struct Stored {
     pub fingerprint: Option<crate::fingerprint::Value>,
     /// Compressed content: its blocks are in the data area, its map goes after the inode.
     pub compressed: Option<CompressedMap>,
+    /// Sparse content (CHUNK_BASED): its data chunks are in the data area, its block map goes
+    /// after the inode.
+    pub chunks: Option<ChunkMap>,
+}
+
+/// The block map of a chunk-based file, written after its inode and xattrs at the next
+/// 4-byte boundary.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkMap {
+    /// The chunk format (`i_u`): log2(chunk size / block size).
+    pub format: u16,
+    /// One little-endian start block per chunk, `NULL_ADDR` for a hole.
+    pub map: Vec<u8>,
 }
 
 /// The extent map of a compressed file (COMPRESSED_FULL), written after its inode and xattrs

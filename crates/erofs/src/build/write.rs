@@ -84,6 +84,7 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     // Sizes, inode versions and data blocks of directories and symlinks.
     let mut plans = Vec::with_capacity(order.len());
     let mut ztailpacking = false;
+    let mut chunked = false;
     for &(id, parent) in &order {
         let n = &tree.nodes[id];
         let fingerprint = match &n.kind {
@@ -135,6 +136,11 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
                     p.i_u = u32::try_from(z.blocks).map_err(|_| BuildError::TooMany("blocks"))?;
                     p.inline_len = map_padding(p.isize() + p.xattr.len()) + z.map.len();
                     ztailpacking |= z.tail_inline;
+                } else if let Some(c) = &s.chunks {
+                    p.datalayout = format::layout::CHUNK_BASED;
+                    p.i_u = c.format as u32;
+                    p.inline_len = map_padding_to(p.isize() + p.xattr.len(), 4) + c.map.len();
+                    chunked = true;
                 } else if let Some(t) = &s.inline_tail {
                     p.datalayout = format::layout::FLAT_INLINE;
                     p.inline_len = t.len();
@@ -232,13 +238,18 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
             Kind::File {
                 content: Content::Stored(s),
                 ..
-            } => match &s.compressed {
-                Some(z) => {
+            } => match (&s.compressed, &s.chunks) {
+                (Some(z), _) => {
                     let mut v = vec![0u8; map_padding(p.isize() + p.xattr.len())];
                     v.extend_from_slice(&z.map);
                     Some(v.into())
                 }
-                None => s.inline_tail.as_deref().map(Into::into),
+                (None, Some(c)) => {
+                    let mut v = vec![0u8; map_padding_to(p.isize() + p.xattr.len(), 4)];
+                    v.extend_from_slice(&c.map);
+                    Some(v.into())
+                }
+                (None, None) => s.inline_tail.as_deref().map(Into::into),
             },
             Kind::Dir(entries) => {
                 let d = dir_data(entries, p.node, p.parent, tree, &nid_of, bs);
@@ -270,6 +281,9 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     sb.magic = EROFS_MAGIC.into();
     let mut compat_bits = compat::SB_CHKSUM | compat::MTIME | compat::XATTR_FILTER;
     let mut incompat_bits = 0;
+    if chunked {
+        incompat_bits |= incompat::CHUNKED_FILE;
+    }
     if let Some(c) = &opts.compression {
         incompat_bits |= c.incompat(bs);
         if ztailpacking {
@@ -319,7 +333,12 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
 /// Zeros between an inode's xattrs and its compressed map: the map starts 8-byte aligned
 /// (records start 32-byte aligned, so the record-relative length decides).
 fn map_padding(inode_and_xattrs: usize) -> usize {
-    inode_and_xattrs.next_multiple_of(8) - inode_and_xattrs
+    map_padding_to(inode_and_xattrs, 8)
+}
+
+/// Zeros after an inode and its xattrs up to a map aligned to `unit` bytes.
+fn map_padding_to(inode_and_xattrs: usize, unit: usize) -> usize {
+    inode_and_xattrs.next_multiple_of(unit) - inode_and_xattrs
 }
 
 fn start_addr(block: Option<u64>) -> Result<u32, BuildError> {
