@@ -953,3 +953,129 @@ fn mangled_tars_never_panic_or_hang() {
     assert!(failed > 100 && ok > 10, "ok {ok}, failed {failed}");
     assert!(start.elapsed().as_secs() < 60, "took {:?}", start.elapsed());
 }
+
+/// Sparse files: (name, apparent size, data ranges written with a pattern).
+#[allow(clippy::type_complexity)]
+const SPARSE: &[(&str, u64, &[(u64, u64)])] = &[
+    ("all-hole", (3 << 20) + 5, &[]),
+    ("hole-data-hole", 3 << 20, &[((1 << 20) + 100, 5000)]),
+    ("data-at-end", (2 << 20) + 7, &[((2 << 20) - 10, 17)]),
+    ("tiny-hole", 100, &[]),
+    (
+        "over-4g",
+        (4 << 30) + (3 << 20),
+        &[(4096, 10), ((4 << 30) + (1 << 20), 8192)],
+    ),
+    ("dense", 50_000, &[(0, 50_000)]),
+];
+
+/// The files of [`SPARSE`] of at most `max` bytes.
+fn sparse_files(
+    max: u64,
+) -> impl Iterator<Item = &'static (&'static str, u64, &'static [(u64, u64)])> {
+    SPARSE.iter().filter(move |s| s.1 <= max)
+}
+
+fn sparse_tree(root: &Path, max: u64) {
+    use std::os::unix::fs::FileExt;
+    for &(name, size, data) in sparse_files(max) {
+        let p = root.join(name);
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(size).unwrap();
+        for &(at, len) in data {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+            f.write_all_at(&bytes, at).unwrap();
+        }
+        setxattr(&p, "user.overlay.redirect", format!("/{name}").as_bytes());
+        setxattr(&p, "user.overlay.metacopy", b"");
+    }
+}
+
+/// The SHA-256 of `len` bytes of `read` (called with an offset and a buffer).
+fn sha256_of(len: u64, mut read: impl FnMut(u64, &mut [u8]) -> usize) -> String {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        let n = read(off, &mut buf);
+        assert!(n > 0, "short read at {off} of {len}");
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    hex::encode(h.finalize())
+}
+
+#[test]
+fn sparse_files_store_only_their_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The file of over 4 GiB only with 4 KiB blocks: reading it back takes seconds.
+    for (bs, max) in [(512u32, 1 << 30), (4096, u64::MAX)] {
+        let src = tmp.path().join(format!("src-{bs}"));
+        std::fs::create_dir(&src).unwrap();
+        sparse_tree(&src, max);
+        let data: u64 = sparse_files(max)
+            .flat_map(|s| s.2.iter().map(|r| r.1))
+            .sum();
+        let o = Options {
+            block_size: bs,
+            ..opts()
+        };
+        let image = build_to(
+            tmp.path(),
+            &format!("sparse-{bs}.erofs"),
+            Source::Dir(src.clone()),
+            &o,
+        );
+        let img = erofs::Image::open(&image).unwrap();
+        // 4 GiB of holes cost at most a block map (with 512-byte blocks, 64 KiB chunks: 256
+        // KiB of map and two chunks of data is the cheapest).
+        assert!(
+            img.len() < data + (1 << 20),
+            "{bs}: a {} byte image for {data} bytes of data",
+            img.len()
+        );
+        assert_ne!(
+            img.superblock().feature_incompat & incompat::CHUNKED_FILE,
+            0,
+            "{bs}: chunked_file feature"
+        );
+        for &(name, size, ranges) in sparse_files(max) {
+            let inode = img.resolve(&format!("/{name}")).unwrap();
+            assert_eq!(inode.size, size, "{bs} {name}");
+            let chunked = inode.layout == erofs::format::layout::CHUNK_BASED;
+            assert_eq!(chunked, name != "dense", "{bs} {name}: layout");
+            // Our reader gives the full logical content: data where written, zeros elsewhere.
+            let mut expected = Sha256::new();
+            let mut at = 0;
+            let zeros = vec![0u8; 1 << 20];
+            let zero_to = |h: &mut Sha256, to: u64, at: &mut u64| {
+                while *at < to {
+                    let n = (to - *at).min(zeros.len() as u64) as usize;
+                    h.update(&zeros[..n]);
+                    *at += n as u64;
+                }
+            };
+            for &(start, len) in ranges {
+                zero_to(&mut expected, start, &mut at);
+                expected.update((0..len).map(|i| (i % 251) as u8 + 1).collect::<Vec<u8>>());
+                at += len;
+            }
+            zero_to(&mut expected, size, &mut at);
+            let got = sha256_of(size, |off, buf| img.read_at(&inode, off, buf).unwrap());
+            assert_eq!(
+                got,
+                hex::encode(expected.finalize()),
+                "{bs} {name}: content"
+            );
+            assert_eq!(
+                img.get_xattr(&inode, b"user.overlay.redirect").unwrap(),
+                Some(format!("/{name}").into_bytes()),
+                "{bs} {name}: xattr"
+            );
+        }
+        if require("sparse_files_store_only_their_data", &[Need::KernelErofs]) {
+            let expected = manifest::of_tree(&src).unwrap();
+            assert_kernel_shows(&image, &expected, &format!("sparse, {bs}-byte blocks"));
+        }
+    }
+}

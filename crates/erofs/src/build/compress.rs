@@ -382,7 +382,7 @@ pub fn commit(
             map,
             tail_inline: tail == Tail::Inline,
         }),
-        hole: false,
+        chunks: None,
     })
 }
 

@@ -106,7 +106,7 @@ pub fn store(
         inline_tail,
         fingerprint,
         compressed: None,
-        hole: false,
+        chunks: None,
     })
 }
 
@@ -119,14 +119,20 @@ pub(super) fn read_exact(
     buf: &mut [u8],
     read_err: &dyn Fn(std::io::Error) -> BuildError,
 ) -> Result<(), BuildError> {
-    r.read_exact(buf).map_err(|e| {
-        if e.kind() == ErrorKind::UnexpectedEof {
-            read_err(std::io::Error::new(
-                ErrorKind::UnexpectedEof,
-                "content ends before its recorded size (file truncated or changed while reading)",
-            ))
-        } else {
-            read_err(e)
-        }
-    })
+    r.read_exact(buf).map_err(|e| short_read(e, read_err))
+}
+
+/// A read error, with a short read reported as the file having changed under us.
+pub(super) fn short_read(
+    e: std::io::Error,
+    read_err: &dyn Fn(std::io::Error) -> BuildError,
+) -> BuildError {
+    if e.kind() == ErrorKind::UnexpectedEof {
+        read_err(std::io::Error::new(
+            ErrorKind::UnexpectedEof,
+            "content ends before its recorded size (file truncated or changed while reading)",
+        ))
+    } else {
+        read_err(e)
+    }
 }

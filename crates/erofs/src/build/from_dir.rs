@@ -1,6 +1,7 @@
 //! A directory source: walk it (not following symlinks, not entering excluded paths) while
 //! other threads read, hash and store the regular files it finds.
 
+use super::chunks;
 use super::compress::{self, Prepared};
 use super::exclude;
 use super::file_data::{self, Placement};
@@ -108,7 +109,7 @@ pub fn read(
                             });
                         } else if let Kind::File { size, .. } = node.kind {
                             total += size;
-                            let job = job(img, opts, &node, size);
+                            let job = job(img, opts, &node, size, &child_path, &md)?;
                             let id = tree.nodes.len();
                             let (stored, failed) = (&stored, &failed);
                             let path = child_path.clone();
@@ -213,22 +214,48 @@ fn expect_end(
 
 /// How one file will be stored: its blocks, reserved now, and whether it is hashed.
 struct Job {
-    at: Placement,
+    at: At,
     hash: bool,
 }
 
-fn job(img: &ImageFile, opts: &Options, node: &Node, size: u64) -> Job {
+/// Where a file's content goes.
+enum At {
+    /// Flat: consecutive blocks and maybe an inline tail.
+    Flat(Placement),
+    /// Sparse: chunk-based, holes not stored.
+    Chunks(chunks::Placement),
+}
+
+fn job(
+    img: &ImageFile,
+    opts: &Options,
+    node: &Node,
+    size: u64,
+    path: &Path,
+    md: &std::fs::Metadata,
+) -> Result<Job, BuildError> {
     let hash = opts.fingerprint.is_some() && size > 0;
+    // Fewer bytes allocated than the size: the file may have holes worth not storing.
+    if md.blocks().saturating_mul(512) < size {
+        let f = std::fs::File::open(path).map_err(BuildError::io(path))?;
+        let ranges = chunks::data_ranges(&f, size).map_err(BuildError::io(path))?;
+        if let Some(plan) = chunks::plan(&ranges, size, img.blkszbits) {
+            return Ok(Job {
+                at: At::Chunks(chunks::place(img, size, &plan)),
+                hash,
+            });
+        }
+    }
     let inline = file_data::can_inline(
         opts.inline,
         img.block_size(),
         size,
         max_ibody_size(&node.xattrs, hash),
     );
-    Job {
-        at: file_data::place(img, size, inline),
+    Ok(Job {
+        at: At::Flat(file_data::place(img, size, inline)),
         hash,
-    }
+    })
 }
 
 /// Read, hash and write one file; it must still have the size the walk saw.
@@ -244,9 +271,14 @@ fn store_one(
         cause: e,
     };
     let mut f = std::fs::File::open(path).map_err(err)?;
-    let s = file_data::store(img, &job.at, size, &mut f, job.hash, progress, &err)?;
-    expect_end(&mut f, &err)?;
-    Ok(s)
+    match &job.at {
+        At::Flat(at) => {
+            let s = file_data::store(img, at, size, &mut f, job.hash, progress, &err)?;
+            expect_end(&mut f, &err)?;
+            Ok(s)
+        }
+        At::Chunks(at) => chunks::store(img, at, size, &f, job.hash, progress, &err),
+    }
 }
 
 fn node_of(path: &Path, md: &std::fs::Metadata) -> Result<Node, BuildError> {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use super::tree::{Content, Kind, Node, NodeId, Stored, Tree};
+use super::tree::{ChunkMap, Content, Kind, Node, NodeId, Stored, Tree};
 use super::{BuildError, Options, Summary};
 use crate::fingerprint::XattrName;
 use crate::format::{fingerprint::VALUE_LEN, xattr_index};
@@ -184,7 +184,10 @@ fn add(
                 size: inode.size,
                 content: Content::Stored(Stored {
                     fingerprint,
-                    hole: true,
+                    chunks: Some(ChunkMap::hole(
+                        inode.size,
+                        BLOCK_SIZE.trailing_zeros() as u8,
+                    )),
                     ..Stored::default()
                 }),
             }

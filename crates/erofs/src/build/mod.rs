@@ -13,6 +13,7 @@
 //! when the image is complete, so a failed build never clobbers an existing image.
 
 pub mod acl;
+pub(crate) mod chunks;
 pub mod compress;
 pub mod exclude;
 pub(crate) mod file_data;

@@ -29,9 +29,39 @@ pub struct Stored {
     pub fingerprint: Option<crate::fingerprint::Value>,
     /// Compressed content: its blocks are in the data area, its map goes after the inode.
     pub compressed: Option<CompressedMap>,
-    /// The whole file is one hole (metadata-only images): a chunk-based inode whose one
-    /// chunk is null, so the size costs no block.
-    pub hole: bool,
+    /// Sparse content (CHUNK_BASED): its data chunks are in the data area, its block map goes
+    /// after the inode.
+    pub chunks: Option<ChunkMap>,
+}
+
+/// The block map of a chunk-based file, written after its inode and xattrs at the next
+/// 4-byte boundary.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkMap {
+    /// The chunk format (`i_u`): log2(chunk size / block size).
+    pub format: u16,
+    /// One little-endian start block per chunk, `NULL_ADDR` for a hole.
+    pub map: Vec<u8>,
+}
+
+impl ChunkMap {
+    /// The map of a file of `size` bytes that is one hole (metadata-only images): chunks as
+    /// large as the format allows up to the file's size, all null, so one 4-byte entry
+    /// covers any file up to 2^31 blocks.
+    pub fn hole(size: u64, blkszbits: u8) -> ChunkMap {
+        let want = size.max(1).next_power_of_two().trailing_zeros() as u8;
+        let format =
+            (want.saturating_sub(blkszbits) as u16).min(crate::format::chunk::BLKBITS_MASK);
+        let chunks = size
+            .div_ceil(1 << (blkszbits as u32 + format as u32))
+            .max(1);
+        ChunkMap {
+            format,
+            map: crate::format::NULL_ADDR
+                .to_le_bytes()
+                .repeat(chunks as usize),
+        }
+    }
 }
 
 /// The extent map of a compressed file (COMPRESSED_FULL), written after its inode and xattrs

@@ -136,14 +136,14 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
                     p.i_u = u32::try_from(z.blocks).map_err(|_| BuildError::TooMany("blocks"))?;
                     p.inline_len = map_padding(p.isize() + p.xattr.len()) + z.map.len();
                     ztailpacking |= z.tail_inline;
+                } else if let Some(c) = &s.chunks {
+                    p.datalayout = format::layout::CHUNK_BASED;
+                    p.i_u = c.format as u32;
+                    p.inline_len = map_padding_to(p.isize() + p.xattr.len(), 4) + c.map.len();
+                    chunked = true;
                 } else if let Some(t) = &s.inline_tail {
                     p.datalayout = format::layout::FLAT_INLINE;
                     p.inline_len = t.len();
-                } else if s.hole {
-                    p.datalayout = format::layout::CHUNK_BASED;
-                    p.i_u = hole_chunk_format(size, img.blkszbits) as u32;
-                    p.inline_len = hole_block_map(size, img.blkszbits).len();
-                    chunked = true;
                 }
             }
             Kind::Dir(_) | Kind::Symlink(_) => {
@@ -238,14 +238,18 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
             Kind::File {
                 content: Content::Stored(s),
                 ..
-            } => match &s.compressed {
-                Some(z) => {
+            } => match (&s.compressed, &s.chunks) {
+                (Some(z), _) => {
                     let mut v = vec![0u8; map_padding(p.isize() + p.xattr.len())];
                     v.extend_from_slice(&z.map);
                     Some(v.into())
                 }
-                None if s.hole => Some(hole_block_map(p.size, img.blkszbits).into()),
-                None => s.inline_tail.as_deref().map(Into::into),
+                (None, Some(c)) => {
+                    let mut v = vec![0u8; map_padding_to(p.isize() + p.xattr.len(), 4)];
+                    v.extend_from_slice(&c.map);
+                    Some(v.into())
+                }
+                (None, None) => s.inline_tail.as_deref().map(Into::into),
             },
             Kind::Dir(entries) => {
                 let d = dir_data(entries, p.node, p.parent, tree, &nid_of, bs);
@@ -326,25 +330,15 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     Ok(summary)
 }
 
-/// Chunk format of a file that is one hole: chunks as large as the format allows up to the
-/// file's size, so that one null chunk covers any file the format can hold.
-fn hole_chunk_format(size: u64, blkszbits: u8) -> u16 {
-    let want = size.max(1).next_power_of_two().trailing_zeros() as u8;
-    (want.saturating_sub(blkszbits) as u16).min(format::chunk::BLKBITS_MASK)
-}
-
-/// The block map of a file that is one hole: one 4-byte null entry per chunk (always 4-byte
-/// aligned after the inode and its xattrs, which are multiples of 4).
-fn hole_block_map(size: u64, blkszbits: u8) -> Vec<u8> {
-    let chunkbits = blkszbits as u32 + hole_chunk_format(size, blkszbits) as u32;
-    let chunks = size.div_ceil(1 << chunkbits).max(1);
-    NULL_ADDR.to_le_bytes().repeat(chunks as usize)
-}
-
 /// Zeros between an inode's xattrs and its compressed map: the map starts 8-byte aligned
 /// (records start 32-byte aligned, so the record-relative length decides).
 fn map_padding(inode_and_xattrs: usize) -> usize {
-    inode_and_xattrs.next_multiple_of(8) - inode_and_xattrs
+    map_padding_to(inode_and_xattrs, 8)
+}
+
+/// Zeros after an inode and its xattrs up to a map aligned to `unit` bytes.
+fn map_padding_to(inode_and_xattrs: usize, unit: usize) -> usize {
+    inode_and_xattrs.next_multiple_of(unit) - inode_and_xattrs
 }
 
 fn start_addr(block: Option<u64>) -> Result<u32, BuildError> {
