@@ -35,16 +35,23 @@ fn analyze_matches_the_page_cache_of_every_setup() {
     let a: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let page = a["page_size"].as_u64().unwrap();
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_erofs-share"));
-    let setups: [(Box<dyn Mounter>, &str); 3] = [
+    let setups: [(Box<dyn Mounter>, &str); 4] = [
         (Box::new(KernelLoop), "kernel_pages"),
         (
-            // analyze models the FUSE front's page cache (see report::predicted_pages).
             Box::new(ErofsShare {
                 exe: exe.clone(),
                 share: false,
-                front: Some("fuse"),
+                front: None,
             }),
             "pages_without",
+        ),
+        (
+            Box::new(ErofsShare {
+                exe: exe.clone(),
+                share: true,
+                front: None,
+            }),
+            "pages_with",
         ),
         (
             Box::new(ErofsShare {
@@ -52,7 +59,7 @@ fn analyze_matches_the_page_cache_of_every_setup() {
                 share: true,
                 front: Some("fuse"),
             }),
-            "pages_with",
+            "fuse_pages_with",
         ),
     ];
     for (mounter, key) in setups {

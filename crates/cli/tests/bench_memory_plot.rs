@@ -28,7 +28,8 @@ fn bench_memory_agrees_with_analyze_and_plots() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["rows"].as_array().unwrap().len(), 3);
+    // kernel, --no-share, one domain (overlay front), one domain (FUSE front).
+    assert_eq!(v["rows"].as_array().unwrap().len(), 4);
     agrees_with_analyze(&v);
     every_setup_read_everything(&v);
     let bytes = std::fs::read(&png).unwrap();
@@ -64,9 +65,14 @@ fn agrees_with_analyze(bench: &serde_json::Value) {
     );
     let rows = bench["rows"].as_array().unwrap();
     let growth = |i: usize| rows[i]["page_cache_growth_bytes"].as_u64().unwrap();
-    for (i, key) in ["kernel_pages", "pages_without", "pages_with"]
-        .into_iter()
-        .enumerate()
+    for (i, key) in [
+        "kernel_pages",
+        "pages_without",
+        "pages_with",
+        "fuse_pages_with",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let predicted = analyze[key].as_u64().unwrap() * page;
         let measured = growth(i);

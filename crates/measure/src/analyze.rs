@@ -7,7 +7,11 @@
 //! - file data: `ceil(size / page)` pages per inode (hard links read one inode); with
 //!   sharing, per distinct (size, fingerprint) across all images of the domain, also inside
 //!   one image. Files with an unusable fingerprint are never shared, as in the daemon.
-//! - erofs-share (FUSE) mounts add each directory's listing, cached by FUSE
+//! - erofs-share overlay-front mounts add their metadata image: the pages of its file that
+//!   the erofs mount reads (metadata and directory blocks: file-backed mounts read through
+//!   the file's page cache) and each directory's blocks in its own page cache; see
+//!   [`crate::scan::overlay_front_pages`].
+//! - erofs-share FUSE-front mounts add each directory's listing, cached by FUSE
 //!   (`FOPEN_CACHE_DIR`) as `fuse_dirent` records packed into pages; metadata itself is
 //!   served from user space and the image file is read with O_DIRECT.
 //! - kernel erofs mounts add each directory's blocks (in its own page cache) and the image
@@ -66,6 +70,10 @@ pub struct ImageFiles {
     pub meta_pages: u64,
     /// Pages FUSE caches for the listings of every directory ([`fuse_dir_pages`]).
     pub fuse_dir_pages: u64,
+    /// Pages the overlay front caches for the image's metadata image, mounted without and
+    /// with sharing ([`crate::scan::overlay_front_pages`]).
+    pub overlay_pages: u64,
+    pub overlay_pages_shared: u64,
 }
 
 /// Size of one `struct fuse_dirent` record in FUSE's directory cache: 24 header bytes and
@@ -115,6 +123,9 @@ pub struct ImageReport {
     /// Directory block pages and metadata pages a kernel erofs mount caches.
     pub dir_pages: u64,
     pub meta_pages: u64,
+    /// Pages of the metadata image the overlay front caches, without and with sharing.
+    pub overlay_pages: u64,
+    pub overlay_pages_shared: u64,
 }
 
 /// A content shared by several files.
@@ -157,11 +168,14 @@ pub struct DirSummary {
 pub struct Analysis {
     pub page_size: u64,
     pub images: Vec<ImageReport>,
-    /// Page cache to read every file of every image through erofs-share without sharing
-    /// (`--no-share`): file pages and directory listings.
+    /// Page cache to read every file of every image through erofs-share (the overlay front)
+    /// without sharing (`--no-share`): file pages and the metadata images' pages.
     pub pages_without: u64,
     /// … with every image in one sharing domain.
     pub pages_with: u64,
+    /// The same through the FUSE front: file pages and FUSE's directory listings.
+    pub fuse_pages_without: u64,
+    pub fuse_pages_with: u64,
     /// 1 − with / without (0 when nothing is read).
     pub reduction: f64,
     /// File data alone, without and with sharing (the latter is the ideal: each distinct
@@ -246,6 +260,8 @@ pub fn analyze_top(images: &[ImageFiles], page_size: u64, top: usize) -> Analysi
             dir_pages: img.dirs.iter().map(|d| pages(d.size, page_size)).sum(),
             meta_pages: img.meta_pages,
             fuse_dir_pages: img.fuse_dir_pages,
+            overlay_pages: img.overlay_pages,
+            overlay_pages_shared: img.overlay_pages_shared,
         };
         for f in &img.files {
             let p = pages(f.size, page_size);
@@ -333,7 +349,10 @@ pub fn analyze_top(images: &[ImageFiles], page_size: u64, top: usize) -> Analysi
     unshared.truncate(top);
     let (file_pages_without, file_pages_with) = (pages_without, pages_with);
     let fuse_dirs: u64 = reports.iter().map(|r| r.fuse_dir_pages).sum();
-    let (pages_without, pages_with) = (pages_without + fuse_dirs, pages_with + fuse_dirs);
+    let (fuse_pages_without, fuse_pages_with) = (pages_without + fuse_dirs, pages_with + fuse_dirs);
+    let metas: u64 = reports.iter().map(|r| r.overlay_pages).sum();
+    let metas_shared: u64 = reports.iter().map(|r| r.overlay_pages_shared).sum();
+    let (pages_without, pages_with) = (pages_without + metas, pages_with + metas_shared);
     let reduction = if pages_without == 0 {
         0.0
     } else {
@@ -356,6 +375,8 @@ pub fn analyze_top(images: &[ImageFiles], page_size: u64, top: usize) -> Analysi
         images: reports,
         pages_without,
         pages_with,
+        fuse_pages_without,
+        fuse_pages_with,
         file_pages_without,
         file_pages_with,
         bytes_without,
@@ -399,6 +420,8 @@ mod tests {
             }],
             meta_pages: 7,
             fuse_dir_pages: 3,
+            overlay_pages: 5,
+            overlay_pages_shared: 5,
         };
         let b = ImageFiles {
             name: "b".into(),
@@ -411,6 +434,8 @@ mod tests {
             dirs: vec![],
             meta_pages: 1,
             fuse_dir_pages: 1,
+            overlay_pages: 2,
+            overlay_pages_shared: 1,
         };
         let r = analyze(&[a, b], 4096);
         assert_eq!(r.images[0].pages, 3 + 1 + 1 + 1);
@@ -418,8 +443,10 @@ mod tests {
         assert_eq!(r.file_pages_without, 13);
         // libc 3, a1 1, d 1, a2 2, nofp 1, samekey 1.
         assert_eq!(r.file_pages_with, 9);
-        // Directory listings are per mount, shared or not.
-        assert_eq!((r.pages_without, r.pages_with), (13 + 4, 9 + 4));
+        // Metadata images (overlay front) and directory listings (FUSE front) are per mount,
+        // shared or not.
+        assert_eq!((r.pages_without, r.pages_with), (13 + 7, 9 + 6));
+        assert_eq!((r.fuse_pages_without, r.fuse_pages_with), (13 + 4, 9 + 4));
         assert_eq!(r.images[0].shared_bytes, 10_000);
         assert_eq!(r.images[1].shared_bytes, 10_000);
         assert_eq!(r.images[0].dir_pages, 2);

@@ -199,14 +199,14 @@ pub const ONE_DOMAIN_FUSE: &str = "erofs-share, one domain, FUSE front";
 pub const NO_SHARE_FUSE: &str = "erofs-share --no-share, FUSE front";
 pub const IDEAL: &str = "ideal: unique file content";
 
-/// The pages `a` predicts for the setup called `label` (0 for an unknown label). The model
-/// is the FUSE front's (file pages and FUSE's directory listings); the overlay front caches
-/// its metadata images' blocks instead of the listings, which the model does not count yet.
+/// The pages `a` predicts for the setup called `label` (0 for an unknown label).
 fn predicted_pages(a: &Analysis, label: &str) -> u64 {
     match label {
         KERNEL => a.kernel_pages,
-        NO_SHARE | NO_SHARE_FUSE => a.pages_without,
-        ONE_DOMAIN | ONE_DOMAIN_FUSE => a.pages_with,
+        NO_SHARE => a.pages_without,
+        ONE_DOMAIN => a.pages_with,
+        NO_SHARE_FUSE => a.fuse_pages_without,
+        ONE_DOMAIN_FUSE => a.fuse_pages_with,
         IDEAL => a.file_pages_with,
         _ => 0,
     }
@@ -216,7 +216,7 @@ fn predicted_pages(a: &Analysis, label: &str) -> u64 {
 pub fn prediction_table(a: &Analysis) -> Table {
     let ps = a.page_size;
     let mut t = Table::new(&["setup", "page cache MiB", "change"]);
-    for label in [KERNEL, NO_SHARE, ONE_DOMAIN, IDEAL] {
+    for label in [KERNEL, NO_SHARE, ONE_DOMAIN, ONE_DOMAIN_FUSE, IDEAL] {
         let pages = predicted_pages(a, label);
         t.row(vec![
             label.into(),
@@ -449,6 +449,8 @@ mod tests {
             kernel_pages: 256,
             pages_without: 128,
             pages_with: 64,
+            fuse_pages_without: 120,
+            fuse_pages_with: 60,
             file_pages_with: 32,
             ..a
         };

@@ -24,6 +24,8 @@ pub enum ScanError {
         path: String,
         error: Box<erofs::Error>,
     },
+    #[error("{image}: the overlay front's metadata image: {why}")]
+    Meta { image: String, why: String },
     #[error("{image}: {path} (nid {nid}): hashing the content: {error}")]
     Hash {
         image: String,
@@ -43,6 +45,44 @@ impl From<erofs::Error> for ScanError {
     fn from(e: erofs::Error) -> Self {
         ScanError::Read(Box::new(e))
     }
+}
+
+/// Pages the overlay front caches for `image`'s metadata image when every file is read. A
+/// metadata image holds no file data: every block is the superblock, shared xattrs, an inode
+/// or a directory, and reading every file reads them all through the file-backed erofs
+/// mount, which caches them in the metadata image's file; all but the superblock's page,
+/// read when the daemon mounts (outside the reader's accounting). Each directory's blocks
+/// are cached once more in the directory's own page cache, as on a kernel mount. Builds the
+/// metadata image in a temporary directory, with object names like the daemon's.
+/// `shared`: the mount shares (files with a usable fingerprint redirect to the object of
+/// their content, so equal contents get equal redirects, which the builder may store once as
+/// a shared xattr), else every file has an object of its own.
+pub fn overlay_front_pages(image: &Image, page_size: u64, shared: bool) -> Result<u64, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let path = dir.path().join("meta.erofs");
+    let bs = image.superblock().block_size();
+    let built = erofs::build::meta::metadata_image(image, &path, &mut |i| {
+        let fp = shared
+            .then(|| image.fingerprint(i).ok().flatten())
+            .flatten()
+            .filter(|fp| fingerprint_usable(fp, bs));
+        let key = match fp {
+            Some(fp) => fp,
+            None => [b"own".as_slice(), &i.nid.to_le_bytes()].concat(),
+        };
+        Some(erofs_share_daemon::dedup::object_name(&key))
+    })
+    .map_err(|e| e.to_string())?;
+    let meta = Image::open(&path).map_err(|e| e.to_string())?;
+    let mut dir_pages = 0;
+    try_walk(&meta, |_, inode| {
+        if inode.file_type() == FileType::Dir {
+            dir_pages += crate::analyze::pages(inode.size, page_size);
+        }
+        Ok::<(), Problem>(())
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(crate::analyze::pages(built.image_bytes, page_size).saturating_sub(1) + dir_pages)
 }
 
 /// List the files (once per inode: hard links read one page cache) and directories of
@@ -99,6 +139,12 @@ pub fn scan_with_progress(
         e => e,
     })?;
     out.meta_pages = meta.pages.len() as u64;
+    let meta_err = |why| ScanError::Meta {
+        image: name.to_string(),
+        why,
+    };
+    out.overlay_pages = overlay_front_pages(image, page_size, false).map_err(meta_err)?;
+    out.overlay_pages_shared = overlay_front_pages(image, page_size, true).map_err(meta_err)?;
     out.files.sort_by(|a, b| a.path.cmp(&b.path));
     out.dirs.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
