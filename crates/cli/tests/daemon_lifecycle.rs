@@ -9,9 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use testkit::{Need, require, testdata};
+use testkit::{Need, require};
 
-const REL: &str = "big/text-800k.txt";
+const REL: &str = BIG_TEXT;
 
 fn gate(name: &str) -> bool {
     require(name, &[Need::Fuse])
@@ -40,8 +40,8 @@ fn umount_while_open_and_mapped_keeps_serving() {
     }
     let _cache = cache_lock();
     let d = Daemon::start();
-    let a = d.mount(&testdata::image("plain-fp"), "a", Some("d"));
-    let b = d.mount(&testdata::image("plain-b512-fp"), "b", Some("d"));
+    let a = d.mount(&built_image(d.dir.path(), "plain", 4096), "a", Some("d"));
+    let b = d.mount(&built_image(d.dir.path(), "b512", 512), "b", Some("d"));
     let expected = read_all(&a.join(REL));
     let f = std::fs::File::open(a.join(REL)).unwrap();
     let m = Mapped::new(&f, expected.len()).unwrap();
@@ -87,9 +87,9 @@ fn image_file_deleted_after_mount_keeps_working() {
     let _cache = cache_lock();
     let d = Daemon::start();
     let copy = d.dir.path().join("gone.erofs");
-    std::fs::copy(testdata::image("plain-fp"), &copy).unwrap();
+    std::fs::copy(built_image(d.dir.path(), "plain", 4096), &copy).unwrap();
     let m = d.mount(&copy, "m", Some("d"));
-    let reference = d.mount(&testdata::image("plain-fp"), "ref", None);
+    let reference = d.mount(&built_image(d.dir.path(), "plain", 4096), "ref", None);
     std::fs::remove_file(&copy).unwrap();
     testkit::drop_caches().unwrap();
     for (rel, p) in regular_files(&reference) {
@@ -103,8 +103,8 @@ fn daemon_stop_with_open_files_unmounts_and_exits() {
         return;
     }
     let mut d = Daemon::start();
-    let a = d.mount(&testdata::image("plain-fp"), "a", Some("d"));
-    let n = d.mount(&testdata::image("plain-fp"), "n", None);
+    let a = d.mount(&built_image(d.dir.path(), "plain", 4096), "a", Some("d"));
+    let n = d.mount(&built_image(d.dir.path(), "plain", 4096), "n", None);
     let f = std::fs::File::open(a.join(REL)).unwrap();
     let g = std::fs::File::open(n.join(REL)).unwrap();
     let len = f.metadata().unwrap().len() as usize;
@@ -133,8 +133,8 @@ fn sigkilled_daemon_leaves_mounts_that_umount_cleans_and_a_new_daemon_starts() {
         return;
     }
     let mut d = Daemon::start();
-    let a = d.mount(&testdata::image("plain-fp"), "a", Some("d"));
-    let b = d.mount(&testdata::image("plain-fp"), "b", Some("d"));
+    let a = d.mount(&built_image(d.dir.path(), "plain", 4096), "a", Some("d"));
+    let b = d.mount(&built_image(d.dir.path(), "plain", 4096), "b", Some("d"));
     read_all(&a.join(REL));
     let st = d.status();
     let dedup = st.domains[0].dedup_mountpoint.clone();
@@ -176,8 +176,8 @@ fn sigkilled_daemon_leaves_mounts_that_umount_cleans_and_a_new_daemon_starts() {
     d.spawn();
     assert!(!is_mounted(&dedup), "stale dedup mount left");
     assert!(!is_mounted(&b), "stale image mount left");
-    let a2 = d.mount(&testdata::image("plain-fp"), "a", Some("d"));
-    let b2 = d.mount(&testdata::image("plain-fp"), "b", Some("d"));
+    let a2 = d.mount(&built_image(d.dir.path(), "plain", 4096), "a", Some("d"));
+    let b2 = d.mount(&built_image(d.dir.path(), "plain", 4096), "b", Some("d"));
     assert!(read_all(&a2.join(REL)) == read_all(&b2.join(REL)));
     // Two mounts of one image: every object has both as sources.
     let dom = &d.status().domains[0];
@@ -198,12 +198,17 @@ fn without_passthrough_mounts_work_unshared_and_say_why() {
     // Passthrough is the FUSE front's sharing.
     d.front = Some("fuse".into());
     let m = d
-        .try_mount(&testdata::image("plain-fp"), "a", Some("d"), true)
+        .try_mount(
+            &built_image(d.dir.path(), "plain", 4096),
+            "a",
+            Some("d"),
+            true,
+        )
         .unwrap();
     let why = m.unshared_reason.clone().expect("a reason");
     assert!(why.contains("passthrough"), "{why}");
     assert!(!m.sharing);
-    let reference = d.mount(&testdata::image("plain-fp"), "ref", None);
+    let reference = d.mount(&built_image(d.dir.path(), "plain", 4096), "ref", None);
     for (rel, p) in regular_files(&reference) {
         assert!(read_all(&m.mountpoint.join(&rel)) == read_all(&p), "{rel}");
     }
@@ -237,7 +242,7 @@ fn cli_mount_starts_a_daemon_and_status_umount_work() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let img = testdata::image("plain-fp");
+    let img = built_image(dir.path(), "plain", 4096);
     let (ok, out, err) = run(&[
         "mount",
         "--domain",
@@ -335,7 +340,7 @@ fn a_detached_mount_ending_leaves_a_new_mount_at_its_path_alone() {
         return;
     }
     let d = Daemon::start();
-    let image = testdata::image("plain-fp");
+    let image = built_image(d.dir.path(), "plain", 4096);
     let m = d.mount(&image, "m", Some("d"));
     let held = std::fs::File::open(m.join(REL)).unwrap();
     assert!(!d.umount(&m), "busy");

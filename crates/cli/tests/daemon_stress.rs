@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use testkit::{Need, require, testdata};
+use testkit::{Need, require};
 
 struct Rng(u64);
 impl Rng {
@@ -98,8 +98,8 @@ fn stress_readers_mmaps_and_mount_cycles() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let d = Arc::new(Daemon::start());
-    let plain = testdata::image("plain-fp");
-    let b512 = testdata::image("plain-b512-fp");
+    let plain = built_image(d.dir.path(), "plain", 4096);
+    let b512 = built_image(d.dir.path(), "b512", 512);
     let want = Arc::new(contents(&plain));
     assert!(want == Arc::new(contents(&b512)), "same tree");
     let files: Arc<Vec<String>> = Arc::new(want.keys().cloned().collect());

@@ -390,3 +390,81 @@ pub fn map_all(roots: &[&Path]) -> Vec<Mapped> {
     }
     out
 }
+
+/// Relative path of the 800 KiB text file in [`built_image`]'s tree.
+pub const BIG_TEXT: &str = "big/text-800k.txt";
+
+/// An image of a tree generated here (text, pseudo-random binaries, sizes around block
+/// boundaries, a 600-entry directory, deep nesting, symlinks), built by our mkfs with
+/// fingerprints and `block_size` into `dir/NAME.erofs`: what the daemon tests mount when
+/// which mkfs wrote the image is not the point. Every block size holds the same contents, so
+/// such images share in a domain. Built once per `dir` and name.
+pub fn built_image(dir: &Path, name: &str, block_size: u32) -> PathBuf {
+    let img = dir.join(format!("{name}.erofs"));
+    if img.exists() {
+        return img;
+    }
+    let tree = dir.join("tree");
+    if !tree.exists() {
+        write_tree(&tree);
+    }
+    let out = Command::new(BIN)
+        .args(["mkfs", "-q", "--block-size", &block_size.to_string()])
+        .arg(&img)
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mkfs {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    img
+}
+
+fn write_tree(tree: &Path) {
+    let file = |rel: &str, data: &[u8]| {
+        let p = tree.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+    let mut text = String::new();
+    for i in 0.. {
+        if text.len() >= 800 << 10 {
+            break;
+        }
+        text.push_str(&format!(
+            "line {i}: the quick brown fox jumps over the lazy dog\n"
+        ));
+    }
+    text.truncate(800 << 10);
+    file(BIG_TEXT, text.as_bytes());
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut noise = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    for (i, len) in [1, 511, 512, 513, 4095, 4096, 4097, 8191, 65537, 300_000]
+        .into_iter()
+        .enumerate()
+    {
+        file(&format!("sizes/{len}.bin"), &noise(len));
+        file(&format!("lib/lib{i}.so.1"), &noise(len * 3 + 100));
+    }
+    for i in 0..600 {
+        file(
+            &format!("many/entry-{i:04}"),
+            format!("{i}\n").repeat(i % 50 + 1).as_bytes(),
+        );
+    }
+    let deep: String = (0..20).map(|i| format!("d{i}/")).collect();
+    file(&format!("{deep}leaf.txt"), b"deep\n");
+    std::os::unix::fs::symlink("../big/text-800k.txt", tree.join("lib/text-link")).unwrap();
+    std::os::unix::fs::symlink("lib0.so.1", tree.join("lib/lib0.so")).unwrap();
+}
