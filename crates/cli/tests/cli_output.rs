@@ -121,6 +121,15 @@ fn fsck_json_lists_problems_as_records() {
     bytes[off..off + 2].copy_from_slice(&[0xff, 0xff]);
     let bad = tmp.path().join("bad.erofs");
     std::fs::write(&bad, bytes).unwrap();
+    // extract stops at it, naming the image, the path and the problem once.
+    let out = run(&["extract", s(&bad), s(&tmp.path().join("out"))]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "erofs-share: {}: /d01/own: nid {nid}: corrupt: i_format 0xffff has unknown bits (known: 0x1f)\n",
+            bad.display()
+        )
+    );
     let out = run(&["fsck", "--json", s(&bad)]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
