@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 pub enum ExtractError {
     #[error(transparent)]
     Image(#[from] Error),
+    /// A problem met while walking the tree: names the image, the path and what is wrong.
+    #[error(transparent)]
+    Walk(Problem),
     #[error("{path}: {op}: {cause}")]
     Io {
         path: PathBuf,
@@ -47,7 +50,7 @@ pub struct ExtractStats {
 
 impl From<Problem> for ExtractError {
     fn from(p: Problem) -> Self {
-        ExtractError::Image(p.error)
+        ExtractError::Walk(p)
     }
 }
 
