@@ -587,6 +587,44 @@ fn hostile_inputs_fail_cleanly() {
     let d = layout(&evil_img, index_of(&evil_img, REF));
     fails_cleanly(&d, &[], "leaves the archive root");
 
+    // --layers of an image with a hardlink across layers: refused, with the way out.
+    let d = layout(&img, index_of(&img, REF));
+    let dir = tmp.path().join("layers-out");
+    let out = bin()
+        .arg("mkfs")
+        .arg("--layers")
+        .arg(&dir)
+        .arg(&d)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("flatten the image instead"),
+        "{said}"
+    );
+    assert!(!dir.exists(), "--layers left {}", dir.display());
+
+    // A compressed oci-archive cannot be read in place: a clear error, not an image of blobs.
+    let d = layout(&img, index_of(&img, REF));
+    let tgz = tmp.path().join("oci.tar.gz");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&d)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = mkfs(&[out_dir.path().join("x.erofs").as_ref(), tgz.as_ref()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("OCI image layout"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
+
     // Two refs and no --ref; a ref that is not there; a platform that is not there.
     let other = oci_image(layers(false));
     let mut two = index_of(&img, REF);
