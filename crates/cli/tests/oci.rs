@@ -468,6 +468,42 @@ fn docker_save_and_oci_archive_give_the_same_image() {
     let b = build(&docker_tar, "b.erofs", "docker save tar");
     let c = build(&oci_dir, "c.erofs", "OCI image layout directory");
     assert!(a == b, "oci-archive and docker save images differ");
+    // The whiteout rules, without a mount: what the layers leave.
+    let x = tmp.path().join("x");
+    let out = Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+        .arg("extract")
+        .arg(tmp.path().join("a.erofs"))
+        .arg(&x)
+        .output()
+        .unwrap();
+    ok(&out, "extract");
+    let mut names: Vec<String> = walk(&x);
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bin",
+            "bin/tool",
+            "bin/tool-link",
+            "bin/tool-link2",
+            "data",
+            "data/new",
+            "data/sub",
+            "data/sub/again",
+            "etc",
+            "etc/hosts",
+            "etc/passwd",
+            "fifo",
+            "keep.txt",
+            "lnk",
+            "newdir",
+            "newdir/f"
+        ]
+    );
+    assert_eq!(
+        std::fs::read(x.join("etc/hosts")).unwrap(),
+        b"10.0.0.1 back\n"
+    );
     assert!(a == c, "oci-archive and layout images differ");
 
     // A docker save tar of the old form (no OCI index) has no manifest digest to record.
@@ -687,4 +723,19 @@ fn deleted_and_replaced_files_leave_no_blocks_behind() {
         b"small now"
     );
     assert!(!tmp.path().join("x/big").exists());
+}
+
+fn walk(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if p.symlink_metadata().unwrap().is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out
 }

@@ -312,7 +312,7 @@ struct StackLayer {
     image: PathBuf,
 }
 
-/// `--layers DIR`: one image per layer, then the stack bottom first. Images this run wrote
+/// `--layers DIR`: one image per layer, then the stack bottom first. Images this run added
 /// are removed again if a later layer fails (so is DIR, if this run made it).
 fn build_layers(
     img: build::oci::Image,
@@ -335,6 +335,7 @@ fn build_layers(
             ));
             // The same layer twice in one image (empty layers are common): built once.
             if !stack.iter().any(|s: &StackLayer| s.image == path) {
+                let existed = path.exists();
                 let summary = build::build(
                     &path,
                     Source::Oci {
@@ -345,7 +346,10 @@ fn build_layers(
                     &build::NoProgress,
                 )
                 .with_context(|| format!("building {} ({})", path.display(), img.layer_label(i)))?;
-                written.push(path.clone());
+                // An image of this layer from an earlier run is not removed on failure.
+                if !existed {
+                    written.push(path.clone());
+                }
                 if !quiet {
                     eprintln!(
                         "{}: {} inodes, {} bytes of content ({} bytes)",
