@@ -570,6 +570,37 @@ fn hostile_inputs_fail_cleanly() {
     std::fs::write(&p, b).unwrap();
     fails_cleanly(&d, &[], "does not match its digest");
 
+    // Each layer (gzip, zstd, plain) in turn stored under a digest that is not its own,
+    // content intact: only the blob digest check can catch it.
+    for i in 0..3 {
+        let mut bad = oci_image(layers(true));
+        let mfile = bad
+            .blobs
+            .iter()
+            .find(|(d, _)| *d == bad.manifest.0)
+            .unwrap();
+        let mut m: serde_json::Value = serde_json::from_slice(&mfile.1).unwrap();
+        let wrong = format!("{:02x}", i + 1).repeat(32);
+        let content = bad
+            .blobs
+            .iter()
+            .find(|(d, _)| *d == bad.layer_digests[i])
+            .unwrap()
+            .1
+            .clone();
+        m["layers"][i]["digest"] = json!(format!("sha256:{wrong}"));
+        let mb = serde_json::to_vec(&m).unwrap();
+        bad.manifest = (sha(&mb), mb.len());
+        bad.blobs.push((wrong.clone(), content));
+        bad.blobs.push((bad.manifest.0.clone(), mb));
+        let d = layout(&bad, index_of(&bad, REF));
+        fails_cleanly(
+            &d,
+            &[],
+            &format!("layer blob sha256:{wrong} does not match its digest"),
+        );
+    }
+
     // A config whose diff_id does not match the uncompressed layer.
     let mut bad = oci_image(layers(true));
     let cfg = serde_json::to_vec(&json!({
