@@ -1,7 +1,9 @@
 //! `erofs-share`: one binary, one subcommand per task. This file only parses arguments and
 //! dispatches; each subcommand lives in `cmd/<name>.rs`.
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cmd;
 
@@ -32,6 +34,8 @@ enum Command {
     Umount(cmd::umount::Args),
     /// Show the daemon's mounts, domains and what sharing saves.
     Status(cmd::status::Args),
+    /// Stop the daemon: it unmounts everything and exits.
+    Stop(cmd::stop::Args),
     /// Run the sharing daemon in the foreground.
     Daemon(cmd::daemon::Args),
     /// Predict what sharing saves for a set of images (no root, no mount).
@@ -41,6 +45,10 @@ enum Command {
     /// Show what sharing saves on two versions of a tree from this machine (measured as root,
     /// predicted otherwise).
     Demo(cmd::demo::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::completions::CompletionsArgs),
+    /// Write the man pages into a directory.
+    Man(cmd::completions::ManArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +59,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=off")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person: the daemon's log is a file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -61,10 +71,13 @@ fn main() -> std::process::ExitCode {
         Command::Mount(a) => cmd::mount::run(a),
         Command::Umount(a) => cmd::umount::run(a),
         Command::Status(a) => cmd::status::run(a),
+        Command::Stop(a) => cmd::stop::run(a),
         Command::Daemon(a) => cmd::daemon::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Completions(a) => cmd::completions::completions(a, Cli::command()),
+        Command::Man(a) => cmd::completions::man(a, Cli::command()),
     };
     match result {
         Ok(code) => code,

@@ -9,7 +9,7 @@ use testkit::Need;
 fn bench_memory_agrees_with_analyze_and_plots() {
     if !testkit::require(
         "bench_memory_agrees_with_analyze_and_plots",
-        &[Need::Testdata, Need::KernelErofs, Need::Fuse],
+        &[Need::KernelErofs, Need::Fuse],
     ) {
         return;
     }

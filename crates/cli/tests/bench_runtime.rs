@@ -1,6 +1,7 @@
-//! `erofs-share bench runtime` end to end on the redis and nginx corpus pairs (built here with
-//! our mkfs from `/var/tmp/erofs-share-corpus` or `$EROFS_SHARE_CORPUS`): a short bounded
-//! run per app, and a run stopped by Ctrl-C, each leaving no process, cgroup or mount behind.
+//! `erofs-share bench runtime` end to end on a redis and nginx container root this test
+//! builds (Debian bookworm's packages, extracted by mmdebstrap, into two images with our
+//! mkfs): a short bounded run per app, and a run stopped by Ctrl-C, each leaving no process,
+//! cgroup or mount behind.
 
 use erofs_share_measure::container::{CGROUP_PREFIX, memory_hierarchy};
 use std::path::{Path, PathBuf};
@@ -8,41 +9,88 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use testkit::Need;
 
-fn corpus() -> Option<PathBuf> {
-    let dir = std::env::var_os("EROFS_SHARE_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/erofs-share-corpus"));
-    dir.join("redis/a.tar").exists().then_some(dir)
+const MMDEBSTRAP: Need = Need::Program {
+    name: "mmdebstrap",
+    package: "mmdebstrap",
+};
+
+/// A container root holding redis-server, redis-benchmark and nginx: the packages and their
+/// dependencies from Debian's archive, unpacked without running their scripts (about 40 MB
+/// to download, 120 MB unpacked), plus what the scripts and a container runtime would add.
+fn container_root(root: &Path) -> Result<(), String> {
+    let out = Command::new("mmdebstrap")
+        .args(["--quiet", "--variant=extract"])
+        .arg("--include=redis-server,redis-tools,nginx")
+        .arg("bookworm")
+        .arg(root)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("mmdebstrap: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(format!(
+            "mmdebstrap could not fetch redis and nginx from the Debian archive: {last}"
+        ));
+    }
+    let add = |e: std::io::Result<()>, what: &str| e.map_err(|e| format!("{what}: {e}"));
+    for d in ["proc", "dev", "tmp", "run", "var/www/html"] {
+        add(std::fs::create_dir_all(root.join(d)), d)?;
+    }
+    // nginx runs as www-data; the default site's page is copied by nginx-common's postinst.
+    add(
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/usr/sbin/nologin\n",
+        ),
+        "etc/passwd",
+    )?;
+    add(
+        std::fs::write(root.join("etc/group"), "root:x:0:\nwww-data:x:33:\n"),
+        "etc/group",
+    )?;
+    add(
+        std::fs::copy(
+            root.join("usr/share/nginx/html/index.html"),
+            root.join("var/www/html/index.nginx-debian.html"),
+        )
+        .map(drop),
+        "index.nginx-debian.html",
+    )
 }
 
-/// Gate, then the corpus (a large download, not part of the repository: skip without it).
-fn setup(test: &str) -> Option<PathBuf> {
-    if !testkit::require(test, &[Need::KernelErofs]) {
+/// Gate, then the container root's two images (`a`, and `b` with one file changed, as a
+/// minor release of the same image), or None after reporting why the test cannot run.
+fn setup(test: &str, dir: &Path) -> Option<Vec<PathBuf>> {
+    if !testkit::require(test, &[Need::KernelErofs, MMDEBSTRAP]) {
         return None;
     }
-    let c = corpus();
-    if c.is_none() {
-        eprintln!("SKIP {test}: no corpus at /var/tmp/erofs-share-corpus (or $EROFS_SHARE_CORPUS)");
+    let root = dir.join("root");
+    if let Err(reason) = container_root(&root) {
+        testkit::gate::cannot_run(test, &reason);
+        return None;
     }
-    c
-}
-
-/// Build `app/{a,b}.tar` into fingerprinted images with our mkfs.
-fn pair(corpus: &Path, app: &str, dir: &Path) -> Vec<PathBuf> {
-    ["a", "b"]
+    let images = ["a", "b"]
         .iter()
         .map(|v| {
-            let img = dir.join(format!("{app}-{v}.erofs"));
+            std::fs::write(root.join("etc/hostname"), format!("{v}\n")).unwrap();
+            let img = dir.join(format!("{v}.erofs"));
             let st = bin()
                 .args(["mkfs", "--quiet"])
                 .arg(&img)
-                .arg(corpus.join(app).join(format!("{v}.tar")))
+                .arg(&root)
                 .status()
                 .unwrap();
-            assert!(st.success(), "mkfs {app}-{v}");
+            assert!(st.success(), "mkfs {v}");
             img
         })
-        .collect()
+        .collect();
+    std::fs::remove_dir_all(&root).unwrap();
+    Some(images)
 }
 
 fn bin() -> Command {
@@ -111,22 +159,21 @@ fn assert_nothing_left(pid: u32, images: &[PathBuf], pids: &[i32]) {
 /// One test, run in sequence: the leftover checks look for anything with our prefixes.
 #[test]
 fn runs_pairs_then_stops_on_ctrl_c_and_leaves_nothing() {
-    let Some(corpus) = setup("runs_pairs_then_stops_on_ctrl_c_and_leaves_nothing") else {
+    let t = tempfile::tempdir().unwrap();
+    let Some(images) = setup(
+        "runs_pairs_then_stops_on_ctrl_c_and_leaves_nothing",
+        t.path(),
+    ) else {
         return;
     };
-    let t = tempfile::tempdir().unwrap();
-    let redis = pair(&corpus, "redis", t.path());
-    let nginx = pair(&corpus, "nginx", t.path());
-    for (app, images, setups) in [
-        ("redis", &redis, "kernel,no-share,share"),
-        ("nginx", &nginx, "kernel,no-share,share"),
-    ] {
+    for app in ["redis", "nginx"] {
+        let setups = "kernel,no-share,share";
         let png = t.path().join(format!("{app}.png"));
         let child = bin()
             .args(["bench", "runtime", "--app", app, "--requests", "500"])
             .args(["--json", "--setups", setups, "--plot"])
             .arg(&png)
-            .args(images)
+            .args(&images)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -170,9 +217,9 @@ fn runs_pairs_then_stops_on_ctrl_c_and_leaves_nothing() {
                 file(&rows[1])
             );
         }
-        assert_nothing_left(pid, images, &[]);
+        assert_nothing_left(pid, &images, &[]);
     }
-    ctrl_c(&redis);
+    ctrl_c(&images);
 }
 
 /// Interrupt a run (erofs-share mounts in one domain) once both servers are up.

@@ -23,12 +23,6 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn mkfs_z_images_pass_fsck_with_fingerprints() {
-    if !require(
-        "mkfs_z_images_pass_fsck_with_fingerprints",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let tar = testdata::source_tar();
     for (spec, pcluster) in [
@@ -65,7 +59,7 @@ fn mkfs_z_images_pass_fsck_with_fingerprints() {
 fn extract_of_a_compressed_image_restores_the_source() {
     if !require(
         "extract_of_a_compressed_image_restores_the_source",
-        &[Need::Testdata, Need::Root],
+        &[Need::Root],
     ) {
         return;
     }
@@ -114,12 +108,6 @@ fn bad_compression_options_are_named() {
 
 #[test]
 fn fsck_gives_the_known_bad_image_a_verdict_in_seconds() {
-    if !require(
-        "fsck_gives_the_known_bad_image_a_verdict_in_seconds",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let t = Instant::now();
     let img = testdata::known_bad("lz4hc-all-fragments-ztailpacking");
     let o = run(&["fsck".as_ref(), img.as_os_str()]);

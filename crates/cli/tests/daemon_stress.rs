@@ -90,10 +90,7 @@ fn check(
 
 #[test]
 fn stress_readers_mmaps_and_mount_cycles() {
-    if !require(
-        "stress_readers_mmaps_and_mount_cycles",
-        &[Need::Fuse, Need::Testdata],
-    ) {
+    if !require("stress_readers_mmaps_and_mount_cycles", &[Need::Fuse]) {
         return;
     }
     let secs: u64 = std::env::var("EROFS_SHARE_STRESS_SECS")

@@ -50,6 +50,9 @@ pub enum Request {
         /// False for `--no-share`.
         #[serde(default = "yes")]
         share: bool,
+        /// `overlay`, `fuse`, or none for the best this kernel has.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        front: Option<String>,
     },
     /// Unmount (lazily when busy).
     Umount {
@@ -119,12 +122,22 @@ pub struct MountStatus {
     pub unshared_opens: u64,
     /// Files not shared because their size differed from their dedup object's.
     pub size_mismatches: u64,
-    /// Reads answered with EIO (corrupt data).
+    /// Requests answered with EIO for corrupt image content: file reads, directory listings,
+    /// entries whose inode cannot be decoded.
     pub read_errors: u64,
     /// Bytes read from the image file (by this mount and by dedup misses it served).
     pub image_bytes_read: u64,
     /// True when the image file is read with O_DIRECT (else buffered + drop-behind).
     pub direct_io: bool,
+    /// `overlay` or `fuse` (see DESIGN.md, "the overlay front").
+    #[serde(default)]
+    pub front: String,
+    /// Why this front and not the other.
+    #[serde(default)]
+    pub front_reason: Option<String>,
+    /// The overlay front's metadata-only image.
+    #[serde(default)]
+    pub meta_image: Option<PathBuf>,
 }
 
 /// One sharing domain.
@@ -150,6 +163,9 @@ pub struct DomainStatus {
     pub miss_bytes: u64,
     /// Page cache saved against one copy per mount: Σ cached × (references − 1).
     pub saved_bytes: u64,
+    /// Requests the dedup mount served (lookups, getattrs, reads).
+    #[serde(default)]
+    pub requests: u64,
 }
 
 /// The daemon's state, answer to `status`.
@@ -205,7 +221,7 @@ pub enum StartError {
     Timeout(Duration),
     /// Its status could not be polled.
     #[error("waiting for the daemon: {0}")]
-    Wait(#[source] io::Error),
+    Wait(io::Error),
 }
 
 /// Waits until `child`, a daemon started on `state_dir`, answers a status request.
@@ -285,7 +301,8 @@ mod tests {
                 image: "/a.erofs".into(),
                 mountpoint: "/m".into(),
                 domain: Some("web".into()),
-                share: true
+                share: true,
+                front: None,
             }
         );
         assert_eq!(

@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 use fuser::{Config, Filesystem, INodeNo, Notifier, Session, SessionACL};
 
 use crate::control::{self, DomainStatus, MountStatus, Request, Response, Status};
-use crate::dedup_fs::{self, DedupFs};
-use crate::domain::{self, Domain};
+use crate::dedup::Attach;
+use crate::dedup_fs::DedupFs;
+use crate::domain::{self, Domain, fingerprint_usable, share_key};
 use crate::image_fs::{ImageFs, MountedImage};
+use crate::overlay;
 
 /// Default state directory (control socket, pid file, dedup mounts).
 pub const DEFAULT_STATE_DIR: &str = "/run/erofs-share";
@@ -38,12 +40,12 @@ const DEDUP_THREADS: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call on a named object failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// What was being done, naming the path.
         what: String,
         /// The OS error.
-        source: io::Error,
+        cause: io::Error,
     },
     /// Another daemon owns the state directory.
     #[error("another erofs-share daemon already runs with state directory {0}")]
@@ -52,13 +54,41 @@ pub enum Error {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
-    move |source| Error::Io { what, source }
+    move |cause| Error::Io { what, cause }
 }
+
+/// How an image is mounted (DESIGN.md): the overlay front (kernel overlayfs over a metadata
+/// image, data from the dedup mount) or the FUSE front (the daemon serves every request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    Overlay,
+    Fuse,
+}
+
+impl Front {
+    fn name(self) -> &'static str {
+        match self {
+            Front::Overlay => "overlay",
+            Front::Fuse => "fuse",
+        }
+    }
+}
+
+/// The id of the internal domain that holds the objects of mounts that share nothing
+/// (overlay front): users cannot name it, an empty id is refused.
+const UNSHARED_DOMAIN: &str = "";
 
 #[derive(Debug)]
 struct MountRecord {
     image: Arc<MountedImage>,
     detached: bool,
+    front: Front,
+    front_reason: Option<String>,
+    /// The overlay front's per-mount metadata image.
+    meta_image: Option<PathBuf>,
+    /// The domain whose dedup table holds this mount's sources (and counts it as a mount):
+    /// the sharing domain, or for the overlay front the unshared one.
+    data_domain: Option<Arc<Domain>>,
 }
 
 struct DomainRecord {
@@ -85,18 +115,38 @@ pub struct Daemon {
     /// Serialises mount and umount requests (not reads: those never take it).
     admin: Mutex<()>,
     next_id: AtomicU64,
+    /// Ends of overlay-front mounts (None where inotify is unavailable: no overlay front).
+    ends: Option<Arc<overlay::Ends>>,
 }
 
 impl Daemon {
     /// A daemon with no mounts, keeping its dedup mounts under `state_dir`.
     pub fn new(state_dir: PathBuf) -> Arc<Self> {
-        Arc::new(Self {
+        let daemon = Arc::new(Self {
             state_dir,
             mounts: Mutex::new(HashMap::new()),
             domains: Mutex::new(HashMap::new()),
             admin: Mutex::new(()),
             next_id: AtomicU64::new(1),
-        })
+            ends: overlay::Ends::new()
+                .inspect_err(|e| tracing::warn!("inotify: {e}: no overlay front"))
+                .ok()
+                .map(Arc::new),
+        });
+        if let Some(ends) = daemon.ends.clone() {
+            let d = Arc::downgrade(&daemon);
+            let _ = std::thread::Builder::new()
+                .name("overlay-ends".into())
+                .spawn(move || {
+                    let e = ends.run(|id| {
+                        if let Some(d) = d.upgrade() {
+                            d.mount_ended(id);
+                        }
+                    });
+                    tracing::error!("watching overlay mounts ended: {e}");
+                });
+        }
+        daemon
     }
 
     /// Answers one control request.
@@ -107,7 +157,8 @@ impl Daemon {
                 mountpoint,
                 domain,
                 share,
-            } => match self.mount(&image, &mountpoint, domain, share) {
+                front,
+            } => match self.mount(&image, &mountpoint, domain, share, front.as_deref()) {
                 Ok(m) => Response {
                     ok: true,
                     mount: Some(m),
@@ -128,14 +179,11 @@ impl Daemon {
                 status: Some(self.status()),
                 ..Response::default()
             },
-            Request::Stop => {
-                // SAFETY: kill on our own pid; the signal thread performs the shutdown.
-                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
-                Response {
-                    ok: true,
-                    ..Response::default()
-                }
-            }
+            // Acknowledged here; `handle_conn` starts the shutdown once the answer is out.
+            Request::Stop => Response {
+                ok: true,
+                ..Response::default()
+            },
         }
     }
 
@@ -146,7 +194,18 @@ impl Daemon {
         mountpoint: &Path,
         domain: Option<String>,
         share: bool,
+        front: Option<&str>,
     ) -> Result<MountStatus, String> {
+        let wanted = match front {
+            None | Some("auto") => None,
+            Some("overlay") => Some(Front::Overlay),
+            Some("fuse") => Some(Front::Fuse),
+            Some(other) => {
+                return Err(format!(
+                    "unknown front {other:?} (use overlay, fuse or auto)"
+                ));
+            }
+        };
         if !image.is_absolute() || !mountpoint.is_absolute() {
             return Err("image and mountpoint must be absolute paths".into());
         }
@@ -178,6 +237,51 @@ impl Daemon {
             return Err("the domain id must not be empty".into());
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let unsupported = match &self.ends {
+            None => Some("inotify is unavailable"),
+            Some(_) => overlay::unsupported(),
+        };
+        let fuse_reason = match (wanted, unsupported) {
+            (Some(Front::Fuse), _) => Some("asked for (--front fuse)".to_string()),
+            (Some(Front::Overlay), Some(why)) => {
+                return Err(format!("the overlay front is unavailable: {why}"));
+            }
+            (None, Some(why)) => Some(format!("the overlay front is unavailable: {why}")),
+            (_, None) => None,
+        };
+        if fuse_reason.is_none() {
+            match self.mount_overlay(id, image, &mountpoint, domain.as_deref(), share) {
+                Ok(st) => return Ok(st),
+                Err(e) if wanted == Some(Front::Overlay) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: overlay front: {e}; using the FUSE front",
+                        image.display()
+                    );
+                    return self.mount_fuse(
+                        id,
+                        image,
+                        mountpoint,
+                        domain,
+                        share,
+                        Some(format!("the overlay front failed: {e}")),
+                    );
+                }
+            }
+        }
+        self.mount_fuse(id, image, mountpoint, domain, share, fuse_reason)
+    }
+
+    /// The FUSE front: the daemon serves the image's mount itself.
+    fn mount_fuse(
+        self: &Arc<Self>,
+        id: u64,
+        image: &Path,
+        mountpoint: PathBuf,
+        domain: Option<String>,
+        share: bool,
+        front_reason: Option<String>,
+    ) -> Result<MountStatus, String> {
         // Passthrough needs CAP_SYS_ADMIN: without it no dedup mount is made at all.
         let can_pass = crate::image_fs::has_cap_sys_admin();
         let dom = match (&domain, share) {
@@ -189,7 +293,7 @@ impl Daemon {
                 if let Some(d) = &dom {
                     self.release_domain(&d.id);
                 }
-                format!("{}: {e}", image.display())
+                e.to_string()
             });
         let mounted = Arc::new(mounted?);
         match (&domain, share) {
@@ -223,6 +327,10 @@ impl Daemon {
             MountRecord {
                 image: mounted.clone(),
                 detached: false,
+                front: Front::Fuse,
+                front_reason,
+                meta_image: None,
+                data_domain: dom.clone(),
             },
         );
         let me = self.clone();
@@ -237,7 +345,7 @@ impl Daemon {
             .map_err(|e| format!("spawn the mount thread: {e}"))?;
         set_readahead(&mountpoint);
         tracing::info!(
-            "mounted {} at {} (domain {:?}{})",
+            "mounted {} at {} (FUSE front, domain {:?}{})",
             image.display(),
             mountpoint.display(),
             domain,
@@ -246,7 +354,226 @@ impl Daemon {
                 .map(|r| format!(", unshared: {r}"))
                 .unwrap_or_default()
         );
-        Ok(self.mount_status(&mounted, false))
+        Ok(self.status_of(id).expect("just inserted"))
+    }
+
+    /// The overlay front: every file with content becomes a dedup object (shared by
+    /// fingerprint in the domain, else its own), the image's metadata image redirects to
+    /// them, and the kernel mounts the overlay.
+    fn mount_overlay(
+        self: &Arc<Self>,
+        id: u64,
+        image: &Path,
+        mountpoint: &Path,
+        domain: Option<&str>,
+        share: bool,
+    ) -> Result<MountStatus, String> {
+        let ends = self.ends.clone().ok_or("inotify is unavailable")?;
+        let shared = match (domain, share) {
+            (Some(d), true) => Some(self.domain_for(d)?),
+            _ => None,
+        };
+        let data = match &shared {
+            Some(d) => d.clone(),
+            None => self.domain_for(UNSHARED_DOMAIN)?,
+        };
+        let undo = |meta: Option<&Path>| {
+            data.objects.lock().unwrap().detach_mount(id);
+            self.release_domain(&data.id);
+            if let Some(m) = meta {
+                let _ = fs::remove_file(m);
+            }
+        };
+        let mounted = match MountedImage::open(
+            id,
+            image.to_path_buf(),
+            mountpoint.to_path_buf(),
+            shared.clone(),
+        ) {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                undo(None);
+                return Err(format!("{}: {e}", image.display()));
+            }
+        };
+        match (domain, share) {
+            (None, _) => mounted.set_unshared("no domain given"),
+            (Some(_), false) => mounted.set_unshared("--no-share"),
+            _ => {}
+        }
+        let t = Instant::now();
+        let meta = match self
+            .attach_all(&mounted, &data)
+            .and_then(|names| self.meta_image(&mounted, &names))
+        {
+            Ok(m) => m,
+            Err(e) => {
+                undo(None);
+                return Err(e);
+            }
+        };
+        let built = t.elapsed();
+        let source = format!("{IMAGE_FSNAME}{}", image.display());
+        if let Err(e) = overlay::mount(&meta, &data.dedup_mountpoint, mountpoint, &source) {
+            undo(Some(&meta));
+            return Err(format!("mount {}: {e}", mountpoint.display()));
+        }
+        self.mounts.lock().unwrap().insert(
+            id,
+            MountRecord {
+                image: mounted.clone(),
+                detached: false,
+                front: Front::Overlay,
+                front_reason: None,
+                meta_image: Some(meta.clone()),
+                data_domain: Some(data.clone()),
+            },
+        );
+        if let Err(e) = ends.watch(id, &meta) {
+            // Without the watch the end is never seen: take the mount down again.
+            tracing::warn!("inotify watch of {}: {e}", meta.display());
+            let _ = detach(mountpoint);
+            self.mount_ended(id);
+            return Err(format!("watch {}: {e}", meta.display()));
+        }
+        tracing::info!(
+            "mounted {} at {} (overlay front, domain {:?}{}, metadata image in {} ms)",
+            image.display(),
+            mountpoint.display(),
+            domain,
+            mounted
+                .unshared()
+                .map(|r| format!(", unshared: {r}"))
+                .unwrap_or_default(),
+            built.as_millis()
+        );
+        Ok(self.status_of(id).expect("just inserted"))
+    }
+
+    /// Attaches every regular file with content of `m` to an object of `data`: the shared one
+    /// of its fingerprint when the mount shares, else one of its own. Returns each nid's
+    /// object name.
+    fn attach_all(
+        &self,
+        m: &Arc<MountedImage>,
+        data: &Arc<Domain>,
+    ) -> Result<HashMap<u64, String>, String> {
+        let image = &m.image;
+        let bs = image.superblock().block_size();
+        let mut names = HashMap::new();
+        let mut table = data.objects.lock().unwrap();
+        erofs::walk::try_walk(image, |_, inode| {
+            if inode.file_type() != erofs::FileType::Reg
+                || inode.size == 0
+                || names.contains_key(&inode.nid)
+            {
+                return Ok::<(), erofs::walk::Problem>(());
+            }
+            let source = crate::image_fs::source_of(m, inode);
+            let mut key = None;
+            if m.domain.is_some() {
+                match image.fingerprint(inode) {
+                    Ok(Some(fp)) if fingerprint_usable(&fp, bs) => {
+                        key = Some(share_key(data.id.as_bytes(), &fp));
+                    }
+                    Ok(_) => {}
+                    // A damaged xattr area: the file keeps an object of its own.
+                    Err(e) => tracing::warn!("{}: nid {}: {e}", image.name(), inode.nid),
+                }
+            }
+            let own = || {
+                let mut k = b"\0own".to_vec();
+                k.extend_from_slice(&m.id.to_le_bytes());
+                k.extend_from_slice(&inode.nid.to_le_bytes());
+                k
+            };
+            let obj = match key.map(|k| table.attach(&k, inode.size, source.clone())) {
+                Some(Attach::Shared(obj)) => obj,
+                Some(Attach::SizeMismatch { expected }) => {
+                    m.size_mismatches.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "{}: nid {}: fingerprint matches a file of {expected} bytes in domain \
+                         {:?} but this one has {} bytes: not shared",
+                        image.name(),
+                        inode.nid,
+                        data.id,
+                        inode.size
+                    );
+                    match table.attach(&own(), inode.size, source) {
+                        Attach::Shared(obj) => obj,
+                        Attach::SizeMismatch { .. } => unreachable!("own keys are unique"),
+                    }
+                }
+                None => match table.attach(&own(), inode.size, source) {
+                    Attach::Shared(obj) => obj,
+                    Attach::SizeMismatch { .. } => unreachable!("own keys are unique"),
+                },
+            };
+            names.insert(inode.nid, obj.name.clone());
+            Ok(())
+        })
+        .map_err(|e| {
+            table.detach_mount(m.id);
+            format!("{}: {e}", image.name())
+        })?;
+        Ok(names)
+    }
+
+    /// This mount's copy of the image's metadata image, built into the cache (keyed by the
+    /// image's identity and the object names) unless already there. Each mount gets its own
+    /// file: its close tells when the mount has ended (see [`overlay::Ends`]).
+    fn meta_image(
+        &self,
+        m: &MountedImage,
+        names: &HashMap<u64, String>,
+    ) -> Result<PathBuf, String> {
+        use sha2::Digest;
+        use std::os::unix::fs::MetadataExt;
+        let cache = self.state_dir.join("meta");
+        let front = self.state_dir.join("front");
+        for d in [&cache, &front] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .map_err(|e| format!("create {}: {e}", d.display()))?;
+        }
+        let md =
+            fs::metadata(&m.image_path).map_err(|e| format!("{}: {e}", m.image_path.display()))?;
+        let mut h = sha2::Sha256::new();
+        h.update(b"erofs-share metadata image v1\0");
+        for v in [
+            md.dev(),
+            md.ino(),
+            md.size(),
+            md.mtime() as u64,
+            md.mtime_nsec() as u64,
+            md.ctime() as u64,
+            md.ctime_nsec() as u64,
+        ] {
+            h.update(v.to_le_bytes());
+        }
+        let mut sorted: Vec<(&u64, &String)> = names.iter().collect();
+        sorted.sort();
+        for (nid, name) in sorted {
+            h.update(nid.to_le_bytes());
+            h.update(name.as_bytes());
+        }
+        let key: String = h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let cached = cache.join(format!("{key}.erofs"));
+        if !cached.exists() {
+            erofs::build::meta::metadata_image(&m.image, &cached, &mut |inode| {
+                names.get(&inode.nid).cloned()
+            })
+            .map_err(|e| format!("metadata image of {}: {e}", m.image_path.display()))?;
+            prune_meta_cache(&cache);
+        }
+        let own = front.join(format!("{}.erofs", m.id));
+        fs::copy(&cached, &own).map_err(|e| format!("copy {}: {e}", cached.display()))?;
+        Ok(own)
     }
 
     /// The live domain `id`, created (with its dedup mount) when absent; counts one more mount.
@@ -256,7 +583,11 @@ impl Daemon {
             rec.mounts += 1;
             return Ok(rec.domain.clone());
         }
-        let dir = self.state_dir.join("dedup").join(domain::dir_name(id));
+        let dir = self.state_dir.join("dedup").join(if id == UNSHARED_DOMAIN {
+            "unshared".to_string()
+        } else {
+            domain::dir_name(id)
+        });
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -317,7 +648,10 @@ impl Daemon {
             return;
         };
         tracing::info!("mount {} ({}) ended", id, rec.image.mountpoint.display());
-        let Some(dom) = &rec.image.domain else {
+        if let Some(meta) = &rec.meta_image {
+            let _ = fs::remove_file(meta);
+        }
+        let Some(dom) = &rec.data_domain else {
             return;
         };
         let dead = dom.objects.lock().unwrap().detach_mount(id);
@@ -331,10 +665,7 @@ impl Daemon {
             for obj in dead {
                 // Drop the orphan's pages and name now rather than at memory pressure.
                 let _ = n.inval_inode(INodeNo(obj.ino), 0, 0);
-                let _ = n.inval_entry(
-                    INodeNo::ROOT,
-                    std::ffi::OsStr::new(&dedup_fs::object_name(obj.ino)),
-                );
+                let _ = n.inval_entry(INodeNo::ROOT, std::ffi::OsStr::new(&obj.name));
             }
         }
         self.release_domain(&dom.id);
@@ -388,7 +719,8 @@ impl Daemon {
 
     /// A mount shares when it was given a domain it could join (see `mount`) and nothing
     /// since said why not.
-    fn mount_status(&self, m: &MountedImage, detached: bool) -> MountStatus {
+    fn mount_status(&self, r: &MountRecord) -> MountStatus {
+        let m = &r.image;
         MountStatus {
             id: m.id,
             image: m.image_path.clone(),
@@ -396,14 +728,26 @@ impl Daemon {
             domain: m.domain.as_ref().map(|d| d.id.clone()),
             sharing: m.domain.is_some() && m.unshared().is_none(),
             unshared_reason: m.unshared(),
-            detached,
+            detached: r.detached,
             shared_opens: m.shared_opens.load(Ordering::Relaxed),
             unshared_opens: m.unshared_opens.load(Ordering::Relaxed),
             size_mismatches: m.size_mismatches.load(Ordering::Relaxed),
             read_errors: m.read_errors.load(Ordering::Relaxed),
             image_bytes_read: m.file.bytes_read(),
             direct_io: m.file.is_direct(),
+            front: r.front.name().to_string(),
+            front_reason: r.front_reason.clone(),
+            meta_image: r.meta_image.clone(),
         }
+    }
+
+    /// The status of mount `id`, if it lives.
+    fn status_of(&self, id: u64) -> Option<MountStatus> {
+        self.mounts
+            .lock()
+            .unwrap()
+            .get(&id)
+            .map(|r| self.mount_status(r))
     }
 
     /// Mounts, domains and what sharing saves.
@@ -413,7 +757,7 @@ impl Daemon {
             .lock()
             .unwrap()
             .values()
-            .map(|r| self.mount_status(&r.image, r.detached))
+            .map(|r| self.mount_status(r))
             .collect();
         mounts.sort_by_key(|m| m.id);
         let domains: Vec<(Arc<Domain>, usize)> = self
@@ -431,6 +775,7 @@ impl Daemon {
                 dedup_mountpoint: dom.dedup_mountpoint.clone(),
                 mounts: nmounts as u64,
                 objects: objects.len() as u64,
+                requests: dom.requests.load(Ordering::Relaxed),
                 ..DomainStatus::default()
             };
             for obj in objects {
@@ -442,7 +787,7 @@ impl Daemon {
                 let (m, b) = obj.misses();
                 st.misses += m;
                 st.miss_bytes += b;
-                let cached = cached_bytes(&dom.object_path(obj.ino)).unwrap_or(0);
+                let cached = cached_bytes(&dom.object_path(&obj)).unwrap_or(0);
                 st.cached_bytes += cached;
                 st.saved_bytes += cached * refs.saturating_sub(1);
             }
@@ -489,6 +834,25 @@ impl Daemon {
             let _ = detach(&p);
             let _ = fs::remove_dir(&p);
         }
+    }
+}
+
+/// Metadata images kept in the cache: the newest by modification time (a remount of a recent
+/// image reuses its metadata image; the cache stays small).
+const META_CACHE_MAX: usize = 64;
+
+fn prune_meta_cache(dir: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if files.len() <= META_CACHE_MAX {
+        return;
+    }
+    files.sort();
+    for (_, p) in &files[..files.len() - META_CACHE_MAX] {
+        let _ = fs::remove_file(p);
     }
 }
 
@@ -674,8 +1038,17 @@ pub fn detach(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// FUSE mountpoints in /proc/self/mountinfo whose source starts with `fsname_prefix`.
+/// FUSE and overlay mountpoints in /proc/self/mountinfo whose source starts with
+/// `fsname_prefix`.
 pub fn our_mounts(fsname_prefix: &str) -> Vec<PathBuf> {
+    our_mounts_with(fsname_prefix)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// [`our_mounts`] with each mount's super options (an overlay's layers are there).
+fn our_mounts_with(fsname_prefix: &str) -> Vec<(PathBuf, String)> {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -685,9 +1058,11 @@ pub fn our_mounts(fsname_prefix: &str) -> Vec<PathBuf> {
             let mut fields = right.split(' ');
             let fstype = fields.next()?;
             let source = unescape_mountinfo(fields.next()?);
+            let options = unescape_mountinfo(fields.next().unwrap_or(""));
             let mountpoint = left.split(' ').nth(4)?;
-            (fstype.starts_with("fuse") && source.starts_with(fsname_prefix))
-                .then(|| PathBuf::from(unescape_mountinfo(mountpoint)))
+            ((fstype.starts_with("fuse") || fstype == "overlay")
+                && source.starts_with(fsname_prefix))
+            .then(|| (PathBuf::from(unescape_mountinfo(mountpoint)), options))
         })
         .collect()
 }
@@ -722,7 +1097,7 @@ pub fn is_dead(path: &Path) -> bool {
         .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
 }
 
-/// True when `path` is a FUSE mountpoint whose source starts with `fsname_prefix`.
+/// True when `path` is a FUSE or overlay mountpoint whose source starts with `fsname_prefix`.
 pub fn is_our_mount(path: &Path, fsname_prefix: &str) -> bool {
     let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     our_mounts(fsname_prefix)
@@ -879,15 +1254,24 @@ fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
 }
 
 fn handle_conn(stream: UnixStream, daemon: Arc<Daemon>, me: u32) {
+    let mut stop = false;
     let resp = match control::peer_uid(&stream) {
         Ok(uid) if uid == 0 || uid == me => match control::read_request(&stream) {
-            Ok(req) => daemon.handle(req),
+            Ok(req) => {
+                stop = req == Request::Stop;
+                daemon.handle(req)
+            }
             Err(e) => Response::error(e),
         },
         Ok(uid) => Response::error(format!("uid {uid} may not control the daemon")),
         Err(e) => Response::error(format!("peer credentials: {e}")),
     };
     let _ = control::write_response(&stream, &resp);
+    if stop {
+        // After the answer: the shutdown may end the process at once.
+        // SAFETY: kill on our own pid; the signal thread performs the shutdown.
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    }
 }
 
 /// Detaches what a killed daemon left: its dedup mounts under `state_dir`, and image mounts
@@ -901,10 +1285,22 @@ fn clean_stale_mounts(state_dir: &Path) {
             let _ = fs::remove_dir(&m);
         }
     }
-    for m in our_mounts(IMAGE_FSNAME) {
-        if is_dead(&m) {
+    for (m, options) in our_mounts_with(IMAGE_FSNAME) {
+        // An overlay front over one of our (now detached) dedup mounts is stale too: its
+        // metadata still shows but every page-cache miss fails.
+        let ours = options.split(',').any(|o| {
+            o.strip_prefix("datadir+=")
+                .is_some_and(|d| Path::new(d).starts_with(&dedup_root))
+        }) || options.contains(&format!("::{}", dedup_root.display()));
+        if ours || is_dead(&m) {
             tracing::info!("detaching stale image mount {}", m.display());
             let _ = detach(&m);
+        }
+    }
+    // Metadata images of mounts that are gone.
+    if let Ok(rd) = fs::read_dir(state_dir.join("front")) {
+        for e in rd.flatten() {
+            let _ = fs::remove_file(e.path());
         }
     }
 }

@@ -80,6 +80,9 @@ pub struct Source {
 pub struct DedupObject {
     /// Inode number inside the domain's dedup mount (never reused).
     pub ino: u64,
+    /// File name inside the dedup mount: derived from the sharing key, so it is the same
+    /// whenever the same content is attached again (metadata images redirect to it).
+    pub name: String,
     /// Size fixed by the first source.
     pub size: u64,
     sources: Mutex<Vec<Source>>,
@@ -208,6 +211,16 @@ fn read_full(c: &dyn Content, offset: u64, buf: &mut [u8]) -> io::Result<usize> 
     Ok(got)
 }
 
+/// The dedup file name of the object with sharing key `key`: 160 bits of its SHA-256 in hex
+/// (keys hold domain ids and fingerprints of any bytes; names must be path components).
+pub fn object_name(key: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key)[..20]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// What attaching a file to its domain gave.
 #[derive(Debug)]
 pub enum Attach {
@@ -225,6 +238,7 @@ pub enum Attach {
 pub struct DedupTable {
     by_key: HashMap<Vec<u8>, Arc<DedupObject>>,
     by_ino: HashMap<u64, Arc<DedupObject>>,
+    by_name: HashMap<String, Arc<DedupObject>>,
     /// Next dedup inode number; 1 is the dedup mount's root.
     next_ino: u64,
     size_mismatches: u64,
@@ -254,6 +268,7 @@ impl DedupTable {
         }
         let obj = Arc::new(DedupObject {
             ino: self.next_ino,
+            name: object_name(key),
             size,
             sources: Mutex::new(vec![source]),
             misses: AtomicU64::new(0),
@@ -263,6 +278,7 @@ impl DedupTable {
         self.next_ino += 1;
         self.by_key.insert(key.to_vec(), obj.clone());
         self.by_ino.insert(obj.ino, obj.clone());
+        self.by_name.insert(obj.name.clone(), obj.clone());
         Attach::Shared(obj)
     }
 
@@ -282,8 +298,14 @@ impl DedupTable {
         });
         for obj in &dead {
             self.by_ino.remove(&obj.ino);
+            self.by_name.remove(&obj.name);
         }
         dead
+    }
+
+    /// The object named `name` in the dedup mount.
+    pub fn by_name(&self, name: &str) -> Option<Arc<DedupObject>> {
+        self.by_name.get(name).cloned()
     }
 
     /// The object with dedup inode number `ino`.

@@ -11,6 +11,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
@@ -23,11 +24,6 @@ use crate::domain::Domain;
 
 /// Objects never change while they exist; inode numbers are never reused.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// File name of a dedup object inside the dedup mount.
-pub fn object_name(ino: u64) -> String {
-    format!("{ino:016x}")
-}
 
 /// The FUSE filesystem of a domain's dedup mount.
 #[derive(Debug)]
@@ -80,11 +76,11 @@ fn object_attr(obj: &DedupObject) -> FileAttr {
 
 impl Filesystem for DedupFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.domain.requests.fetch_add(1, Ordering::Relaxed);
         let obj = (parent == INodeNo::ROOT)
             .then(|| name.to_str())
             .flatten()
-            .and_then(|n| u64::from_str_radix(n, 16).ok())
-            .and_then(|ino| self.object(INodeNo(ino)));
+            .and_then(|n| self.domain.objects.lock().unwrap().by_name(n));
         match obj {
             Some(obj) => reply.entry(&TTL, &object_attr(&obj), Generation(0)),
             None => reply.error(Errno::ENOENT),
@@ -92,6 +88,7 @@ impl Filesystem for DedupFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.domain.requests.fetch_add(1, Ordering::Relaxed);
         if ino == INodeNo::ROOT {
             return reply.attr(&TTL, &root_attr());
         }
@@ -133,6 +130,7 @@ impl Filesystem for DedupFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.domain.requests.fetch_add(1, Ordering::Relaxed);
         let Some(obj) = self.object(ino) else {
             return reply.error(Errno::EIO);
         };
@@ -162,7 +160,7 @@ impl Filesystem for DedupFs {
         entries.extend(
             objects
                 .iter()
-                .map(|o| (INodeNo(o.ino), FileType::RegularFile, object_name(o.ino))),
+                .map(|o| (INodeNo(o.ino), FileType::RegularFile, o.name.clone())),
         );
         for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
             if reply.add(ino, i as u64 + 1, kind, name) {

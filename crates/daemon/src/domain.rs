@@ -11,7 +11,7 @@ use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::dedup::{DedupFile, DedupObject, DedupTable};
 
@@ -52,6 +52,8 @@ pub struct Domain {
     pub objects: Mutex<DedupTable>,
     /// Whether a close on the dedup mount has used up the kernel's one FLUSH.
     flush_spent: AtomicBool,
+    /// Requests the dedup mount has served (lookups, getattrs, reads).
+    pub requests: AtomicU64,
 }
 
 impl Domain {
@@ -62,20 +64,20 @@ impl Domain {
             dedup_mountpoint,
             objects: Mutex::new(DedupTable::default()),
             flush_spent: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
         }
     }
 
     /// Path of a dedup object's file inside the dedup mount.
-    pub fn object_path(&self, ino: u64) -> PathBuf {
-        self.dedup_mountpoint
-            .join(crate::dedup_fs::object_name(ino))
+    pub fn object_path(&self, obj: &DedupObject) -> PathBuf {
+        self.dedup_mountpoint.join(&obj.name)
     }
 
     /// A dedup object's file, to register for passthrough: the one the object keeps, or
     /// opened now (see [`DedupObject::file`]). Call from an image mount's thread, never from
     /// the dedup mount's own.
     pub fn object_file<'a>(&self, obj: &'a DedupObject) -> io::Result<DedupFile<'a>> {
-        let open = || File::open(self.object_path(obj.ino));
+        let open = || File::open(self.object_path(obj));
         if !self.flush_spent.swap(true, Ordering::Relaxed) {
             // The kernel sends FLUSH on each close on the dedup mount until it is first
             // answered (ENOSYS, then never again). Spend it here: a kept file may be closed

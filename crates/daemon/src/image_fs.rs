@@ -73,14 +73,17 @@ pub struct MountedImage {
 }
 
 impl MountedImage {
-    /// Opens `image_path` for mounting at `mountpoint`.
+    /// Opens `image_path` for mounting at `mountpoint`; errors name the image.
     pub fn open(
         id: u64,
         image_path: PathBuf,
         mountpoint: PathBuf,
         domain: Option<Arc<Domain>>,
     ) -> io::Result<Self> {
-        let file = Arc::new(UncachedFile::open(&image_path)?);
+        let file = Arc::new(
+            UncachedFile::open(&image_path)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", image_path.display())))?,
+        );
         let image = Image::from_source(file.clone(), image_path.display().to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         Ok(Self {
@@ -112,6 +115,18 @@ impl MountedImage {
     }
 }
 
+/// A regular file of a mounted image as a dedup object's source.
+pub fn source_of(mount: &Arc<MountedImage>, inode: &Inode) -> Source {
+    Source {
+        mount_id: mount.id,
+        nid: inode.nid,
+        content: Arc::new(ImageFile {
+            mount: mount.clone(),
+            inode: inode.clone(),
+        }),
+    }
+}
+
 /// A regular file of a mounted image, as a dedup object's source.
 #[derive(Debug)]
 struct ImageFile {
@@ -122,8 +137,9 @@ struct ImageFile {
 impl Content for ImageFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let image = &self.mount.image;
-        let what = || format!("dedup miss on nid {} at {offset}", self.inode.nid);
-        safely(image, what, || image.read_at(&self.inode, offset, buf))
+        let nid = self.inode.nid;
+        let what = || format!("dedup miss at {offset}");
+        safely(image, nid, what, || image.read_at(&self.inode, offset, buf))
             .map_err(|e| io::Error::from_raw_os_error(e.code()))
     }
 }
@@ -162,22 +178,28 @@ pub struct ImageFs {
     state: Mutex<State>,
 }
 
-/// Runs one reader call: an error is logged with the image's name and becomes EIO; a panic
-/// (a reader bug on a hostile image) is caught, logged and becomes EIO too, so one bad file
-/// never takes a worker thread down.
+/// Runs one reader call on `nid`, `what` naming the operation: an error is logged and becomes
+/// EIO; a panic (a reader bug on a hostile image) is caught, logged and becomes EIO too, so
+/// one bad file never takes a worker thread down. A reader error already names the image and
+/// where it is wrong (the nid), so the operation is added after it, not the names again.
 fn safely<T>(
     image: &Image,
+    nid: u64,
     what: impl FnOnce() -> String,
     f: impl FnOnce() -> erofs::Result<T>,
 ) -> Result<T, Errno> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
-            tracing::warn!("{}: {}: {e}", image.name(), what());
+            tracing::warn!("{e} ({})", what());
             Err(Errno::EIO)
         }
         Err(_) => {
-            tracing::error!("{}: {}: the reader panicked", image.name(), what());
+            tracing::error!(
+                "{}: nid {nid}: {}: the reader panicked",
+                image.name(),
+                what()
+            );
             Err(Errno::EIO)
         }
     }
@@ -214,7 +236,12 @@ impl ImageFs {
             return Ok(i.clone());
         }
         let image = &self.mount.image;
-        let inode = Arc::new(safely(image, || format!("nid {nid}"), || image.inode(nid))?);
+        let inode = Arc::new(safely(
+            image,
+            nid,
+            || "decoding the inode".into(),
+            || image.inode(nid),
+        )?);
         let mut st = self.state.lock().unwrap();
         if st.inodes.len() >= INODE_CACHE_MAX {
             st.inodes.clear();
@@ -234,14 +261,22 @@ impl ImageFs {
             return Err(Errno::ENOTDIR);
         }
         let image = &self.mount.image;
-        let what = || format!("readdir nid {nid}");
-        let entries = Arc::new(safely(image, what, || image.read_dir(&dir))?);
+        let what = || "listing the directory".into();
+        let entries = Arc::new(safely(image, nid, what, || image.read_dir(&dir))?);
         let mut st = self.state.lock().unwrap();
         if st.listings.len() >= LISTING_CACHE_MAX {
             st.listings.clear();
         }
         st.listings.insert(nid, entries.clone());
         Ok(entries)
+    }
+
+    /// Counts an EIO answered for corrupt image content (`read_errors` in `status`).
+    fn counted(&self, e: Errno) -> Errno {
+        if e == Errno::EIO {
+            self.mount.read_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        e
     }
 
     fn attr(&self, inode: &Inode) -> FileAttr {
@@ -267,6 +302,28 @@ impl ImageFs {
             gid: inode.gid,
             rdev: inode.rdev,
             blksize: bs as u32,
+            flags: 0,
+        }
+    }
+
+    /// Attributes for a directory entry whose inode cannot be read: its number and type, as
+    /// the directory records them, and nothing else.
+    fn unreadable_attr(&self, e: &DirEntry) -> FileAttr {
+        FileAttr {
+            ino: self.ino_of(e.nid),
+            size: 0,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: kind_of(e.file_type),
+            perm: 0,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: self.mount.image.superblock().block_size() as u32,
             flags: 0,
         }
     }
@@ -301,22 +358,15 @@ impl ImageFs {
 
     fn decide(&self, domain: &Arc<Domain>, inode: &Inode) -> Option<Arc<DedupObject>> {
         let image = &self.mount.image;
-        let what = || format!("nid {} fingerprint", inode.nid);
-        let fp = safely(image, what, || image.fingerprint(inode))
+        let what = || "reading the fingerprint".into();
+        let fp = safely(image, inode.nid, what, || image.fingerprint(inode))
             .ok()
             .flatten()?;
         if !fingerprint_usable(&fp, image.superblock().block_size()) {
             return None;
         }
         let key = share_key(domain.id.as_bytes(), &fp);
-        let source = Source {
-            mount_id: self.mount.id,
-            nid: inode.nid,
-            content: Arc::new(ImageFile {
-                mount: self.mount.clone(),
-                inode: inode.clone(),
-            }),
-        };
+        let source = source_of(&self.mount, inode);
         match domain
             .objects
             .lock()
@@ -444,15 +494,15 @@ impl Filesystem for ImageFs {
             return reply.error(Errno::ENOTDIR);
         }
         let image = &self.mount.image;
-        let what = || format!("lookup in nid {}", dir.nid);
-        let entry = match safely(image, what, || image.lookup(&dir, name.as_bytes())) {
+        let what = || format!("looking up {:?}", name);
+        let entry = match safely(image, dir.nid, what, || image.lookup(&dir, name.as_bytes())) {
             Ok(Some(e)) => e,
             Ok(None) => return reply.error(Errno::ENOENT),
             Err(e) => return reply.error(e),
         };
         match self.inode(entry.nid) {
             Ok(i) => reply.entry(&TTL, &self.attr(&i), Generation(0)),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.counted(e)),
         }
     }
 
@@ -469,8 +519,8 @@ impl Filesystem for ImageFs {
             Err(e) => return reply.error(e),
         };
         let image = &self.mount.image;
-        let what = || format!("readlink nid {}", inode.nid);
-        match safely(image, what, || image.read_link(&inode)) {
+        let what = || "reading the link".into();
+        match safely(image, inode.nid, what, || image.read_link(&inode)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
         }
@@ -541,8 +591,10 @@ impl Filesystem for ImageFs {
         let want = (size as u64).min(inode.size.saturating_sub(offset)) as usize;
         let mut buf = vec![0u8; want];
         let image = &self.mount.image;
-        let what = || format!("read nid {} at {offset}", inode.nid);
-        match safely(image, what, || image.read_at(&inode, offset, &mut buf)) {
+        let what = || format!("read at {offset}");
+        match safely(image, inode.nid, what, || {
+            image.read_at(&inode, offset, &mut buf)
+        }) {
             Ok(n) => reply.data(&buf[..n]),
             Err(e) => {
                 self.mount.read_errors.fetch_add(1, Ordering::Relaxed);
@@ -610,7 +662,7 @@ impl Filesystem for ImageFs {
     ) {
         let entries = match self.listing(ino) {
             Ok(e) => e,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(self.counted(e)),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let name = OsStr::from_bytes(&e.name);
@@ -631,21 +683,26 @@ impl Filesystem for ImageFs {
     ) {
         let entries = match self.listing(ino) {
             Ok(e) => e,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(self.counted(e)),
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            // An entry whose inode cannot be decoded is left out here; a lookup of its name
-            // still answers EIO.
-            let Ok(inode) = self.inode(e.nid) else {
-                continue;
-            };
             let name = OsStr::from_bytes(&e.name);
+            // An entry whose inode cannot be decoded (logged by `inode`) is still listed, with
+            // the directory's file type and attributes valid for no time: `ls` shows the name
+            // and its stat or lookup answers EIO, rather than the name silently missing.
+            let (attr, ttl) = match self.inode(e.nid) {
+                Ok(inode) => (self.attr(&inode), TTL),
+                Err(err) => {
+                    self.counted(err);
+                    (self.unreadable_attr(e), Duration::ZERO)
+                }
+            };
             if reply.add(
                 self.ino_of(e.nid),
                 i as u64 + 1,
                 name,
-                &TTL,
-                &self.attr(&inode),
+                &ttl,
+                &attr,
                 Generation(0),
             ) {
                 break;
@@ -666,8 +723,10 @@ impl Filesystem for ImageFs {
             Err(e) => return reply.error(e),
         };
         let image = &self.mount.image;
-        let what = || format!("getxattr nid {}", inode.nid);
-        match safely(image, what, || image.get_xattr(&inode, name.as_bytes())) {
+        let what = || format!("getxattr {:?}", name);
+        match safely(image, inode.nid, what, || {
+            image.get_xattr(&inode, name.as_bytes())
+        }) {
             Ok(Some(v)) => xattr_reply(reply, size, &v),
             Ok(None) => reply.error(Errno::ENODATA),
             Err(e) => reply.error(e),
@@ -680,8 +739,8 @@ impl Filesystem for ImageFs {
             Err(e) => return reply.error(e),
         };
         let image = &self.mount.image;
-        let what = || format!("listxattr nid {}", inode.nid);
-        match safely(image, what, || image.listed_xattrs(&inode)) {
+        let what = || "listxattr".into();
+        match safely(image, inode.nid, what, || image.listed_xattrs(&inode)) {
             Ok(list) => {
                 let mut names = Vec::new();
                 for x in list {

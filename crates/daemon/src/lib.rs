@@ -15,6 +15,7 @@ pub mod dedup;
 pub mod dedup_fs;
 pub mod domain;
 pub mod image_fs;
+pub mod overlay;
 pub mod source;
 
 pub use daemon::{DEFAULT_STATE_DIR, run};

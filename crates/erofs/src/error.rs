@@ -1,5 +1,10 @@
 //! Reader errors. Every error names the image; structural ones also name where (nid, path,
 //! offset) and what was expected, so a corrupt image can be diagnosed from the message alone.
+//!
+//! The workspace's rule for error types: `Display` says everything, the cause included, and
+//! `source()` returns nothing (cause fields are named `cause`, never `source`, and carry no
+//! `#[source]`/`#[from]` outside `#[error(transparent)]`). anyhow's `{:#}` prints a context
+//! followed by each `source()`, so an error that did both printed its cause twice.
 
 /// A reader error.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +72,33 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// The image this error is about (its name as given to the reader).
+    pub fn image(&self) -> &str {
+        match self {
+            Error::Io { image, .. }
+            | Error::Open { image, .. }
+            | Error::NotErofs { image, .. }
+            | Error::Corrupt { image, .. }
+            | Error::UnsupportedFeature { image, .. }
+            | Error::Unsupported { image, .. }
+            | Error::CompressedUnsupported { image, .. }
+            | Error::NotFound { image, .. }
+            | Error::WrongType { image, .. } => image,
+        }
+    }
+
+    /// The message without its leading image name, for a caller that names the image itself.
+    pub fn detail(&self) -> String {
+        let s = self.to_string();
+        match s
+            .strip_prefix(self.image())
+            .and_then(|r| r.strip_prefix(": "))
+        {
+            Some(rest) => rest.to_string(),
+            None => s,
+        }
+    }
+
     /// True for errors that say the image is damaged (as opposed to I/O or unsupported).
     pub fn is_corrupt(&self) -> bool {
         matches!(self, Error::Corrupt { .. } | Error::NotErofs { .. })

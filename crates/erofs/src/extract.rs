@@ -226,13 +226,24 @@ fn target(dest: &Path, path: &[u8]) -> Result<PathBuf, ExtractError> {
 
 /// Restore the whole tree of `img` into `dest`.
 pub fn extract(img: &Image, dest: &Path) -> Result<ExtractStats, ExtractError> {
+    extract_with_progress(img, dest, &crate::build::NoProgress)
+}
+
+/// Restore like [`extract`], advancing `progress` by one per inode (of the superblock's count).
+pub fn extract_with_progress(
+    img: &Image,
+    dest: &Path,
+    progress: &dyn crate::build::Progress,
+) -> Result<ExtractStats, ExtractError> {
     prepare(dest)?;
+    progress.set_total(img.superblock().inos);
     let mut stats = ExtractStats::default();
     // nid → first path, for hardlinks.
     let mut links: HashMap<u64, PathBuf> = HashMap::new();
     // Directories get their metadata after their children, deepest first.
     let mut dirs: Vec<(PathBuf, Inode)> = Vec::new();
     try_walk(img, |path, inode| {
+        progress.advance(1);
         restore(img, dest, path, inode, &mut links, &mut dirs, &mut stats)
     })?;
     for (path, inode) in dirs.iter().rev() {

@@ -4,6 +4,7 @@
 //! found at; memory is bounded (at most `max_problems` kept, data streamed) and so is time
 //! when a data budget is given.
 
+use crate::build::Progress;
 use crate::data::{self, Phys};
 use crate::error::Error;
 use crate::format::fingerprint as fpfmt;
@@ -82,12 +83,9 @@ impl FsckReport {
     }
 }
 
-/// Strip the "image: nid N:" context from reader errors: the problem already names the path.
+/// A reader error without its image name: the report is about one image and names it once.
 fn describe(e: &Error) -> String {
-    match e {
-        Error::Corrupt { at, what, .. } => format!("{at}: corrupt: {what}"),
-        other => other.to_string(),
-    }
+    e.detail()
 }
 
 struct Checker<'a> {
@@ -128,6 +126,12 @@ impl Bitmap {
 
 /// Check `img`.
 pub fn fsck(img: &Image, opts: &FsckOptions) -> FsckReport {
+    fsck_with_progress(img, opts, &crate::build::NoProgress)
+}
+
+/// Check `img`, advancing `progress` by one per inode visited (of the superblock's count).
+pub fn fsck_with_progress(img: &Image, opts: &FsckOptions, progress: &dyn Progress) -> FsckReport {
+    progress.set_total(img.superblock().inos);
     let mut c = Checker {
         img,
         opts,
@@ -150,7 +154,10 @@ pub fn fsck(img: &Image, opts: &FsckOptions) -> FsckReport {
                 inode,
                 parent,
                 entry,
-            } => c.visit(path, inode, entry.is_some(), parent),
+            } => {
+                progress.advance(1);
+                c.visit(path, inode, entry.is_some(), parent)
+            }
         }
         ControlFlow::Continue(())
     });

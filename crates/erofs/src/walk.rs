@@ -38,10 +38,9 @@ struct Pending {
 
 /// A problem [`walk`] met at `path` ("/" or "/a/b"), as [`try_walk`] hands it on.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {error}", String::from_utf8_lossy(path))]
+#[error("{}: {}: {}", error.image(), String::from_utf8_lossy(path), error.detail())]
 pub struct Problem {
     pub path: Vec<u8>,
-    #[source]
     pub error: Error,
 }
 

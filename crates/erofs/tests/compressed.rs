@@ -12,7 +12,7 @@ use std::io::Read;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testkit::{Need, require, testdata};
+use testkit::testdata;
 
 /// Deterministic pseudo-random numbers (xorshift64*).
 struct Rng(u64);
@@ -88,12 +88,6 @@ fn regular_files(img: &Image) -> Vec<(String, Inode)> {
 
 #[test]
 fn random_ranges_of_every_file_of_every_vector_match_the_source() {
-    if !require(
-        "random_ranges_of_every_file_of_every_vector_match_the_source",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let source = source_files();
     assert!(source.len() > 1000, "{} source files", source.len());
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
@@ -140,12 +134,6 @@ fn random_ranges_of_every_file_of_every_vector_match_the_source() {
 
 #[test]
 fn sequential_small_reads_decode_each_pcluster_once() {
-    if !require(
-        "sequential_small_reads_decode_each_pcluster_once",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     for name in ["lz4", "lz4hc-bigpcluster", "lzma", "zstd", "deflate"] {
         let img = Image::open(testdata::image(name)).unwrap();
         let f = img.resolve("/big/text-800k.txt").unwrap();
@@ -202,12 +190,6 @@ fn read_everything(img: &Image, errors: &mut Vec<String>) {
 
 #[test]
 fn damaged_compressed_maps_and_pclusters_give_errors_not_panics() {
-    if !require(
-        "damaged_compressed_maps_and_pclusters_give_errors_not_panics",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let mut rng = Rng(0xdead_beef_0bad_f00d);
     let mut named = 0;
     for name in [
@@ -283,12 +265,6 @@ fn damaged_compressed_maps_and_pclusters_give_errors_not_panics() {
 
 #[test]
 fn truncated_and_garbage_pclusters_are_errors() {
-    if !require(
-        "truncated_and_garbage_pclusters_are_errors",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     for name in ["lz4", "lzma", "deflate", "zstd"] {
         let pristine = std::fs::read(testdata::image(name)).unwrap();
         let img = Image::open(testdata::image(name)).unwrap();
@@ -321,12 +297,6 @@ fn truncated_and_garbage_pclusters_are_errors() {
 
 #[test]
 fn known_bad_image_gets_a_clear_verdict_in_seconds() {
-    if !require(
-        "known_bad_image_gets_a_clear_verdict_in_seconds",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let t = Instant::now();
     let img = Image::open(testdata::known_bad("lz4hc-all-fragments-ztailpacking")).unwrap();
     let r = fsck(&img, &FsckOptions::default());

@@ -17,7 +17,7 @@ use std::ops::ControlFlow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testkit::{Need, require, testdata};
+use testkit::testdata;
 
 /// Cases per image. Release builds (as CI runs) do them all; debug builds a few.
 /// `EROFS_SHARE_CORRUPTION_CASES` overrides it (for longer fuzzing runs).
@@ -296,12 +296,6 @@ fn drive(img: &Image) -> (usize, bool) {
 
 #[test]
 fn thousands_of_corruptions_never_panic_or_hang() {
-    if !require(
-        "thousands_of_corruptions_never_panic_or_hang",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let started = Instant::now();
     let per_image = cases_per_image();
     // `EROFS_SHARE_CORRUPTION_SEED` picks other cases (for longer fuzzing runs).

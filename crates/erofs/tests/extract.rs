@@ -10,7 +10,7 @@ use testkit::{Need, manifest, require, testdata};
 fn extract_of_every_vector_matches_the_kernel_manifest() {
     if !require(
         "extract_of_every_vector_matches_the_kernel_manifest",
-        &[Need::Testdata, Need::Root],
+        &[Need::Root],
     ) {
         return;
     }
@@ -39,7 +39,7 @@ fn extract_of_every_vector_matches_the_kernel_manifest() {
 fn extract_refuses_a_non_empty_destination_and_accepts_an_empty_one() {
     if !require(
         "extract_refuses_a_non_empty_destination_and_accepts_an_empty_one",
-        &[Need::Testdata, Need::Root],
+        &[Need::Root],
     ) {
         return;
     }

@@ -5,7 +5,7 @@ use erofs::Image;
 use erofs::data::{self, Phys};
 use erofs::fsck::{FsckOptions, fsck};
 use std::sync::Arc;
-use testkit::{Need, require, testdata};
+use testkit::testdata;
 
 /// Recompute the superblock checksum after planting damage, as an attacker would.
 fn reseal(img: &mut [u8]) {
@@ -24,9 +24,6 @@ fn verify() -> FsckOptions {
 
 #[test]
 fn every_vector_is_clean() {
-    if !require("every_vector_is_clean", &[Need::Testdata]) {
-        return;
-    }
     for name in testdata::image_names() {
         let img = Image::open(testdata::image(&name)).unwrap();
         let r = fsck(&img, &verify());
@@ -53,12 +50,6 @@ fn every_vector_is_clean() {
 
 #[test]
 fn a_changed_content_byte_breaks_its_fingerprint_at_its_path() {
-    if !require(
-        "a_changed_content_byte_breaks_its_fingerprint_at_its_path",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let bytes = std::fs::read(testdata::image("plain-fp")).unwrap();
     let img = Image::open(testdata::image("plain-fp")).unwrap();
     let f = img.resolve("/big/mixed.bin").unwrap();
@@ -79,12 +70,6 @@ fn a_changed_content_byte_breaks_its_fingerprint_at_its_path() {
 
 #[test]
 fn structural_damage_is_collected_with_paths() {
-    if !require(
-        "structural_damage_is_collected_with_paths",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let bytes = std::fs::read(testdata::image("plain-b1024")).unwrap();
     let img = Image::open(testdata::image("plain-b1024")).unwrap();
     // Give two files an impossible inode mode.

@@ -5,7 +5,7 @@ use erofs::data::{self, Phys};
 use erofs::fsck::{FsckOptions, fsck};
 use erofs::{Error, Image};
 use std::sync::Arc;
-use testkit::{Need, require, testdata};
+use testkit::testdata;
 
 fn reseal(img: &mut [u8]) {
     let n = erofs::superblock::checksum_len(img[1024 + 12]);
@@ -48,12 +48,6 @@ fn root_dirent_offset(img: &Image, name: &[u8]) -> usize {
 
 #[test]
 fn a_directory_cycle_is_reported_not_followed() {
-    if !require(
-        "a_directory_cycle_is_reported_not_followed",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let (mut bytes, img) = vector();
     let at = root_dirent_offset(&img, b"big");
     bytes[at..at + 8].copy_from_slice(&img.root_nid().to_le_bytes());
@@ -70,12 +64,6 @@ fn a_directory_cycle_is_reported_not_followed() {
 
 #[test]
 fn an_absurd_file_size_is_an_error_naming_the_inode() {
-    if !require(
-        "an_absurd_file_size_is_an_error_naming_the_inode",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let (mut bytes, img) = vector();
     let f = img.resolve("/big/mixed.bin").unwrap();
     assert!(f.extended);
@@ -101,9 +89,6 @@ fn an_absurd_file_size_is_an_error_naming_the_inode() {
 
 #[test]
 fn truncated_images_fail_cleanly() {
-    if !require("truncated_images_fail_cleanly", &[Need::Testdata]) {
-        return;
-    }
     let (bytes, _) = vector();
     let e = Image::from_source(Arc::new(bytes[..1100].to_vec()), "short").unwrap_err();
     assert!(matches!(e, Error::NotErofs { .. }), "{e}");
@@ -121,12 +106,6 @@ fn truncated_images_fail_cleanly() {
 
 #[test]
 fn an_oversized_shared_xattr_count_is_refused() {
-    if !require(
-        "an_oversized_shared_xattr_count_is_refused",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let (mut bytes, img) = vector();
     let f = img.resolve("/big/mixed.bin").unwrap();
     assert!(f.xattr_icount > 0);
@@ -140,9 +119,6 @@ fn an_oversized_shared_xattr_count_is_refused() {
 
 #[test]
 fn unknown_incompat_features_are_named() {
-    if !require("unknown_incompat_features_are_named", &[Need::Testdata]) {
-        return;
-    }
     let (mut bytes, _) = vector();
     bytes[1024 + 80 + 1] |= 0x40; // bit 0x4000
     let e = open(bytes).unwrap_err();
@@ -155,12 +131,6 @@ fn unknown_incompat_features_are_named() {
 
 #[test]
 fn a_broken_name_offset_names_the_directory_block() {
-    if !require(
-        "a_broken_name_offset_names_the_directory_block",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let (mut bytes, img) = vector();
     let root = img.root_nid();
     let at = root_dirent_offset(&img, b"big");
@@ -175,12 +145,6 @@ fn a_broken_name_offset_names_the_directory_block() {
 
 #[test]
 fn the_known_bad_image_does_not_crash_the_reader() {
-    if !require(
-        "the_known_bad_image_does_not_crash_the_reader",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let img = Image::open(testdata::known_bad("lz4hc-all-fragments-ztailpacking")).unwrap();
     let r = fsck(&img, &FsckOptions::default());
     // Until the codecs land every compressed file is reported; it must not panic or hang.

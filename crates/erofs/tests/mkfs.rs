@@ -81,7 +81,7 @@ fn assert_kernel_shows(image: &Path, expected: &manifest::Manifest, what: &str) 
 fn kernel_shows_the_source_tree_from_dir_and_tar() {
     if !require(
         "kernel_shows_the_source_tree_from_dir_and_tar",
-        &[Need::Testdata, Need::KernelErofs],
+        &[Need::KernelErofs],
     ) {
         return;
     }
@@ -118,7 +118,7 @@ fn kernel_shows_the_source_tree_from_dir_and_tar() {
 fn a_visible_fingerprint_name_shows_the_content_digest() {
     if !require(
         "a_visible_fingerprint_name_shows_the_content_digest",
-        &[Need::Testdata, Need::KernelErofs],
+        &[Need::KernelErofs],
     ) {
         return;
     }
@@ -245,29 +245,16 @@ fn compare_fingerprints_with(vector: &str, name: Option<&str>) {
 
 #[test]
 fn fingerprints_match_upstream_plain_fp() {
-    if require("fingerprints_match_upstream_plain_fp", &[Need::Testdata]) {
-        compare_fingerprints_with("plain-fp", None);
-    }
+    compare_fingerprints_with("plain-fp", None);
 }
 
 #[test]
 fn fingerprints_match_upstream_plain_fp_trusted() {
-    if require(
-        "fingerprints_match_upstream_plain_fp_trusted",
-        &[Need::Testdata],
-    ) {
-        compare_fingerprints_with("plain-fp-trusted", Some("trusted.erofs.fingerprint"));
-    }
+    compare_fingerprints_with("plain-fp-trusted", Some("trusted.erofs.fingerprint"));
 }
 
 #[test]
 fn superblock_checksum_follows_the_kernel_convention() {
-    if !require(
-        "superblock_checksum_follows_the_kernel_convention",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     // The convention, pinned on upstream's vectors: !crc32c over the superblock block from
     // byte 1024 (the first block-size bytes there for 512 and 1024-byte blocks), field zeroed.
     let check = |bytes: &[u8], what: &str| {
@@ -300,9 +287,6 @@ fn superblock_checksum_follows_the_kernel_convention() {
 
 #[test]
 fn same_input_gives_byte_identical_images() {
-    if !require("same_input_gives_byte_identical_images", &[Need::Testdata]) {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let a = build_to(tmp.path(), "a.erofs", tar_source(), &opts());
     let b = build_to(tmp.path(), "b.erofs", tar_source(), &opts());
@@ -326,15 +310,10 @@ fn same_input_gives_byte_identical_images() {
 
 #[test]
 fn debian_fsck_accepts_our_images() {
-    if !require("debian_fsck_accepts_our_images", &[Need::Testdata]) {
-        return;
-    }
-    if Command::new("fsck.erofs").arg("-V").output().is_err() {
-        assert!(
-            !testkit::gate::required(),
-            "fsck.erofs (erofs-utils) is not installed"
-        );
-        eprintln!("SKIP debian_fsck_accepts_our_images: no fsck.erofs");
+    if !require(
+        "debian_fsck_accepts_our_images",
+        &[testkit::gate::FSCK_EROFS],
+    ) {
         return;
     }
     // erofs-utils 1.5 knows neither long xattr prefixes (incompat 0x40, which fingerprints
@@ -591,9 +570,6 @@ fn oci_whiteouts_become_overlayfs_whiteouts() {
 
 #[test]
 fn gzip_and_zstd_tars_give_the_same_image() {
-    if !require("gzip_and_zstd_tars_give_the_same_image", &[Need::Testdata]) {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     let raw = std::fs::read(testdata::source_tar()).unwrap();
     let plain = build_to(tmp.path(), "plain.erofs", tar_source(), &opts());

@@ -47,7 +47,7 @@ const CASES: &[(&str, Option<u32>)] = &[
 fn kernel_shows_the_source_tree_for_every_codec() {
     if !require(
         "kernel_shows_the_source_tree_for_every_codec",
-        &[Need::Testdata, Need::KernelErofs],
+        &[Need::KernelErofs],
     ) {
         return;
     }
@@ -112,7 +112,7 @@ fn kernel_shows_the_source_tree_for_every_codec() {
 fn without_inline_there_is_no_ztailpacking_and_the_kernel_still_agrees() {
     if !require(
         "without_inline_there_is_no_ztailpacking_and_the_kernel_still_agrees",
-        &[Need::Testdata, Need::KernelErofs],
+        &[Need::KernelErofs],
     ) {
         return;
     }
@@ -141,7 +141,7 @@ fn without_inline_there_is_no_ztailpacking_and_the_kernel_still_agrees() {
 fn dedupe_shares_identical_files_and_the_kernel_agrees() {
     if !require(
         "dedupe_shares_identical_files_and_the_kernel_agrees",
-        &[Need::Testdata, Need::KernelErofs],
+        &[Need::KernelErofs],
     ) {
         return;
     }
@@ -187,7 +187,7 @@ fn dedupe_shares_identical_files_and_the_kernel_agrees() {
 fn fragments_go_to_the_packed_inode_and_the_kernel_agrees() {
     if !require(
         "fragments_go_to_the_packed_inode_and_the_kernel_agrees",
-        &[Need::Testdata, Need::KernelErofs],
+        &[Need::KernelErofs],
     ) {
         return;
     }
@@ -236,12 +236,6 @@ fn fragments_go_to_the_packed_inode_and_the_kernel_agrees() {
 
 #[test]
 fn compressed_images_do_not_depend_on_the_thread_count() {
-    if !require(
-        "compressed_images_do_not_depend_on_the_thread_count",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap();
     for (spec, pcluster, fragments) in [
         ("lz4hc", Some(65536), false),
@@ -267,16 +261,8 @@ fn compressed_images_do_not_depend_on_the_thread_count() {
 fn debian_fsck_accepts_the_compressed_images_it_supports() {
     if !require(
         "debian_fsck_accepts_the_compressed_images_it_supports",
-        &[Need::Testdata],
+        &[testkit::gate::FSCK_EROFS],
     ) {
-        return;
-    }
-    if Command::new("fsck.erofs").arg("-V").output().is_err() {
-        assert!(
-            !testkit::gate::required(),
-            "fsck.erofs (erofs-utils) is not installed"
-        );
-        eprintln!("SKIP debian_fsck_accepts_the_compressed_images_it_supports: no fsck.erofs");
         return;
     }
     let expected = manifest::load(&testdata::source_manifest());

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::ops::ControlFlow;
 use testkit::manifest::{Manifest, assert_same};
-use testkit::{Need, require, testdata};
+use testkit::testdata;
 
 fn content(img: &Image, inode: &Inode) -> Vec<u8> {
     let mut out = vec![0u8; inode.size as usize];
@@ -87,9 +87,6 @@ fn reader_manifest(img: &Image) -> Manifest {
 
 #[test]
 fn reader_shows_what_the_kernel_showed() {
-    if !require("reader_shows_what_the_kernel_showed", &[Need::Testdata]) {
-        return;
-    }
     let names = testdata::image_names();
     assert_eq!(names.len(), 20, "{names:?}");
     for name in names {
@@ -102,12 +99,6 @@ fn reader_shows_what_the_kernel_showed() {
 
 #[test]
 fn fingerprints_are_sha256_of_content_and_filters_match_the_hash() {
-    if !require(
-        "fingerprints_are_sha256_of_content_and_filters_match_the_hash",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     for name in testdata::image_names() {
         let img = Image::open(testdata::image(&name)).unwrap();
         let has_fp = name.contains("fp");
@@ -152,9 +143,6 @@ fn fingerprints_are_sha256_of_content_and_filters_match_the_hash() {
 
 #[test]
 fn fingerprint_names_are_hidden_or_trusted() {
-    if !require("fingerprint_names_are_hidden_or_trusted", &[Need::Testdata]) {
-        return;
-    }
     let hidden = Image::open(testdata::image("plain-fp")).unwrap();
     let p = &hidden.long_prefixes().unwrap()[0];
     assert_eq!(
@@ -179,12 +167,6 @@ fn fingerprint_names_are_hidden_or_trusted() {
 }
 #[test]
 fn lookup_finds_every_entry_and_nothing_else() {
-    if !require(
-        "lookup_finds_every_entry_and_nothing_else",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     for name in [
         "plain-b512-fp",
         "plain-fp",
@@ -237,12 +219,6 @@ impl From<erofs::walk::Problem> for Stop {
 
 #[test]
 fn try_walk_visits_what_walk_does_and_stops_at_the_first_error() {
-    if !require(
-        "try_walk_visits_what_walk_does_and_stops_at_the_first_error",
-        &[Need::Testdata],
-    ) {
-        return;
-    }
     let img = Image::open(testdata::image("plain-fp")).unwrap();
     let mut all = Vec::new();
     walk(&img, |v| {

@@ -10,15 +10,14 @@ use std::process::Command;
 pub enum LoopMountError {
     /// The temporary mountpoint could not be created.
     #[error("creating a mountpoint: {0}")]
-    Mountpoint(#[source] io::Error),
+    Mountpoint(io::Error),
     /// A tool (`losetup`, `mount`) could not be started.
-    #[error("running {command}: {source}")]
+    #[error("running {command}: {cause}")]
     Spawn {
         /// The command line.
         command: String,
         /// Why it did not start.
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// A tool ran and failed.
     #[error("{command} failed: {stderr}")]
@@ -40,9 +39,9 @@ pub struct LoopMount {
 
 fn run(cmd: &mut Command) -> Result<String, LoopMountError> {
     let command = format!("{cmd:?}");
-    let out = cmd.output().map_err(|source| LoopMountError::Spawn {
+    let out = cmd.output().map_err(|cause| LoopMountError::Spawn {
         command: command.clone(),
-        source,
+        cause,
     })?;
     if !out.status.success() {
         return Err(LoopMountError::Failed {

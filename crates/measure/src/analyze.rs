@@ -17,7 +17,7 @@
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
-/// How many contributors each top list keeps.
+/// How many entries each list (contributors, directories) keeps by default.
 pub const TOP: usize = 10;
 
 /// Where a file's content key came from.
@@ -175,7 +175,10 @@ pub struct Analysis {
     pub kernel_pages: u64,
     pub top_shared: Vec<SharedContributor>,
     pub top_unshared: Vec<UnsharedContributor>,
+    /// The top-level directories with the most file pages (at most `top` of them).
     pub by_dir: Vec<DirSummary>,
+    /// Directories left out of `by_dir`.
+    pub dirs_left_out: usize,
 }
 
 /// Everything known about one distinct content.
@@ -198,6 +201,11 @@ fn top_dir(path: &str) -> String {
 
 /// Predict the page cache for reading every file of `images`, `page_size` bytes per page.
 pub fn analyze(images: &[ImageFiles], page_size: u64) -> Analysis {
+    analyze_top(images, page_size, TOP)
+}
+
+/// [`analyze`], keeping `top` entries in each list (contributors and directories).
+pub fn analyze_top(images: &[ImageFiles], page_size: u64, top: usize) -> Analysis {
     assert!(page_size > 0, "page size must be positive");
     // Distinct contents by (size, key): the daemon shares only equal keys of equal size.
     let mut contents: HashMap<(u64, &[u8]), Content> = HashMap::new();
@@ -315,14 +323,14 @@ pub fn analyze(images: &[ImageFiles], page_size: u64) -> Analysis {
             .cmp(&a.saved_pages)
             .then_with(|| a.path.cmp(&b.path))
     });
-    shared.truncate(TOP);
+    shared.truncate(top);
     unshared.sort_by(|a, b| {
         b.pages
             .cmp(&a.pages)
             .then_with(|| a.path.cmp(&b.path))
             .then_with(|| a.image.cmp(&b.image))
     });
-    unshared.truncate(TOP);
+    unshared.truncate(top);
     let (file_pages_without, file_pages_with) = (pages_without, pages_with);
     let fuse_dirs: u64 = reports.iter().map(|r| r.fuse_dir_pages).sum();
     let (pages_without, pages_with) = (pages_without + fuse_dirs, pages_with + fuse_dirs);
@@ -341,6 +349,8 @@ pub fn analyze(images: &[ImageFiles], page_size: u64) -> Analysis {
             .cmp(&a.pages_without)
             .then_with(|| a.dir.cmp(&b.dir))
     });
+    let dirs_left_out = by_dir.len().saturating_sub(top);
+    by_dir.truncate(top);
     Analysis {
         page_size,
         images: reports,
@@ -355,6 +365,7 @@ pub fn analyze(images: &[ImageFiles], page_size: u64) -> Analysis {
         top_shared: shared,
         top_unshared: unshared,
         by_dir,
+        dirs_left_out,
     }
 }
 

@@ -29,12 +29,8 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ContainerError {
     #[error("no memory cgroup controller: neither cgroup v2 ({v2}) nor v1 ({v1}) offers one")]
     NoMemoryController { v2: String, v1: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("{path}: cannot parse {field} (got {got:?})")]
     Parse {
         path: String,
@@ -69,7 +65,7 @@ pub enum ContainerError {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
     move |source| ContainerError::Io {
         path: path.display().to_string(),
-        source,
+        cause: source,
     }
 }
 
@@ -532,7 +528,7 @@ impl Container {
                 spec.name,
                 spec.root.display()
             ),
-            source: e,
+            cause: e,
         })?;
         Ok(Container {
             name: spec.name.clone(),

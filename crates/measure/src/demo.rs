@@ -16,18 +16,10 @@ pub const REMOVE_EVERY: u8 = 100;
 /// Building the demo images failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("building {image}: {source}")]
-    Build {
-        image: String,
-        #[source]
-        source: BuildError,
-    },
+    #[error("{path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
+    #[error("building {image}: {cause}")]
+    Build { image: String, cause: BuildError },
     #[error("{dir}: no regular file could be selected")]
     Empty { dir: String },
 }
@@ -35,7 +27,7 @@ pub enum DemoError {
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
     move |source| DemoError::Io {
         path: path.display().to_string(),
-        source,
+        cause: source,
     }
 }
 
@@ -183,7 +175,7 @@ pub fn build_version(sel: &Selection, version: u8, image: &Path) -> Result<(), D
         .unwrap_or_else(|_| Err(std::io::Error::other("the tar producer thread panicked")));
     built.map_err(|source| DemoError::Build {
         image: image.display().to_string(),
-        source,
+        cause: source,
     })?;
     produced.map_err(io_err(&sel.source))
 }

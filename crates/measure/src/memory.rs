@@ -26,12 +26,8 @@ const PAGE: u64 = 4096;
 pub enum MemoryError {
     #[error("no images given")]
     NoImages,
-    #[error("{image}")]
-    Open {
-        image: String,
-        #[source]
-        source: erofs::Error,
-    },
+    #[error("{cause}")]
+    Open { image: String, cause: erofs::Error },
     #[error(transparent)]
     Scan(#[from] ScanError),
     #[error("{image}: {path}: {why}")]
@@ -42,18 +38,16 @@ pub enum MemoryError {
     },
     #[error("{setup}: mounting: {why}")]
     Mount { setup: String, why: String },
-    #[error("{setup}")]
+    #[error("{setup}: {cause}")]
     Measure {
         setup: String,
-        #[source]
-        source: PageCacheError,
+        cause: PageCacheError,
     },
-    #[error("{setup}: warm read of {path}")]
+    #[error("{setup}: warm read of {path}: {cause}")]
     Warm {
         setup: String,
         path: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -84,7 +78,8 @@ pub struct Row {
 pub struct Report {
     /// The images, in order.
     pub images: Vec<PathBuf>,
-    /// Measured setups: kernel, `--no-share`, one domain.
+    /// Measured setups: kernel, `--no-share`, one domain (overlay front), one domain (FUSE
+    /// front).
     pub rows: Vec<Row>,
     /// Page-rounded size of the distinct file contents of all images.
     pub ideal: u64,
@@ -105,7 +100,7 @@ pub fn content_sizes(images: &[PathBuf]) -> Result<(u64, u64), MemoryError> {
         let name = path.display().to_string();
         let img = erofs::Image::open(path).map_err(|source| MemoryError::Open {
             image: name.clone(),
-            source,
+            cause: source,
         })?;
         let files = scan::scan(&img, &name, PAGE)?;
         for f in files.files.iter().filter(|f| f.size > 0) {
@@ -160,7 +155,7 @@ fn measure(mounter: &dyn Mounter, images: &[PathBuf], runs: usize) -> Result<Row
     for _ in 0..runs.max(1) {
         let r = page_cache::reading(&dirs).map_err(|source| MemoryError::Measure {
             setup: setup.clone(),
-            source,
+            cause: source,
         })?;
         growth = growth.max(r.growth);
         meminfo.push(r.meminfo_growth);
@@ -171,7 +166,7 @@ fn measure(mounter: &dyn Mounter, images: &[PathBuf], runs: usize) -> Result<Row
         let warm_err = |(p, source): (PathBuf, std::io::Error)| MemoryError::Warm {
             setup: setup.clone(),
             path: p.display().to_string(),
-            source,
+            cause: source,
         };
         for root in &roots {
             bytes_read += read_tree(root, &mut buf, &mut files).map_err(warm_err)?;
@@ -199,15 +194,22 @@ pub fn run(exe: &Path, images: &[PathBuf], runs: usize) -> Result<Report, Memory
         return Err(MemoryError::NoImages);
     }
     let (ideal, total_content) = content_sizes(images)?;
-    let setups: [&dyn Mounter; 3] = [
+    let setups: [&dyn Mounter; 4] = [
         &KernelLoop,
         &ErofsShare {
             exe: exe.to_path_buf(),
             share: false,
+            front: None,
         },
         &ErofsShare {
             exe: exe.to_path_buf(),
             share: true,
+            front: None,
+        },
+        &ErofsShare {
+            exe: exe.to_path_buf(),
+            share: true,
+            front: Some("fuse"),
         },
     ];
     let mut rows = Vec::new();

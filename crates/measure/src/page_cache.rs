@@ -19,12 +19,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(600);
 pub enum PageCacheError {
     #[error(transparent)]
     Cgroup(#[from] ContainerError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
     #[error("reading every file under {dirs}: {why}")]
     Reader { dirs: String, why: String },
     #[error("interrupted")]
@@ -44,7 +40,7 @@ const ATTEMPTS: usize = 5;
 pub fn drops() -> Result<u64, PageCacheError> {
     let s = std::fs::read_to_string("/proc/vmstat").map_err(|source| PageCacheError::Io {
         what: "/proc/vmstat".into(),
-        source,
+        cause: source,
     })?;
     Ok(s.lines()
         .filter_map(|l| {
@@ -80,7 +76,7 @@ pub fn reading(dirs: &[&Path]) -> Result<Reading, PageCacheError> {
     for _ in 0..ATTEMPTS {
         erofs_share_host::drop_caches().map_err(|source| PageCacheError::Io {
             what: "dropping caches".into(),
-            source,
+            cause: source,
         })?;
         let before = drops()?;
         let reading = read_once(dirs)?;
@@ -122,7 +118,7 @@ fn read_once(dirs: &[&Path]) -> Result<Reading, PageCacheError> {
         .spawn()
         .map_err(|source| PageCacheError::Io {
             what: "starting sh".into(),
-            source,
+            cause: source,
         })?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !stopped(child.id()) {
@@ -149,7 +145,7 @@ fn read_once(dirs: &[&Path]) -> Result<Reading, PageCacheError> {
             Err(source) => {
                 return Err(PageCacheError::Io {
                     what: "waiting for the reader".into(),
-                    source,
+                    cause: source,
                 });
             }
         }

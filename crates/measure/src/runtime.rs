@@ -19,12 +19,8 @@ pub enum RuntimeError {
     Load(#[from] LoadError),
     #[error("{setup}: mounting the images: {message}")]
     Mount { setup: String, message: String },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
     #[error("container {name}: {message}")]
     App { name: String, message: String },
     #[error("interrupted")]
@@ -273,7 +269,7 @@ pub fn run_setup(config: &Config, mounter: &dyn Mounter) -> Result<SetupResult, 
         if config.drop_caches {
             erofs_share_host::drop_caches().map_err(|source| RuntimeError::Io {
                 what: "dropping caches (/proc/sys/vm/drop_caches)".into(),
-                source,
+                cause: source,
             })?;
         }
         let before = drops()?;
@@ -299,7 +295,7 @@ fn run_setup_once(config: &Config, mounter: &dyn Mounter) -> Result<SetupResult,
         .tempdir()
         .map_err(|source| RuntimeError::Io {
             what: "creating a log directory".into(),
-            source,
+            cause: source,
         })?;
     // Drop order (reverse of declaration): containers, then cgroups, then the mounts.
     let mounted = mounter
@@ -315,7 +311,7 @@ fn run_setup_once(config: &Config, mounter: &dyn Mounter) -> Result<SetupResult,
         let name = format!("{}-{i}", config.app);
         let port = load::free_port().map_err(|source| RuntimeError::Io {
             what: "finding a free loopback port".into(),
-            source,
+            cause: source,
         })?;
         let spec = config
             .app

@@ -18,11 +18,10 @@ pub enum ScanError {
     /// A problem the walk met, before [`scan`] names the image.
     #[error(transparent)]
     Problem(Box<Problem>),
-    #[error("{image}: {path}: {error}")]
+    #[error("{image}: {path}: {}", error.detail())]
     Walk {
         image: String,
         path: String,
-        #[source]
         error: Box<erofs::Error>,
     },
     #[error("{image}: {path} (nid {nid}): hashing the content: {error}")]
@@ -30,7 +29,6 @@ pub enum ScanError {
         image: String,
         path: String,
         nid: u64,
-        #[source]
         error: std::io::Error,
     },
 }
@@ -52,6 +50,17 @@ impl From<erofs::Error> for ScanError {
 /// (see [`MetaPages`]). The first problem the walk meets is an error: a prediction from a
 /// partly readable image would be wrong.
 pub fn scan(image: &Image, name: &str, page_size: u64) -> Result<ImageFiles, ScanError> {
+    scan_with_progress(image, name, page_size, &erofs::build::NoProgress)
+}
+
+/// Scan like [`scan`], advancing `progress` by one per inode (its total is left to the caller,
+/// which may scan several images into one bar).
+pub fn scan_with_progress(
+    image: &Image,
+    name: &str,
+    page_size: u64,
+    progress: &dyn erofs::build::Progress,
+) -> Result<ImageFiles, ScanError> {
     let mut out = ImageFiles {
         name: name.to_string(),
         ..ImageFiles::default()
@@ -59,6 +68,7 @@ pub fn scan(image: &Image, name: &str, page_size: u64) -> Result<ImageFiles, Sca
     let mut seen_files = HashSet::new();
     let mut meta = MetaPages::new(image, page_size);
     try_walk(image, |path, inode| {
+        progress.advance(1);
         meta.add(inode);
         let path = String::from_utf8_lossy(path).into_owned();
         match inode.file_type() {

@@ -16,6 +16,9 @@ pub const DOMAIN: &str = "bench";
 pub struct Daemon {
     child: Child,
     state: tempfile::TempDir,
+    /// The front mounts ask for (None: the daemon's choice, the overlay front where the
+    /// kernel has it).
+    pub front: Option<String>,
 }
 
 impl Daemon {
@@ -40,7 +43,11 @@ impl Daemon {
             .stderr(log2)
             .spawn()
             .map_err(|e| format!("starting {} daemon: {e}", exe.display()))?;
-        let mut d = Daemon { child, state };
+        let mut d = Daemon {
+            child,
+            state,
+            front: None,
+        };
         control::wait_ready(d.state.path(), &mut d.child, Duration::from_secs(10))
             .map_err(|e| format!("{e}: {}", crate::container::log_tail(&log_path)))?;
         Ok(d)
@@ -72,6 +79,7 @@ impl Daemon {
             mountpoint: mountpoint.to_path_buf(),
             domain: domain.map(str::to_string),
             share,
+            front: self.front.clone(),
         })?;
         // A shared benchmark that silently shares nothing would report a wrong table.
         if share && let Some(why) = resp.mount.and_then(|m| m.unshared_reason) {
@@ -120,6 +128,8 @@ pub struct ErofsShare {
     pub exe: PathBuf,
     /// False for `--no-share`.
     pub share: bool,
+    /// `Some("fuse")` for the FUSE front; None for the daemon's default (overlay).
+    pub front: Option<&'static str>,
 }
 
 #[derive(Debug)]
@@ -148,15 +158,20 @@ impl Drop for ShareMounts {
 
 impl Mounter for ErofsShare {
     fn label(&self) -> String {
-        if self.share {
-            crate::report::ONE_DOMAIN.into()
-        } else {
-            crate::report::NO_SHARE.into()
+        use crate::report::{NO_SHARE, NO_SHARE_FUSE, ONE_DOMAIN, ONE_DOMAIN_FUSE};
+        let fuse = self.front == Some("fuse");
+        match (self.share, fuse) {
+            (true, false) => ONE_DOMAIN,
+            (true, true) => ONE_DOMAIN_FUSE,
+            (false, false) => NO_SHARE,
+            (false, true) => NO_SHARE_FUSE,
         }
+        .into()
     }
 
     fn mount(&self, images: &[PathBuf]) -> Result<Box<dyn Mounted>, String> {
-        let daemon = Daemon::start(&self.exe)?;
+        let mut daemon = Daemon::start(&self.exe)?;
+        daemon.front = self.front.map(str::to_string);
         let dirs = tempfile::Builder::new()
             .prefix("erofs-share-bench-mnt-")
             .tempdir()

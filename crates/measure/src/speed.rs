@@ -15,40 +15,34 @@ use std::time::Instant;
 /// A benchmark that could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SpeedError {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
     #[error("{0}")]
     Tool(String),
-    #[error("mounting {image} with the kernel")]
+    #[error("mounting {image} with the kernel: {cause}")]
     KernelMount {
         image: String,
-        #[source]
-        source: erofs_share_host::LoopMountError,
+        cause: erofs_share_host::LoopMountError,
     },
-    #[error("{image}: {source}")]
-    Image {
-        image: String,
-        #[source]
-        source: erofs::Error,
-    },
+    #[error("{cause}")]
+    Image { image: String, cause: erofs::Error },
 }
 
 impl From<Problem> for SpeedError {
     fn from(p: Problem) -> Self {
         SpeedError::Image {
             image: String::from_utf8_lossy(&p.path).into_owned(),
-            source: p.error,
+            cause: p.error,
         }
     }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SpeedError {
     let what = what.into();
-    move |source| SpeedError::Io { what, source }
+    move |source| SpeedError::Io {
+        what,
+        cause: source,
+    }
 }
 
 /// Median of a sample (seconds); 0 for none.
@@ -217,7 +211,7 @@ pub fn read_all_library(img: &Image) -> Result<(u64, u64), SpeedError> {
                 Err(source) => {
                     return Err(SpeedError::Io {
                         what: format!("{}: {}", img.name(), String::from_utf8_lossy(path)),
-                        source,
+                        cause: source,
                     });
                 }
             }
@@ -234,7 +228,7 @@ fn read_all_tree(root: &Path) -> Result<u64, SpeedError> {
     crate::read_tree::read_tree(root, &mut buf, &mut Vec::new()).map_err(|(p, source)| {
         SpeedError::Io {
             what: p.display().to_string(),
-            source,
+            cause: source,
         }
     })
 }
@@ -246,7 +240,7 @@ pub fn read(image: &Path, runs: usize) -> Result<ReadReport, SpeedError> {
     let mount =
         erofs_share_host::LoopMount::new(image).map_err(|source| SpeedError::KernelMount {
             image: image.display().to_string(),
-            source,
+            cause: source,
         })?;
     let (mut lib, mut kern) = (Vec::new(), Vec::new());
     let (mut files, mut bytes) = (0, 0);
@@ -255,7 +249,7 @@ pub fn read(image: &Path, runs: usize) -> Result<ReadReport, SpeedError> {
         let start = Instant::now();
         let img = Image::open(image).map_err(|source| SpeedError::Image {
             image: name.clone(),
-            source,
+            cause: source,
         })?;
         (files, bytes) = read_all_library(&img)?;
         lib.push(start.elapsed().as_secs_f64());

@@ -31,19 +31,6 @@ fn scan_all(images: &[PathBuf]) -> Analysis {
     analyze::analyze(&scans, PAGE)
 }
 
-/// `mkfs.erofs` (erofs-utils, any version) or a skip/failure as the gate decides.
-fn have_mkfs(test: &str) -> bool {
-    if Command::new("mkfs.erofs").arg("--help").output().is_ok() {
-        return true;
-    }
-    assert!(
-        !testkit::gate::required(),
-        "{test}: mkfs.erofs is missing but EROFS_SHARE_REQUIRE_PRIVILEGED=1"
-    );
-    eprintln!("SKIP {test}: mkfs.erofs is not installed");
-    false
-}
-
 fn mkfs(dir: &Path, out: &Path) {
     let st = Command::new("mkfs.erofs")
         .arg("--quiet")
@@ -64,7 +51,10 @@ fn content(seed: u8, len: usize) -> Vec<u8> {
 #[test]
 fn images_without_fingerprints_are_hashed_and_counted_exactly() {
     let _serial = serial();
-    if !have_mkfs("images_without_fingerprints_are_hashed_and_counted_exactly") {
+    if !testkit::require(
+        "images_without_fingerprints_are_hashed_and_counted_exactly",
+        &[testkit::gate::MKFS_EROFS],
+    ) {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -170,7 +160,7 @@ fn vectors_with_and_without_fingerprints_match_the_kernel_view() {
     let _serial = serial();
     if !testkit::require(
         "vectors_with_and_without_fingerprints_match_the_kernel_view",
-        &[Need::Testdata, Need::KernelErofs],
+        &[Need::KernelErofs],
     ) {
         return;
     }
@@ -217,7 +207,7 @@ fn kernel_prediction_matches_the_measured_page_cache() {
     let _serial = serial();
     if !testkit::require(
         "kernel_prediction_matches_the_measured_page_cache",
-        &[Need::Testdata, Need::KernelErofs],
+        &[Need::KernelErofs],
     ) {
         return;
     }

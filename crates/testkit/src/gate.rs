@@ -1,5 +1,11 @@
 //! The privilege gate: run, skip with a reason, or fail under `EROFS_SHARE_REQUIRE_PRIVILEGED=1`.
+//!
+//! The test harness swallows a passing test's output and counts a skipped test as passed, so
+//! each skip is also appended, as `binary::test: reason`, to the file `EROFS_SHARE_SKIP_LOG`
+//! names; `scripts/test.sh` sets it and lists the skips at the end
+//! (`scripts/skip-summary.sh`).
 
+use std::io::Write;
 use std::path::Path;
 
 /// What a test needs from the machine.
@@ -11,9 +17,24 @@ pub enum Need {
     Fuse,
     /// Root and loop devices with the kernel erofs driver.
     KernelErofs,
-    /// The shared upstream test vectors (`../shared/testdata`).
-    Testdata,
+    /// A program on `PATH`, from the named Debian package (which `scripts/test.sh` installs
+    /// when run as root).
+    Program {
+        name: &'static str,
+        package: &'static str,
+    },
 }
+
+/// Debian's `fsck.erofs` (erofs-utils 1.5), a second opinion on our images.
+pub const FSCK_EROFS: Need = Need::Program {
+    name: "fsck.erofs",
+    package: "erofs-utils",
+};
+/// Debian's `mkfs.erofs`, images from another writer.
+pub const MKFS_EROFS: Need = Need::Program {
+    name: "mkfs.erofs",
+    package: "erofs-utils",
+};
 
 /// True when the environment demands that privileged tests run rather than skip.
 pub fn required() -> bool {
@@ -46,8 +67,19 @@ fn missing(need: Need) -> Option<String> {
                 None
             }
         }
-        Need::Testdata => crate::testdata::missing_reason(),
+        Need::Program { name, package } => {
+            (!on_path(name)).then(|| format!("{name} is not installed (Debian package {package})"))
+        }
     }
+}
+
+fn on_path(name: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            std::fs::metadata(d.join(name)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+        })
+    })
 }
 
 fn erofs_in_kernel() -> bool {
@@ -59,17 +91,62 @@ fn erofs_in_kernel() -> bool {
     std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("erofs"))
 }
 
-/// Decide whether `test` may run with `needs`. Returns false (after printing why) when it
-/// must skip; panics when it cannot run but `EROFS_SHARE_REQUIRE_PRIVILEGED=1`.
+/// Decide whether `test` may run with `needs`. Returns false (after reporting why, see
+/// [`cannot_run`]) when it must skip; panics when it cannot run but
+/// `EROFS_SHARE_REQUIRE_PRIVILEGED=1`.
 pub fn require(test: &str, needs: &[Need]) -> bool {
     for &need in needs {
         if let Some(reason) = missing(need) {
-            if required() {
-                panic!("{test}: cannot run ({reason}) but EROFS_SHARE_REQUIRE_PRIVILEGED=1");
-            }
-            eprintln!("SKIP {test}: {reason}");
+            cannot_run(test, &reason);
             return false;
         }
     }
     true
+}
+
+/// `test` cannot run for `reason` (a condition [`Need`] does not cover): panic under
+/// `EROFS_SHARE_REQUIRE_PRIVILEGED=1`, else print the skip and append it to
+/// `EROFS_SHARE_SKIP_LOG`. The caller returns right after.
+pub fn cannot_run(test: &str, reason: &str) {
+    if required() {
+        panic!("{test}: cannot run ({reason}) but EROFS_SHARE_REQUIRE_PRIVILEGED=1");
+    }
+    let line = format!("{}::{test}: {reason}", binary_name());
+    eprintln!("SKIP {line}");
+    if let Some(log) = std::env::var_os(SKIP_LOG)
+        && let Err(e) = append_line(Path::new(&log), &line)
+    {
+        panic!(
+            "{test}: cannot record its skip in {}: {e}",
+            Path::new(&log).display()
+        );
+    }
+}
+
+/// The environment variable naming the file skips are appended to.
+pub const SKIP_LOG: &str = "EROFS_SHARE_SKIP_LOG";
+
+/// One `write` of the whole line with `O_APPEND`: lines from test binaries and threads
+/// running at once do not interleave.
+fn append_line(log: &Path, line: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)?;
+    f.write_all(format!("{line}\n").as_bytes())
+}
+
+/// The running test binary's name without cargo's `-<hash>` suffix (`daemon_sharing`).
+fn binary_name() -> String {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.rsplit_once('-') {
+        Some((base, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            base.to_string()
+        }
+        _ => name,
+    }
 }

@@ -1,4 +1,4 @@
-//! Tree manifests in the JSON form of `../shared/testdata/*/manifests/*.json`:
+//! Tree manifests in the JSON form of the test vectors' `manifests/*.json`:
 //! `{ "path": { "type", "mode", "uid", "gid", "mtime_ns", "nlink", "size", "sha256",
 //! "target", "rdev_major", "rdev_minor", "xattrs": { name: hex } } }`, paths relative to the
 //! root ("." for the root itself), mode without the file type bits.

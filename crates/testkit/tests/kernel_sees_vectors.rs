@@ -7,7 +7,7 @@ use testkit::{LoopMount, Need, manifest, require, testdata};
 fn kernel_mount_of_plain_fp_matches_its_manifest() {
     if !require(
         "kernel_mount_of_plain_fp_matches_its_manifest",
-        &[Need::Testdata, Need::KernelErofs],
+        &[Need::KernelErofs],
     ) {
         return;
     }

@@ -58,7 +58,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let exe = std::env::current_exe().context("finding the erofs-share executable")?;
-    let r = memory::run(&exe, &a.images, a.runs)?;
+    let spin = super::progress::spinner("bench memory");
+    let r = memory::run(&exe, &a.images, a.runs);
+    spin.finish_and_clear();
+    let r = r?;
     if let Some(path) = &a.plot {
         let measured: Vec<(String, u64)> = r
             .rows

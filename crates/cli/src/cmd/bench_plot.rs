@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 /// Draw `measured` (setup, bytes) for `images` into `path`.
 pub fn write(path: &Path, images: &[PathBuf], measured: &[(String, u64)]) -> anyhow::Result<()> {
-    let predicted = super::analyze::analyze_images(images).context("predicting for the plot")?;
+    let predicted = super::analyze::analyze_images(images, erofs_share_measure::analyze::TOP)
+        .context("predicting for the plot")?;
     let names: Vec<String> = images
         .iter()
         .map(|i| {

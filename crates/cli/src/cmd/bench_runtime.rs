@@ -39,11 +39,14 @@ pub struct Args {
 fn mounter(name: &str) -> anyhow::Result<Box<dyn Mounter>> {
     match name {
         "kernel" => Ok(Box::new(KernelLoop)),
-        "no-share" | "share" => Ok(Box::new(ErofsShare {
+        "no-share" | "share" | "share-fuse" => Ok(Box::new(ErofsShare {
             exe: std::env::current_exe().context("finding the erofs-share executable")?,
-            share: name == "share",
+            share: name != "no-share",
+            front: (name == "share-fuse").then_some("fuse"),
         })),
-        other => anyhow::bail!("unknown setup {other:?}: expected kernel, no-share or share"),
+        other => {
+            anyhow::bail!("unknown setup {other:?}: expected kernel, no-share, share or share-fuse")
+        }
     }
 }
 
@@ -68,10 +71,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         drop_caches: true,
     };
     let mut results = Vec::new();
+    let spin = super::progress::spinner("bench runtime");
     for m in &mounters {
-        eprintln!("bench runtime: {} ({})", args.app, m.label());
-        results.push(runtime::run_setup(&config, m.as_ref())?);
+        let what = format!("bench runtime: {} ({})", args.app, m.label());
+        spin.suspend(|| eprintln!("{what}"));
+        spin.set_message(what);
+        let r = runtime::run_setup(&config, m.as_ref());
+        if r.is_err() {
+            spin.finish_and_clear();
+        }
+        results.push(r?);
     }
+    spin.finish_and_clear();
     if let Some(path) = &args.plot {
         chart(args.app, &results).write_png(path, 1000, 560)?;
         eprintln!("plot written to {}", path.display());

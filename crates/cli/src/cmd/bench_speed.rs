@@ -52,7 +52,10 @@ pub fn run_mkfs(a: MkfsArgs) -> anyhow::Result<ExitCode> {
         .prefix("erofs-share-bench-mkfs-")
         .tempdir_in("/var/tmp")
         .context("scratch directory in /var/tmp")?;
-    let r = speed::mkfs(&ours, &a.dir, a.compress.as_deref(), a.runs, work.path())?;
+    let spin = super::progress::spinner("bench mkfs");
+    let r = speed::mkfs(&ours, &a.dir, a.compress.as_deref(), a.runs, work.path());
+    spin.finish_and_clear();
+    let r = r?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(ExitCode::SUCCESS);
@@ -90,7 +93,10 @@ pub fn run_read(a: ReadArgs) -> anyhow::Result<ExitCode> {
     if !super::is_root() {
         bail!("bench read drops caches and mounts the image: run it as root");
     }
-    let r = speed::read(&a.image, a.runs)?;
+    let spin = super::progress::spinner("bench read");
+    let r = speed::read(&a.image, a.runs);
+    spin.finish_and_clear();
+    let r = r?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(ExitCode::SUCCESS);

@@ -3,8 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-
 /// Arguments of `erofs-share daemon`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -14,7 +12,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    erofs_share_daemon::run(&args.state_dir)
-        .with_context(|| format!("daemon with state directory {}", args.state_dir.display()))?;
+    // The daemon's errors name the path or the state directory.
+    erofs_share_daemon::run(&args.state_dir)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -59,7 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "Built both images with fingerprints in {:.1} s.\n",
         start.elapsed().as_secs_f64()
     );
-    let a = super::analyze::analyze_images(&images)?;
+    let a = super::analyze::analyze_images(&images, erofs_share_measure::analyze::TOP)?;
 
     if !super::is_root() {
         println!(
@@ -78,12 +78,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Box::new(ErofsShare {
                 exe: exe.clone(),
                 share: false,
+                front: None,
             }),
             NO_SHARE,
             a.pages_without,
         ),
         (
-            Box::new(ErofsShare { exe, share: true }),
+            Box::new(ErofsShare {
+                exe,
+                share: true,
+                front: None,
+            }),
             ONE_DOMAIN,
             a.pages_with,
         ),

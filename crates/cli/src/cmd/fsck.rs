@@ -1,9 +1,11 @@
 //! `erofs-share fsck`: check an image; a nonzero exit on any problem.
 
 use erofs::Image;
-use erofs::fsck::{FsckOptions, fsck};
+use erofs::fsck::{FsckOptions, fsck_with_progress};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use super::progress::{Bar, Unit};
 
 /// Arguments of `erofs-share fsck`.
 #[derive(Debug, clap::Args)]
@@ -16,6 +18,9 @@ pub struct Args {
     /// Print at most this many problems.
     #[arg(long, default_value_t = 1000)]
     pub max_problems: usize,
+    /// Print the result as JSON on stdout, each problem a record `{"path", "what"}`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -25,7 +30,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_problems: args.max_problems,
         data_budget: None,
     };
-    let r = fsck(&img, &opts);
+    let bar = Bar::new(Unit::Inodes, true);
+    let r = fsck_with_progress(&img, &opts, &bar);
+    bar.finish();
+    let code = if r.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    if args.json {
+        let problems: Vec<_> = r
+            .problems
+            .iter()
+            .map(|p| serde_json::json!({ "path": p.path, "what": p.what }))
+            .collect();
+        let v = serde_json::json!({
+            "image": args.image,
+            "clean": r.is_clean(),
+            "problem_count": r.problem_count,
+            "problems": problems,
+            "inodes": r.inodes,
+            "dirs": r.dirs,
+            "files": r.files,
+            "bytes_read": r.bytes_read,
+            "fingerprints_verified": args.verify_fingerprints.then_some(r.fingerprints_verified),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(code);
+    }
     let name = args.image.display();
     for p in &r.problems {
         eprintln!("{name}: {p}");
@@ -53,9 +85,5 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             format!("{} problems", r.problem_count)
         }
     );
-    Ok(if r.is_clean() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(code)
 }

@@ -2,10 +2,11 @@
 //! directory, oci-archive or docker save tar: flattened, or one image per layer).
 
 use anyhow::{Context, bail};
-use erofs::build::{self, Options, Pattern, Progress, Source};
+use erofs::build::{self, Options, Pattern, Source};
 use erofs::fingerprint::XattrName;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+
+use super::progress::{Bar, Unit};
 use std::process::ExitCode;
 
 /// Arguments of `erofs-share mkfs`.
@@ -31,9 +32,6 @@ pub struct Args {
     /// (`sha256-HEX.erofs`), whiteouts in the overlayfs form; print the stack bottom first.
     #[arg(long, value_name = "DIR")]
     pub layers: Option<PathBuf>,
-    /// With `--layers`: print the stack as JSON on stdout.
-    #[arg(long, requires = "layers")]
-    pub json: bool,
     /// Block size in bytes (512 to 65536, a power of two).
     #[arg(long, default_value_t = 4096)]
     pub block_size: u32,
@@ -88,6 +86,10 @@ pub struct Args {
     /// No progress bar and no summary line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Print what was built as JSON on stdout: sizes, counts, features (with `--layers`:
+    /// the stack).
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_uuid(s: &str) -> anyhow::Result<[u8; 16]> {
@@ -117,23 +119,6 @@ fn version4(mut u: [u8; 16]) -> [u8; 16] {
     u[6] = (u[6] & 0x0f) | 0x40;
     u[8] = (u[8] & 0x3f) | 0x80;
     u
-}
-
-struct Bar(indicatif::ProgressBar);
-
-impl Progress for Bar {
-    fn set_total(&self, bytes: u64) {
-        self.0.set_length(bytes);
-        self.0.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template"),
-        );
-    }
-    fn advance(&self, bytes: u64) {
-        self.0.inc(bytes);
-    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -273,23 +258,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let image = image.expect("set without --layers");
-    let show = !args.quiet && std::io::stderr().is_terminal();
-    let bar = Bar(if show {
-        let b = indicatif::ProgressBar::new_spinner();
-        // Tar input: the total is unknown, show bytes and rate.
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec}")
-                .expect("valid template"),
-        );
-        b.enable_steady_tick(std::time::Duration::from_millis(200));
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    });
+    // Tar input: the total is unknown, a spinner shows bytes and rate.
+    let bar = Bar::new(Unit::Bytes, !args.quiet);
     let summary = build::build(&image, source, &opts, &bar)
-        .with_context(|| format!("building {}", image.display()))?;
-    bar.0.finish_and_clear();
-    if !args.quiet {
+        .with_context(|| format!("building {}", image.display()));
+    bar.finish();
+    let summary = summary?;
+    if args.json {
+        // The features as the image's superblock states them.
+        let img = erofs::Image::open(&image)?;
+        let sb = img.superblock();
+        let v = serde_json::json!({
+            "image": image,
+            "image_bytes": summary.image_bytes,
+            "block_size": args.block_size,
+            "blocks": summary.blocks,
+            "inodes": summary.inodes,
+            "content_bytes": summary.content_bytes,
+            "fingerprints": summary.fingerprints,
+            "shared_xattrs": summary.shared_xattrs,
+            "features": sb.feature_names(),
+            "fingerprint_xattr": opts.fingerprint.as_ref().map(|n| n.full.clone()),
+            "inline": opts.inline,
+            "compression": opts.compression.as_ref().map(|c| serde_json::json!({
+                "spec": c.spec,
+                "pcluster_size": c.pcluster_size,
+                "dedupe": c.dedupe,
+                "fragments": c.fragments,
+            })),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if !args.quiet {
         eprintln!(
             "{}: {} inodes, {} bytes of content, {} fingerprints, {} shared xattrs, {} blocks of {} bytes ({} bytes)",
             image.display(),

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_plot;
 pub mod bench_runtime;
 pub mod bench_speed;
+pub mod completions;
 pub mod daemon;
 pub mod demo;
 pub mod extract;
@@ -12,7 +13,9 @@ pub mod fsck;
 pub mod inspect;
 pub mod mkfs;
 pub mod mount;
+pub mod progress;
 pub mod status;
+pub mod stop;
 pub mod umount;
 
 /// True when this process runs as root (what mounting, cgroups and drop_caches need).

@@ -17,6 +17,11 @@ pub struct Args {
     /// Do not share files, even with a domain.
     #[arg(long)]
     pub no_share: bool,
+    /// How to mount: `overlay` (the kernel serves metadata and opens, the daemon only
+    /// page-cache misses), `fuse` (the daemon serves everything), or `auto`: overlay where
+    /// the kernel supports it.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "overlay", "fuse"])]
+    pub front: String,
     /// The daemon's state directory.
     #[arg(long, default_value = erofs_share_daemon::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
@@ -43,6 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             mountpoint,
             domain: args.domain,
             share: !args.no_share,
+            front: Some(args.front),
         },
     )
     .context("talk to the daemon")?;
@@ -50,28 +56,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("{}", resp.error.unwrap_or_default());
     }
     if let Some(m) = resp.mount {
-        match (&m.domain, m.unshared_reason) {
-            (Some(d), None) => println!(
-                "mounted {} at {} (sharing in domain {d:?})",
-                m.image.display(),
-                m.mountpoint.display()
-            ),
-            (_, Some(why)) => println!(
-                "mounted {} at {} (not shared: {why})",
-                m.image.display(),
-                m.mountpoint.display()
-            ),
-            (None, None) => println!(
-                "mounted {} at {}",
-                m.image.display(),
-                m.mountpoint.display()
-            ),
-        }
+        let sharing = match (&m.domain, m.unshared_reason) {
+            (Some(d), None) => format!("sharing in domain {d:?}"),
+            (_, Some(why)) => format!("not shared: {why}"),
+            (None, None) => "not shared".to_string(),
+        };
+        let front = match m.front_reason {
+            Some(why) => format!("{} front: {why}", m.front),
+            None => format!("{} front", m.front),
+        };
+        println!(
+            "mounted {} at {} ({sharing}; {front})",
+            m.image.display(),
+            m.mountpoint.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts `erofs-share daemon --state-dir DIR` in the background unless one answers.
+/// Starts `erofs-share daemon --state-dir DIR` in the background unless one answers, and says
+/// so on stderr with where its log is.
 pub fn ensure_daemon(state_dir: &Path) -> anyhow::Result<()> {
     if control::request(state_dir, &Request::Status).is_ok() {
         return Ok(());
@@ -103,5 +107,11 @@ pub fn ensure_daemon(state_dir: &Path) -> anyhow::Result<()> {
     }
     let mut child = cmd.spawn().context("start the daemon")?;
     control::wait_ready(state_dir, &mut child, Duration::from_secs(10))
-        .map_err(|e| anyhow::anyhow!("{e}; see {}", log_path.display()))
+        .map_err(|e| anyhow::anyhow!("{e}; see {}", log_path.display()))?;
+    eprintln!(
+        "started the erofs-share daemon (pid {}); its log is {}",
+        child.id(),
+        log_path.display()
+    );
+    Ok(())
 }

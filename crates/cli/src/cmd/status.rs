@@ -9,7 +9,7 @@ use erofs_share_daemon::control::{self, Request};
 /// Arguments of `erofs-share status`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print the daemon's answer as JSON.
+    /// Print the daemon's answer as JSON (`{"running": false}` when no daemon runs).
     #[arg(long)]
     pub json: bool,
     /// The daemon's state directory.
@@ -21,15 +21,36 @@ fn mib(b: u64) -> String {
     format!("{} MiB", erofs_share_measure::report::mb(b))
 }
 
+/// True when `e`, from connecting to the control socket, means no daemon runs there (no
+/// socket, or nobody listening on it).
+pub fn no_daemon(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let resp = control::request(&args.state_dir, &Request::Status)
-        .with_context(|| format!("no daemon answers at {}", args.state_dir.display()))?;
+    let resp = match control::request(&args.state_dir, &Request::Status) {
+        Ok(r) => r,
+        Err(e) if no_daemon(&e) => {
+            if args.json {
+                // A monitor gets an answer it can parse either way.
+                println!("{}", serde_json::json!({ "running": false }));
+                return Ok(ExitCode::SUCCESS);
+            }
+            bail!("no daemon runs at {}", args.state_dir.display());
+        }
+        Err(e) => bail!("{}: {e}", control::socket_path(&args.state_dir).display()),
+    };
     if !resp.ok {
         bail!("{}", resp.error.unwrap_or_default());
     }
     let st = resp.status.context("the daemon's answer has no status")?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        v["running"] = true.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("daemon pid {} (state {})", st.pid, st.state_dir.display());
@@ -40,8 +61,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (_, Some(r)) => format!("unshared: {r}"),
             (None, None) => "unshared".into(),
         };
+        let front = match (&m.meta_image, &m.front_reason) {
+            (Some(meta), _) => format!("{} front, metadata image {}", m.front, meta.display()),
+            (None, Some(why)) => format!("{} front: {why}", m.front),
+            (None, None) => format!("{} front", m.front),
+        };
         println!(
-            "  {} <- {} [{}]{} opens shared/unshared {}/{}, image read {}{}{}",
+            "  {} <- {} [{}] ({front}){} opens shared/unshared {}/{}, image read {}{}{}",
             m.mountpoint.display(),
             m.image.display(),
             sharing,
@@ -63,10 +89,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     println!("domains: {}", st.domains.len());
     for d in &st.domains {
+        // The overlay front's internal domain for mounts that share nothing.
+        let id = if d.id.is_empty() {
+            "(unshared files)"
+        } else {
+            d.id.as_str()
+        };
         println!(
             "  {}: {} mounts, {} dedup objects, {} files shared, shared page cache {}, \
              misses served {} ({}), saved vs one copy per mount {}",
-            d.id,
+            id,
             d.mounts,
             d.objects,
             d.files_shared,

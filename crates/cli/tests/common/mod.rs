@@ -25,6 +25,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub dir: tempfile::TempDir,
     pub state: PathBuf,
+    /// The front mounts ask for (None: the daemon's default, the overlay front here).
+    pub front: Option<String>,
 }
 
 impl Daemon {
@@ -38,6 +40,7 @@ impl Daemon {
             child: None,
             dir,
             state,
+            front: None,
         };
         d.spawn();
         d
@@ -99,6 +102,7 @@ impl Daemon {
             mountpoint: mp,
             domain: domain.map(String::from),
             share,
+            front: self.front.clone(),
         });
         if r.ok {
             Ok(r.mount.unwrap())

@@ -382,6 +382,7 @@ pub fn commit(
             map,
             tail_inline: tail == Tail::Inline,
         }),
+        hole: false,
     })
 }
 
@@ -693,7 +694,7 @@ fn store_new(img: &ImageFile, p: Prepared, c: &Compression) -> Result<Stored, Bu
                     };
                     let err = |e: std::io::Error| BuildError::Io {
                         path: path.clone(),
-                        source: e,
+                        cause: e,
                     };
                     // Hashed again: the content read the first time must be what is stored.
                     let s = super::file_data::store(
@@ -713,7 +714,7 @@ fn store_new(img: &ImageFile, p: Prepared, c: &Compression) -> Result<Stored, Bu
             {
                 return Err(BuildError::Io {
                     path,
-                    source: std::io::Error::other("file changed while it was read"),
+                    cause: std::io::Error::other("file changed while it was read"),
                 });
             }
             s.fingerprint = p.fingerprint;

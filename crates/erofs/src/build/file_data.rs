@@ -106,6 +106,7 @@ pub fn store(
         inline_tail,
         fingerprint,
         compressed: None,
+        hole: false,
     })
 }
 

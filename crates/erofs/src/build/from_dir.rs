@@ -176,7 +176,7 @@ fn prepare_big(
 ) -> Result<Prepared, BuildError> {
     let err = |e: std::io::Error| BuildError::Io {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     };
     let mut f = std::fs::File::open(path).map_err(err)?;
     let origin = compress::Origin::Path(path.to_path_buf());
@@ -189,7 +189,7 @@ fn prepare_big(
 fn read_whole(path: &Path, size: u64) -> Result<Vec<u8>, BuildError> {
     let err = |e: std::io::Error| BuildError::Io {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     };
     let mut f = std::fs::File::open(path).map_err(err)?;
     // Only files of at most one compression segment come here.
@@ -241,7 +241,7 @@ fn store_one(
 ) -> Result<Stored, BuildError> {
     let err = |e: std::io::Error| BuildError::Io {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     };
     let mut f = std::fs::File::open(path).map_err(err)?;
     let s = file_data::store(img, &job.at, size, &mut f, job.hash, progress, &err)?;

@@ -19,6 +19,7 @@ pub(crate) mod file_data;
 pub(crate) mod from_dir;
 pub(crate) mod from_tar;
 pub(crate) mod layout;
+pub mod meta;
 pub mod oci;
 pub(crate) mod tar;
 pub(crate) mod tree;
@@ -37,14 +38,13 @@ pub use exclude::Pattern;
 /// What a build failed on.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("writing the image: {0}")]
-    Write(#[source] std::io::Error),
+    Write(std::io::Error),
     #[error("tar input at byte {offset}: {msg}")]
     Tar { offset: u64, msg: String },
     #[error("source: {0}")]
@@ -60,7 +60,7 @@ pub enum BuildError {
 impl BuildError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BuildError {
         let path = path.into();
-        move |source| BuildError::Io { path, source }
+        move |cause| BuildError::Io { path, cause }
     }
 }
 
@@ -153,12 +153,13 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// Progress of a build, in bytes of file content (a no-op by default).
+/// How a long job reports how far it got: a build counts content bytes, a check, an
+/// extraction or a scan counts inodes (out of the superblock's count). No-ops by default.
 pub trait Progress: Sync {
-    /// Total content bytes, when known in advance (directory input).
-    fn set_total(&self, _bytes: u64) {}
-    /// Content bytes stored since the last call.
-    fn advance(&self, _bytes: u64) {}
+    /// Total units, when known in advance (directory input, an image's inode count).
+    fn set_total(&self, _units: u64) {}
+    /// Units done since the last call.
+    fn advance(&self, _units: u64) {}
 }
 
 /// Progress that reports nothing.
@@ -223,36 +224,9 @@ pub fn build(
     opts: &Options,
     progress: &dyn Progress,
 ) -> Result<Summary, BuildError> {
-    let blkszbits = opts.validate()?;
-    let parent = match dst.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".erofs-share-mkfs-")
-        .tempfile_in(&parent)
-        .map_err(BuildError::io(&parent))?;
-    let file = tmp.as_file().try_clone().map_err(BuildError::Write)?;
-    let first_data_block = layout::first_data_block(blkszbits, opts);
-    let mut img = ImageFile {
-        file,
-        blkszbits,
-        dedupe: opts
-            .compression
-            .as_ref()
-            .filter(|c| c.dedupe)
-            .map(|_| Default::default()),
-        packed: opts
-            .compression
-            .as_ref()
-            .filter(|c| c.fragments)
-            .map(|_| Default::default()),
-        spool: compress::Spool::new(parent.clone()),
-        next_block: AtomicU64::new(first_data_block),
-    };
-    let mut tree = match source {
-        Source::Dir(path) => from_dir::read(&path, opts, &img, progress)?,
-        Source::Tar(reader) => from_tar::read(reader, opts, &img, progress)?,
+    build_with(dst, opts, |img| match source {
+        Source::Dir(path) => from_dir::read(&path, opts, img, progress),
+        Source::Tar(reader) => from_tar::read(reader, opts, img, progress),
         Source::Oci { image, layer } => {
             let (range, mode) = match layer {
                 Some(i) if i < image.layers.len() => (i..i + 1, from_tar::Whiteouts::Overlay),
@@ -272,18 +246,55 @@ pub fn build(
                 })
             };
             let mut tree = if mode == from_tar::Whiteouts::Apply {
-                from_tar::flatten(image.layers.len(), &open, opts, &img, progress)?
+                from_tar::flatten(image.layers.len(), &open, opts, img, progress)?
             } else {
                 let pass = from_tar::Pass::Store;
-                from_tar::read_layers(range.map(open), mode, pass, opts, &img, progress)?.0
+                from_tar::read_layers(range.map(open), mode, pass, opts, img, progress)?.0
             };
             tree.nodes[0].xattrs.insert(
                 oci::PROVENANCE_XATTR.as_bytes().to_vec(),
                 image.provenance(layer),
             );
-            tree
+            Ok(tree)
         }
+    })
+}
+
+/// Build `dst` from the tree `make_tree` reads (storing file content into the image it is
+/// given as it goes). The image appears at `dst` only when complete.
+pub(crate) fn build_with(
+    dst: &Path,
+    opts: &Options,
+    make_tree: impl FnOnce(&ImageFile) -> Result<tree::Tree, BuildError>,
+) -> Result<Summary, BuildError> {
+    let blkszbits = opts.validate()?;
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     };
+    let tmp = tempfile::Builder::new()
+        .prefix(".erofs-share-mkfs-")
+        .tempfile_in(&parent)
+        .map_err(|e| BuildError::io(&parent)(without_temp_path(e, &parent)))?;
+    let file = tmp.as_file().try_clone().map_err(BuildError::Write)?;
+    let first_data_block = layout::first_data_block(blkszbits, opts);
+    let mut img = ImageFile {
+        file,
+        blkszbits,
+        dedupe: opts
+            .compression
+            .as_ref()
+            .filter(|c| c.dedupe)
+            .map(|_| Default::default()),
+        packed: opts
+            .compression
+            .as_ref()
+            .filter(|c| c.fragments)
+            .map(|_| Default::default()),
+        spool: compress::Spool::new(parent.clone()),
+        next_block: AtomicU64::new(first_data_block),
+    };
+    let mut tree = make_tree(&img)?;
     if opts.uid.is_some() || opts.gid.is_some() {
         for n in &mut tree.nodes {
             n.uid = opts.uid.unwrap_or(n.uid);
@@ -312,6 +323,16 @@ pub fn build(
     img.file.set_permissions(perms).map_err(BuildError::Write)?;
     // No fsync, like mkfs.erofs: the rename protects the destination from failed builds;
     // callers that need durability sync the image themselves.
-    tmp.persist(dst).map_err(|e| BuildError::io(dst)(e.error))?;
+    // The caller names `dst` (its context says what is built): not named again here.
+    tmp.persist(dst).map_err(|e| BuildError::Write(e.error))?;
     Ok(summary)
+}
+
+/// tempfile's errors end in "at path <the temporary file>" and hide the OS error inside: the
+/// build names the directory, so the error is the directory's own (or, failing that, its kind).
+fn without_temp_path(e: std::io::Error, dir: &Path) -> std::io::Error {
+    match std::fs::metadata(dir) {
+        Err(direct) => direct,
+        Ok(_) => std::io::Error::from(e.kind()),
+    }
 }

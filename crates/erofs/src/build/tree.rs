@@ -29,6 +29,9 @@ pub struct Stored {
     pub fingerprint: Option<crate::fingerprint::Value>,
     /// Compressed content: its blocks are in the data area, its map goes after the inode.
     pub compressed: Option<CompressedMap>,
+    /// The whole file is one hole (metadata-only images): a chunk-based inode whose one
+    /// chunk is null, so the size costs no block.
+    pub hole: bool,
 }
 
 /// The extent map of a compressed file (COMPRESSED_FULL), written after its inode and xattrs

@@ -84,6 +84,7 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     // Sizes, inode versions and data blocks of directories and symlinks.
     let mut plans = Vec::with_capacity(order.len());
     let mut ztailpacking = false;
+    let mut chunked = false;
     for &(id, parent) in &order {
         let n = &tree.nodes[id];
         let fingerprint = match &n.kind {
@@ -138,6 +139,11 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
                 } else if let Some(t) = &s.inline_tail {
                     p.datalayout = format::layout::FLAT_INLINE;
                     p.inline_len = t.len();
+                } else if s.hole {
+                    p.datalayout = format::layout::CHUNK_BASED;
+                    p.i_u = hole_chunk_format(size, img.blkszbits) as u32;
+                    p.inline_len = hole_block_map(size, img.blkszbits).len();
+                    chunked = true;
                 }
             }
             Kind::Dir(_) | Kind::Symlink(_) => {
@@ -238,6 +244,7 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
                     v.extend_from_slice(&z.map);
                     Some(v.into())
                 }
+                None if s.hole => Some(hole_block_map(p.size, img.blkszbits).into()),
                 None => s.inline_tail.as_deref().map(Into::into),
             },
             Kind::Dir(entries) => {
@@ -282,6 +289,9 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
         sb.available_compr_algs = c.algs_field(bs).into();
         img.write_at(&c.configs(bs), CONFIGS_OFFSET)?;
     }
+    if chunked {
+        incompat_bits |= incompat::CHUNKED_FILE;
+    }
     if let Some(fp) = &fp_prefix {
         let table = layout::prefix_table_offset(img.blkszbits, opts);
         compat_bits |= compat::PLAIN_XATTR_PFX | compat::ISHARE_XATTRS;
@@ -314,6 +324,21 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     summary.blocks = blocks;
     summary.image_bytes = blocks * bs;
     Ok(summary)
+}
+
+/// Chunk format of a file that is one hole: chunks as large as the format allows up to the
+/// file's size, so that one null chunk covers any file the format can hold.
+fn hole_chunk_format(size: u64, blkszbits: u8) -> u16 {
+    let want = size.max(1).next_power_of_two().trailing_zeros() as u8;
+    (want.saturating_sub(blkszbits) as u16).min(format::chunk::BLKBITS_MASK)
+}
+
+/// The block map of a file that is one hole: one 4-byte null entry per chunk (always 4-byte
+/// aligned after the inode and its xattrs, which are multiples of 4).
+fn hole_block_map(size: u64, blkszbits: u8) -> Vec<u8> {
+    let chunkbits = blkszbits as u32 + hole_chunk_format(size, blkszbits) as u32;
+    let chunks = size.div_ceil(1 << chunkbits).max(1);
+    NULL_ADDR.to_le_bytes().repeat(chunks as usize)
 }
 
 /// Zeros between an inode's xattrs and its compressed map: the map starts 8-byte aligned

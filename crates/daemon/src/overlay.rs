@@ -1,0 +1,159 @@
+//! The overlay front's kernel side (DESIGN.md, "the overlay front"): a read-only overlayfs
+//! whose only lower layer is a kernel erofs mount of the image's metadata-only image and whose
+//! data-only layer is the domain's dedup mount. Lookups, readdir, getattr and opens stay in the
+//! kernel; only page-cache misses of the dedup files reach the daemon.
+//!
+//! The erofs mount is never attached anywhere: the overlay holds the only reference to it, so
+//! when the overlay's last user goes (after a lazy unmount, its last open file) the erofs
+//! superblock goes too and closes the metadata image file. [`Ends`] turns that close into
+//! "this mount has ended" with inotify, which is when its files stop being sources.
+
+use std::collections::HashMap;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use rustix::fs::{CWD, inotify};
+use rustix::mount::{
+    FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create, fsconfig_set_fd,
+    fsconfig_set_string, fsmount, fsopen, move_mount,
+};
+
+/// Whether this kernel can serve the overlay front, probed once: the reason when not.
+pub fn unsupported() -> Option<&'static str> {
+    static PROBE: OnceLock<Option<&'static str>> = OnceLock::new();
+    *PROBE.get_or_init(|| {
+        if !crate::image_fs::has_cap_sys_admin() {
+            return Some("the daemon lacks CAP_SYS_ADMIN (overlay xattrs need it)");
+        }
+        if fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).is_err() {
+            return Some("the kernel has no erofs");
+        }
+        let Ok(fs) = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC) else {
+            return Some("the kernel has no overlayfs");
+        };
+        // `datadir+` (data-only layers through the new mount API) came with Linux 6.8; an
+        // empty value is refused by a kernel that knows the key, and EINVAL'd by name by one
+        // that does not, so probe with a real directory.
+        if fsconfig_set_string(&fs, "datadir+", "/").is_err() {
+            return Some("overlayfs has no data-only layers (Linux 6.8 or later is needed)");
+        }
+        None
+    })
+}
+
+/// What a kernel mount step failed on.
+fn step(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> io::Error {
+    move |e| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
+}
+
+/// A detached read-only erofs mount of `meta_image` (file-backed, Linux 6.12+).
+fn erofs_mount(meta_image: &Path) -> io::Result<OwnedFd> {
+    let fs = fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(step("fsopen erofs"))?;
+    fsconfig_set_string(&fs, "source", meta_image).map_err(step("erofs source"))?;
+    fsconfig_create(&fs).map_err(step(
+        "erofs mount of the metadata image (file-backed mounts need Linux 6.12)",
+    ))?;
+    fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY,
+    )
+    .map_err(step("fsmount erofs"))
+}
+
+/// Mounts the overlay front of one image at `mountpoint`: `meta_image` as its only lower
+/// layer, `data_dir` (a dedup mount) as its data-only layer. `source` names it in mountinfo.
+pub fn mount(
+    meta_image: &Path,
+    data_dir: &Path,
+    mountpoint: &Path,
+    source: &str,
+) -> io::Result<()> {
+    let meta = erofs_mount(meta_image)?;
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(step("fsopen overlay"))?;
+    fsconfig_set_string(&fs, "source", source).map_err(step("overlay source"))?;
+    // Layers by descriptor (Linux 6.15+); before that by a path to the descriptor.
+    if fsconfig_set_fd(&fs, "lowerdir+", &meta).is_err() {
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&meta));
+        fsconfig_set_string(&fs, "lowerdir+", path).map_err(step("overlay lowerdir+"))?;
+    }
+    fsconfig_set_string(&fs, "datadir+", data_dir).map_err(step("overlay datadir+"))?;
+    // Data-only layers need metacopy before Linux 6.16; redirects are only followed.
+    fsconfig_set_string(&fs, "metacopy", "on").map_err(step("overlay metacopy=on"))?;
+    fsconfig_set_string(&fs, "redirect_dir", "follow").map_err(step("overlay redirect_dir"))?;
+    fsconfig_create(&fs).map_err(step("overlay mount"))?;
+    let mnt = fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY,
+    )
+    .map_err(step("fsmount overlay"))?;
+    move_mount(
+        mnt.as_fd(),
+        "",
+        CWD,
+        mountpoint,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(step("move_mount"))?;
+    Ok(())
+}
+
+/// Tells when overlay mounts have ended: the kernel closes a mount's own copy of its metadata
+/// image when the erofs superblock under the overlay goes away.
+#[derive(Debug)]
+pub struct Ends {
+    fd: OwnedFd,
+    by_wd: Mutex<HashMap<i32, (u64, PathBuf)>>,
+}
+
+impl Ends {
+    /// An inotify instance with no watches.
+    pub fn new() -> io::Result<Self> {
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC).map_err(io::Error::from)?;
+        Ok(Self {
+            fd,
+            by_wd: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Reports mount `id` as ended once the last reference to `meta_image` is closed. Call
+    /// after the mount is made and after the daemon closed its own descriptors of the file.
+    pub fn watch(&self, id: u64, meta_image: &Path) -> io::Result<()> {
+        let wd = inotify::add_watch(&self.fd, meta_image, inotify::WatchFlags::CLOSE_NOWRITE)
+            .map_err(io::Error::from)?;
+        self.by_wd
+            .lock()
+            .unwrap()
+            .insert(wd, (id, meta_image.to_path_buf()));
+        Ok(())
+    }
+
+    /// Blocks, calling `ended(id)` for each mount whose metadata image was closed (its file is
+    /// removed first). Returns only on a read error.
+    pub fn run(&self, ended: impl Fn(u64)) -> io::Error {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+        let mut reader = inotify::Reader::new(&self.fd, &mut buf);
+        loop {
+            let ev = match reader.next() {
+                Ok(ev) => ev,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return e.into(),
+            };
+            let closed = ev.events().contains(inotify::ReadFlags::CLOSE_NOWRITE);
+            let wd = ev.wd();
+            if !closed {
+                continue;
+            }
+            let Some((id, path)) = self.by_wd.lock().unwrap().remove(&wd) else {
+                continue;
+            };
+            let _ = inotify::remove_watch(&self.fd, wd);
+            let _ = std::fs::remove_file(&path);
+            ended(id);
+        }
+    }
+}
