@@ -466,6 +466,14 @@ fn docker_save_and_oci_archive_give_the_same_image() {
     };
     let a = build(&oci_tar, "a.erofs", "oci-archive");
     let b = build(&docker_tar, "b.erofs", "docker save tar");
+    // --json names the kind too.
+    let out = mkfs(&[
+        "--json".as_ref(),
+        tmp.path().join("j.erofs").as_os_str(),
+        oci_tar.as_ref(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&out, "mkfs --json")).unwrap();
+    assert_eq!(v["source_kind"], "OCI image layout tar (oci-archive)");
     let c = build(&oci_dir, "c.erofs", "OCI image layout directory");
     assert!(a == b, "oci-archive and docker save images differ");
     // The whiteout rules, without a mount: what the layers leave.
