@@ -195,7 +195,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     // What the source was taken for: said on stderr for OCI input (a choice made by
     // content), and in --json for every source.
-    let mut source_kind = String::new();
+    let source_kind: String;
     let oci_only = args.reference.is_some() || args.platform.is_some() || args.layers.is_some();
     let source = match kind {
         Some(kind) => {
