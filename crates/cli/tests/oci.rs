@@ -283,12 +283,9 @@ fn tar_dir(dir: &Path, out: &Path) {
     assert!(st.success());
 }
 
-fn write_docker_save(dir: &Path, img: &Oci, with_index: bool) {
+/// A `docker save` tar of the Docker 25+ form: an OCI layout plus `manifest.json`.
+fn write_docker_save(dir: &Path, img: &Oci) {
     write_layout(dir, img, index_of(img, REF));
-    if !with_index {
-        std::fs::remove_file(dir.join("index.json")).unwrap();
-        std::fs::remove_file(dir.join("oci-layout")).unwrap();
-    }
     let m = json!([{
         "Config": format!("blobs/sha256/{}", img.config),
         "RepoTags": [REF],
@@ -452,7 +449,7 @@ fn docker_save_and_oci_archive_give_the_same_image() {
     let img = oci_image(layers(true));
     let (oci_dir, docker_dir) = (tmp.path().join("oci"), tmp.path().join("docker"));
     write_layout(&oci_dir, &img, index_of(&img, REF));
-    write_docker_save(&docker_dir, &img, true);
+    write_docker_save(&docker_dir, &img);
     let (oci_tar, docker_tar) = (tmp.path().join("oci.tar"), tmp.path().join("docker.tar"));
     tar_dir(&oci_dir, &oci_tar);
     tar_dir(&docker_dir, &docker_tar);
@@ -514,12 +511,45 @@ fn docker_save_and_oci_archive_give_the_same_image() {
     );
     assert!(a == c, "oci-archive and layout images differ");
 
-    // A docker save tar of the old form (no OCI index) has no manifest digest to record.
+    // A docker save tar of the old form: `ID/layer.tar` (uncompressed, checked against the
+    // diff_ids only), `HEX.json` config, no OCI index, so no manifest digest to record.
     let old = tmp.path().join("docker-old");
-    write_docker_save(&old, &img, false);
+    std::fs::create_dir_all(&old).unwrap();
+    let cfg = &img.blobs.iter().find(|(d, _)| *d == img.config).unwrap().1;
+    std::fs::write(old.join(format!("{}.json", img.config)), cfg).unwrap();
+    let mut paths = Vec::new();
+    for (i, (tar, _)) in layers(true).into_iter().enumerate() {
+        let id = format!("{:064x}", i + 1);
+        std::fs::create_dir_all(old.join(&id)).unwrap();
+        std::fs::write(old.join(&id).join("layer.tar"), tar).unwrap();
+        paths.push(format!("{id}/layer.tar"));
+    }
+    let m = json!([{"Config": format!("{}.json", img.config), "RepoTags": [REF], "Layers": paths}]);
+    std::fs::write(old.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     let old_tar = tmp.path().join("docker-old.tar");
     tar_dir(&old, &old_tar);
     build(&old_tar, "d.erofs", "docker save tar");
+    let out = Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+        .args(["inspect", "--json"])
+        .arg(tmp.path().join("d.erofs"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&out, "inspect")).unwrap();
+    assert_eq!(
+        v["oci_source"],
+        json!({"ref": REF, "config": format!("sha256:{}", img.config)})
+    );
+    let xd = tmp.path().join("xd");
+    let out = Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+        .arg("extract")
+        .arg(tmp.path().join("d.erofs"))
+        .arg(&xd)
+        .output()
+        .unwrap();
+    ok(&out, "extract d");
+    let mut names_d = walk(&xd);
+    names_d.sort();
+    assert_eq!(names, names_d);
 }
 
 /// Run mkfs on a hostile source; it must fail with `expect` in its message and leave
