@@ -309,19 +309,14 @@ fn mkfs(args: &[&std::ffi::OsStr]) -> Output {
 
 #[test]
 fn flatten_matches_umoci_and_layers_stack_to_the_same_tree() {
+    const UMOCI: Need = Need::Program {
+        name: "umoci",
+        package: "umoci",
+    };
     if !require(
         "flatten_matches_umoci_and_layers_stack_to_the_same_tree",
-        &[Need::KernelErofs],
+        &[Need::KernelErofs, UMOCI],
     ) {
-        return;
-    }
-    let umoci = Command::new("umoci").arg("--version").output();
-    if umoci.is_err() {
-        assert!(
-            !testkit::gate::required(),
-            "umoci is missing but EROFS_SHARE_REQUIRE_PRIVILEGED=1 (apt-get install umoci)"
-        );
-        eprintln!("SKIP: umoci is missing");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
