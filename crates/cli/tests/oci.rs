@@ -283,12 +283,9 @@ fn tar_dir(dir: &Path, out: &Path) {
     assert!(st.success());
 }
 
-fn write_docker_save(dir: &Path, img: &Oci, with_index: bool) {
+/// A `docker save` tar of the Docker 25+ form: an OCI layout plus `manifest.json`.
+fn write_docker_save(dir: &Path, img: &Oci) {
     write_layout(dir, img, index_of(img, REF));
-    if !with_index {
-        std::fs::remove_file(dir.join("index.json")).unwrap();
-        std::fs::remove_file(dir.join("oci-layout")).unwrap();
-    }
     let m = json!([{
         "Config": format!("blobs/sha256/{}", img.config),
         "RepoTags": [REF],
@@ -312,19 +309,14 @@ fn mkfs(args: &[&std::ffi::OsStr]) -> Output {
 
 #[test]
 fn flatten_matches_umoci_and_layers_stack_to_the_same_tree() {
+    const UMOCI: Need = Need::Program {
+        name: "umoci",
+        package: "umoci",
+    };
     if !require(
         "flatten_matches_umoci_and_layers_stack_to_the_same_tree",
-        &[Need::KernelErofs],
+        &[Need::KernelErofs, UMOCI],
     ) {
-        return;
-    }
-    let umoci = Command::new("umoci").arg("--version").output();
-    if umoci.is_err() {
-        assert!(
-            !testkit::gate::required(),
-            "umoci is missing but EROFS_SHARE_REQUIRE_PRIVILEGED=1 (apt-get install umoci)"
-        );
-        eprintln!("SKIP: umoci is missing");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -452,7 +444,7 @@ fn docker_save_and_oci_archive_give_the_same_image() {
     let img = oci_image(layers(true));
     let (oci_dir, docker_dir) = (tmp.path().join("oci"), tmp.path().join("docker"));
     write_layout(&oci_dir, &img, index_of(&img, REF));
-    write_docker_save(&docker_dir, &img, true);
+    write_docker_save(&docker_dir, &img);
     let (oci_tar, docker_tar) = (tmp.path().join("oci.tar"), tmp.path().join("docker.tar"));
     tar_dir(&oci_dir, &oci_tar);
     tar_dir(&docker_dir, &docker_tar);
@@ -466,16 +458,93 @@ fn docker_save_and_oci_archive_give_the_same_image() {
     };
     let a = build(&oci_tar, "a.erofs", "oci-archive");
     let b = build(&docker_tar, "b.erofs", "docker save tar");
+    // --json names the kind too.
+    let out = mkfs(&[
+        "--json".as_ref(),
+        tmp.path().join("j.erofs").as_os_str(),
+        oci_tar.as_ref(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&out, "mkfs --json")).unwrap();
+    assert_eq!(v["source_kind"], "OCI image layout tar (oci-archive)");
     let c = build(&oci_dir, "c.erofs", "OCI image layout directory");
     assert!(a == b, "oci-archive and docker save images differ");
+    // The whiteout rules, without a mount: what the layers leave.
+    let x = tmp.path().join("x");
+    let out = Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+        .arg("extract")
+        .arg(tmp.path().join("a.erofs"))
+        .arg(&x)
+        .output()
+        .unwrap();
+    ok(&out, "extract");
+    let mut names: Vec<String> = walk(&x);
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bin",
+            "bin/tool",
+            "bin/tool-link",
+            "bin/tool-link2",
+            "data",
+            "data/new",
+            "data/sub",
+            "data/sub/again",
+            "etc",
+            "etc/hosts",
+            "etc/passwd",
+            "fifo",
+            "keep.txt",
+            "lnk",
+            "newdir",
+            "newdir/f"
+        ]
+    );
+    assert_eq!(
+        std::fs::read(x.join("etc/hosts")).unwrap(),
+        b"10.0.0.1 back\n"
+    );
     assert!(a == c, "oci-archive and layout images differ");
 
-    // A docker save tar of the old form (no OCI index) has no manifest digest to record.
+    // A docker save tar of the old form: `ID/layer.tar` (uncompressed, checked against the
+    // diff_ids only), `HEX.json` config, no OCI index, so no manifest digest to record.
     let old = tmp.path().join("docker-old");
-    write_docker_save(&old, &img, false);
+    std::fs::create_dir_all(&old).unwrap();
+    let cfg = &img.blobs.iter().find(|(d, _)| *d == img.config).unwrap().1;
+    std::fs::write(old.join(format!("{}.json", img.config)), cfg).unwrap();
+    let mut paths = Vec::new();
+    for (i, (tar, _)) in layers(true).into_iter().enumerate() {
+        let id = format!("{:064x}", i + 1);
+        std::fs::create_dir_all(old.join(&id)).unwrap();
+        std::fs::write(old.join(&id).join("layer.tar"), tar).unwrap();
+        paths.push(format!("{id}/layer.tar"));
+    }
+    let m = json!([{"Config": format!("{}.json", img.config), "RepoTags": [REF], "Layers": paths}]);
+    std::fs::write(old.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
     let old_tar = tmp.path().join("docker-old.tar");
     tar_dir(&old, &old_tar);
     build(&old_tar, "d.erofs", "docker save tar");
+    let out = Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+        .args(["inspect", "--json"])
+        .arg(tmp.path().join("d.erofs"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&out, "inspect")).unwrap();
+    assert_eq!(
+        v["oci_source"],
+        json!({"ref": REF, "config": format!("sha256:{}", img.config)})
+    );
+    let xd = tmp.path().join("xd");
+    let out = Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+        .arg("extract")
+        .arg(tmp.path().join("d.erofs"))
+        .arg(&xd)
+        .output()
+        .unwrap();
+    ok(&out, "extract d");
+    let mut names_d = walk(&xd);
+    names_d.sort();
+    assert_eq!(names, names_d);
 }
 
 /// Run mkfs on a hostile source; it must fail with `expect` in its message and leave
@@ -534,6 +603,37 @@ fn hostile_inputs_fail_cleanly() {
     std::fs::write(&p, b).unwrap();
     fails_cleanly(&d, &[], "does not match its digest");
 
+    // Each layer (gzip, zstd, plain) in turn stored under a digest that is not its own,
+    // content intact: only the blob digest check can catch it.
+    for i in 0..3 {
+        let mut bad = oci_image(layers(true));
+        let mfile = bad
+            .blobs
+            .iter()
+            .find(|(d, _)| *d == bad.manifest.0)
+            .unwrap();
+        let mut m: serde_json::Value = serde_json::from_slice(&mfile.1).unwrap();
+        let wrong = format!("{:02x}", i + 1).repeat(32);
+        let content = bad
+            .blobs
+            .iter()
+            .find(|(d, _)| *d == bad.layer_digests[i])
+            .unwrap()
+            .1
+            .clone();
+        m["layers"][i]["digest"] = json!(format!("sha256:{wrong}"));
+        let mb = serde_json::to_vec(&m).unwrap();
+        bad.manifest = (sha(&mb), mb.len());
+        bad.blobs.push((wrong.clone(), content));
+        bad.blobs.push((bad.manifest.0.clone(), mb));
+        let d = layout(&bad, index_of(&bad, REF));
+        fails_cleanly(
+            &d,
+            &[],
+            &format!("layer blob sha256:{wrong} does not match its digest"),
+        );
+    }
+
     // A config whose diff_id does not match the uncompressed layer.
     let mut bad = oci_image(layers(true));
     let cfg = serde_json::to_vec(&json!({
@@ -586,6 +686,44 @@ fn hostile_inputs_fail_cleanly() {
     let evil_img = oci_image(vec![(evil, Comp::Gzip)]);
     let d = layout(&evil_img, index_of(&evil_img, REF));
     fails_cleanly(&d, &[], "leaves the archive root");
+
+    // --layers of an image with a hardlink across layers: refused, with the way out.
+    let d = layout(&img, index_of(&img, REF));
+    let dir = tmp.path().join("layers-out");
+    let out = bin()
+        .arg("mkfs")
+        .arg("--layers")
+        .arg(&dir)
+        .arg(&d)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("flatten the image instead"),
+        "{said}"
+    );
+    assert!(!dir.exists(), "--layers left {}", dir.display());
+
+    // A compressed oci-archive cannot be read in place: a clear error, not an image of blobs.
+    let d = layout(&img, index_of(&img, REF));
+    let tgz = tmp.path().join("oci.tar.gz");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&d)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = mkfs(&[out_dir.path().join("x.erofs").as_ref(), tgz.as_ref()]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("OCI image layout"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
 
     // Two refs and no --ref; a ref that is not there; a platform that is not there.
     let other = oci_image(layers(false));
@@ -649,4 +787,19 @@ fn deleted_and_replaced_files_leave_no_blocks_behind() {
         b"small now"
     );
     assert!(!tmp.path().join("x/big").exists());
+}
+
+fn walk(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(root).unwrap().display().to_string());
+            if p.symlink_metadata().unwrap().is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out
 }

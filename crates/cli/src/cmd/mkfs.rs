@@ -193,15 +193,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         build::oci::detect(Path::new(&source)).with_context(|| format!("source {source}"))?
     };
-    let say = |what: &str| {
-        if !args.quiet {
-            eprintln!("{source}: {what}");
-        }
-    };
+    // What the source was taken for: said on stderr for OCI input (a choice made by
+    // content), and in --json for every source.
+    let source_kind: String;
     let oci_only = args.reference.is_some() || args.platform.is_some() || args.layers.is_some();
     let source = match kind {
         Some(kind) => {
-            say(&kind.to_string());
+            source_kind = kind.to_string();
+            if !args.quiet {
+                eprintln!("{source}: {kind}");
+            }
             if args.oci_layer {
                 bail!("--oci-layer is for a single layer tar; {source} is a whole image ({kind})");
             }
@@ -238,19 +239,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None if oci_only => {
             bail!("--ref, --platform and --layers are for OCI images; {source} is not one")
         }
-        None if source == "-" => Source::Tar(Box::new(std::io::stdin())),
+        None if source == "-" => {
+            source_kind = "tar on stdin".into();
+            Source::Tar(Box::new(std::io::stdin()))
+        }
         None => {
             let p = PathBuf::from(&source);
             let md = std::fs::metadata(&p).with_context(|| format!("source {}", p.display()))?;
             if md.is_dir() {
-                say("directory");
+                source_kind = "directory".into();
                 Source::Dir(p)
             } else {
-                say(if args.oci_layer {
+                source_kind = if args.oci_layer {
                     "tar (an OCI layer)"
                 } else {
                     "tar"
-                });
+                }
+                .into();
                 let f =
                     std::fs::File::open(&p).with_context(|| format!("source {}", p.display()))?;
                 Source::Tar(Box::new(f))
@@ -270,6 +275,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let sb = img.superblock();
         let v = serde_json::json!({
             "image": image,
+            "source_kind": source_kind,
             "image_bytes": summary.image_bytes,
             "block_size": args.block_size,
             "blocks": summary.blocks,
@@ -311,7 +317,7 @@ struct StackLayer {
     image: PathBuf,
 }
 
-/// `--layers DIR`: one image per layer, then the stack bottom first. Images this run wrote
+/// `--layers DIR`: one image per layer, then the stack bottom first. Images this run added
 /// are removed again if a later layer fails (so is DIR, if this run made it).
 fn build_layers(
     img: build::oci::Image,
@@ -334,6 +340,7 @@ fn build_layers(
             ));
             // The same layer twice in one image (empty layers are common): built once.
             if !stack.iter().any(|s: &StackLayer| s.image == path) {
+                let existed = path.exists();
                 let summary = build::build(
                     &path,
                     Source::Oci {
@@ -344,7 +351,10 @@ fn build_layers(
                     &build::NoProgress,
                 )
                 .with_context(|| format!("building {} ({})", path.display(), img.layer_label(i)))?;
-                written.push(path.clone());
+                // An image of this layer from an earlier run is not removed on failure.
+                if !existed {
+                    written.push(path.clone());
+                }
                 if !quiet {
                     eprintln!(
                         "{}: {} inodes, {} bytes of content ({} bytes)",

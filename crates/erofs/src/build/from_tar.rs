@@ -44,7 +44,22 @@ pub fn read(
         Whiteouts::Keep
     };
     let once = std::iter::once(Ok(Layer { label: None, input }));
-    Ok(read_layers(once, mode, Pass::Store, opts, img, progress)?.0)
+    let tree = read_layers(once, mode, Pass::Store, opts, img, progress)?.0;
+    // A plain tar of an OCI image is read as one (see `oci::detect`); a compressed one
+    // cannot be, and an image of its blobs is of no use.
+    let root = tree.entries(0).expect("the root is a directory");
+    if mode == Whiteouts::Keep
+        && root.contains_key(&b"blobs"[..])
+        && (root.contains_key(&b"manifest.json"[..])
+            || (root.contains_key(&b"oci-layout"[..]) && root.contains_key(&b"index.json"[..])))
+    {
+        return Err(BuildError::Source(
+            "the tar holds an OCI image layout or a docker save archive, compressed or on \
+             stdin: give it as a plain tar file (or a directory) to build the image it holds"
+                .into(),
+        ));
+    }
+    Ok(tree)
 }
 
 /// Flatten `count` layers (`open(i)` gives layer `i`, bottom first), whiteouts applied. Two
@@ -535,8 +550,16 @@ impl Builder<'_> {
                     return Ok(());
                 }
                 let id = self.lookup(&target).ok_or_else(|| {
+                    // One layer of a stack: the target may well be in a lower layer, but an
+                    // image of this layer alone cannot link to it.
+                    let hint = if self.mode == Whiteouts::Overlay {
+                        " (a hardlink to a lower layer's file cannot be kept in an image of \
+                         one layer; flatten the image instead)"
+                    } else {
+                        ""
+                    };
                     src(format!(
-                        "hardlink {shown:?} to {:?}, which is not in the archive before it",
+                        "hardlink {shown:?} to {:?}, which is not in the archive before it{hint}",
                         String::from_utf8_lossy(&e.link)
                     ))
                 })?;

@@ -394,19 +394,24 @@ pub fn detect(source: &Path) -> Result<Option<InputKind>, BuildError> {
         let layout = source.join("oci-layout").is_file() && source.join("index.json").is_file();
         return Ok(layout.then_some(InputKind::Layout));
     }
-    Ok(index_tar(source)?.map(|(k, _)| k))
+    Ok(index_tar(source, false)?.map(|(k, _)| k))
 }
 
-/// A tar's regular members, if it is an OCI archive or a docker save tar. A compressed or
-/// non-tar file, or a tar without the marker files, is `None`.
+/// What kind of archive a tar is, if it is an OCI archive or a docker save tar, with its
+/// regular members when `want_members` (so that detecting an ordinary tar costs no memory).
+/// A compressed or non-tar file, or a tar without the marker files, is `None`.
 #[allow(clippy::type_complexity)]
-fn index_tar(path: &Path) -> Result<Option<(InputKind, HashMap<String, (u64, u64)>)>, BuildError> {
+fn index_tar(
+    path: &Path,
+    want_members: bool,
+) -> Result<Option<(InputKind, HashMap<String, (u64, u64)>)>, BuildError> {
     let f = std::fs::File::open(path).map_err(BuildError::io(path))?;
     let mut ar = tar::Archive::new(f);
     let Ok(entries) = ar.entries_with_seek() else {
         return Ok(None);
     };
     let mut members = HashMap::new();
+    let mut markers = HashSet::new();
     for e in entries {
         // Not a tar (or a corrupt one): the ordinary tar reader reports what is wrong.
         let Ok(e) = e else { return Ok(None) };
@@ -416,11 +421,16 @@ fn index_tar(path: &Path) -> Result<Option<(InputKind, HashMap<String, (u64, u64
         let Ok(p) = e.path() else { continue };
         let name = p.to_string_lossy();
         let name = name.trim_start_matches("./").to_string();
-        members.insert(name, (e.raw_file_position(), e.size()));
+        if ["manifest.json", "oci-layout", "index.json"].contains(&name.as_str()) {
+            markers.insert(name.clone());
+        }
+        if want_members {
+            members.insert(name, (e.raw_file_position(), e.size()));
+        }
     }
-    let kind = if members.contains_key("manifest.json") {
+    let kind = if markers.contains("manifest.json") {
         InputKind::DockerSave
-    } else if members.contains_key("oci-layout") && members.contains_key("index.json") {
+    } else if markers.contains("oci-layout") && markers.contains("index.json") {
         InputKind::OciArchive
     } else {
         return Ok(None);
@@ -461,7 +471,7 @@ pub fn open(source: &Path, kind: InputKind, select: &Select) -> Result<Image, Bu
     let store = match kind {
         InputKind::Layout => Store::Dir(source.to_path_buf()),
         _ => {
-            let (_, members) = index_tar(source)?.ok_or_else(|| {
+            let (_, members) = index_tar(source, true)?.ok_or_else(|| {
                 err(format!(
                     "{} is not an OCI or docker archive",
                     source.display()
