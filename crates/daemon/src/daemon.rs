@@ -402,10 +402,23 @@ impl Daemon {
             _ => {}
         }
         let t = Instant::now();
-        let meta = match self
-            .attach_all(&mounted, &data)
-            .and_then(|names| self.meta_image(&mounted, &names))
-        {
+        // The metadata pass (every inode, xattr and directory) reads through the page cache:
+        // one O_DIRECT read per inode made a 7,000-file image take over a second. Its pages
+        // are dropped again after, so image bytes still stay out of the page cache.
+        let scanned = fs::File::open(image)
+            .map(Arc::new)
+            .map_err(|e| format!("{}: {e}", image.display()))
+            .and_then(|f| {
+                let img = erofs::Image::from_source(f.clone(), image.display().to_string())
+                    .map_err(|e| e.to_string());
+                let out = img.and_then(|img| {
+                    self.attach_all(&mounted, &img, &data)
+                        .and_then(|names| self.meta_image(&mounted, &img, &names))
+                });
+                let _ = rustix::fs::fadvise(&*f, 0, None, rustix::fs::Advice::DontNeed);
+                out
+            });
+        let meta = match scanned {
             Ok(m) => m,
             Err(e) => {
                 undo(None);
@@ -456,9 +469,9 @@ impl Daemon {
     fn attach_all(
         &self,
         m: &Arc<MountedImage>,
+        image: &erofs::Image,
         data: &Arc<Domain>,
     ) -> Result<HashMap<u64, String>, String> {
-        let image = &m.image;
         let bs = image.superblock().block_size();
         let mut names = HashMap::new();
         let mut table = data.objects.lock().unwrap();
@@ -525,6 +538,7 @@ impl Daemon {
     fn meta_image(
         &self,
         m: &MountedImage,
+        image: &erofs::Image,
         names: &HashMap<u64, String>,
     ) -> Result<PathBuf, String> {
         use sha2::Digest;
@@ -565,7 +579,7 @@ impl Daemon {
             .collect();
         let cached = cache.join(format!("{key}.erofs"));
         if !cached.exists() {
-            erofs::build::meta::metadata_image(&m.image, &cached, &mut |inode| {
+            erofs::build::meta::metadata_image(image, &cached, &mut |inode| {
                 names.get(&inode.nid).cloned()
             })
             .map_err(|e| format!("metadata image of {}: {e}", m.image_path.display()))?;
