@@ -254,10 +254,14 @@ impl Daemon {
                 Ok(st) => return Ok(st),
                 Err(e) if wanted == Some(Front::Overlay) => return Err(e),
                 Err(e) => {
-                    tracing::warn!(
-                        "{}: overlay front: {e}; using the FUSE front",
-                        image.display()
-                    );
+                    // Name the image once: most of these errors already do.
+                    let name = image.display().to_string();
+                    let what = if e.contains(&name) {
+                        e.clone()
+                    } else {
+                        format!("{name}: {e}")
+                    };
+                    tracing::warn!("overlay front: {what}; using the FUSE front");
                     return self.mount_fuse(
                         id,
                         image,
@@ -527,7 +531,8 @@ impl Daemon {
         })
         .map_err(|e| {
             table.detach_mount(m.id);
-            format!("{}: {e}", image.name())
+            // The walk's problem names the image and the path.
+            e.to_string()
         })?;
         Ok(names)
     }
