@@ -28,7 +28,12 @@ pub fn data_ranges(f: &File, size: u64) -> std::io::Result<Vec<Range<u64>>> {
             Ok(s) => s,
             // No data after `off`.
             Err(Errno::NXIO) => break,
-            Err(Errno::INVAL) if off == 0 => return Ok(vec![0..size]),
+            Err(Errno::INVAL) if off == 0 => {
+                return Ok(vec![Range {
+                    start: 0,
+                    end: size,
+                }]);
+            }
             Err(e) => return Err(e.into()),
         };
         if start >= size {
@@ -125,7 +130,7 @@ pub fn place(img: &ImageFile, size: u64, plan: &Plan) -> Placement {
         .filter(|&c| plan.data[c])
         .map(blocks)
         .sum();
-    let mut next = (total > 0).then(|| img.alloc(total)).unwrap_or(0);
+    let mut next = if total > 0 { img.alloc(total) } else { 0 };
     let starts = plan
         .data
         .iter()
@@ -217,6 +222,7 @@ pub fn store(
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
 
