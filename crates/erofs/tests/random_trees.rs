@@ -115,7 +115,14 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _m = mounts();
-        let _ = Command::new("umount").arg(self.0.path()).status();
+        if !Command::new("umount")
+            .arg(self.0.path())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            // Still busy: detach it; the kernel frees it with its last user.
+            let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+        }
     }
 }
 
@@ -453,6 +460,10 @@ fn check_tree(seed: u64, work: &Path) -> (usize, usize) {
     std::fs::create_dir(&src).unwrap();
     make_tree(seed, &src);
     let expected = manifest::of_tree(&src).unwrap();
+    let out = tempfile::Builder::new()
+        .prefix("erofs-proptest-image-")
+        .tempdir()
+        .unwrap();
     let mut r = Rng(seed ^ 0xC0FFEE);
     for bs in [512u32, 1024, 4096] {
         for compressed in [false, true] {
@@ -477,7 +488,8 @@ fn check_tree(seed: u64, work: &Path) -> (usize, usize) {
                     compression,
                     ..Options::default()
                 };
-                let image = work.join("image.erofs");
+                // Outside the tmpfs: a detached loop device may hold its image a while longer.
+                let image = out.path().join("image.erofs");
                 build::build(&image, Source::Dir(src.clone()), &opts, &NoProgress)
                     .unwrap_or_else(|e| panic!("{what}: mkfs: {e}"));
                 let img = erofs::Image::open(&image).unwrap();
