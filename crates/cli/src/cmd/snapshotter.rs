@@ -12,7 +12,7 @@ use erofs_share_snapshotter::{Config, ErofsSnapshotter};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Unix socket containerd's proxy plugin connects to.
-    #[arg(long, default_value = "/run/erofs-share/snapshotter.sock")]
+    #[arg(long, default_value = "/run/erofs-share-snapshotter/snapshotter.sock")]
     pub address: PathBuf,
     /// Directory of the snapshot metadata, upper directories and layer images.
     #[arg(long, default_value = "/var/lib/erofs-share/snapshotter")]
