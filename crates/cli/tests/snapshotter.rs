@@ -265,6 +265,8 @@ fn containerd_runs_images_from_shared_layers() {
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     let mut images = Vec::new();
+    let mut archives = Vec::new();
+    let mut distinct = 0u64; // bytes (in pages) of the content both containers read
     for name in ["a", "b"] {
         let mut base: Vec<(&str, u32, Vec<u8>)> = vec![
             ("share/big.bin", 0o644, big.clone()),
@@ -272,6 +274,10 @@ fn containerd_runs_images_from_shared_layers() {
             ("etc/base", 0o644, format!("base {name}\n").into_bytes()),
         ];
         let rt = runtime_files();
+        if name == "a" {
+            let pages = |n: usize| (n as u64).div_ceil(4096) * 4096;
+            distinct = pages(big.len()) + rt.iter().map(|f| pages(f.2.len())).sum::<u64>();
+        }
         base.extend(rt.iter().map(|(p, m, c)| (p.as_str(), *m, c.clone())));
         let top = layer(&[
             ("share/.wh.gone", 0o644, Vec::new()),
@@ -293,29 +299,29 @@ fn containerd_runs_images_from_shared_layers() {
             "ctr images import",
         );
         images.push(image);
+        archives.push(archive);
     }
 
     let script = "cat /etc/msg /etc/base; test -e /share/gone && echo whiteout-lost; \
                   cat /share/big.bin > /big.copy && echo wrote";
-    let run = |image: &str, id: &str| {
-        ok(
-            ctr(
-                &ctr_sock,
-                &[
-                    "run",
-                    "--rm",
-                    "--snapshotter",
-                    "erofs-share",
-                    image,
-                    id,
-                    "/bin/sh",
-                    "-c",
-                    script,
-                ],
-            ),
-            "ctr run",
-        )
+    let run_on = |snapshotter: &str, image: &str, id: &str, script: &str| {
+        let out = ctr(
+            &ctr_sock,
+            &[
+                "run",
+                "--rm",
+                "--snapshotter",
+                snapshotter,
+                image,
+                id,
+                "/bin/sh",
+                "-c",
+                script,
+            ],
+        );
+        ok(out, &format!("ctr run {image} on {snapshotter}"))
     };
+    let run = |image: &str, id: &str| run_on("erofs-share", image, id, script);
     assert_eq!(run(&images[0], "ca"), "image a\nbase a\nwrote\n");
     assert_eq!(run(&images[1], "cb"), "image b\nbase b\nwrote\n");
     // The big file and the programs are in every layer image of both chains: one object each.
@@ -340,6 +346,63 @@ fn containerd_runs_images_from_shared_layers() {
         }
     }
 
+    // Page cache of both containers reading their files, against containerd's overlayfs
+    // snapshotter (same images, unpacked again there): the shared files are cached once.
+    for a in &archives {
+        let a = a.to_str().unwrap();
+        let out = ctr(
+            &ctr_sock,
+            &["images", "import", "--snapshotter", "overlayfs", a],
+        );
+        ok(out, "ctr images import (overlayfs)");
+    }
+    let read = "cat /bin/sh /bin/cat /share/big.bin /etc/msg > /dev/null";
+    let _cache = cache_lock();
+    let domain_cached = || {
+        d.status()
+            .domains
+            .iter()
+            .find(|x| x.id == DOMAIN)
+            .map_or(0, |x| x.cached_bytes)
+    };
+    let mut timing = Vec::new();
+    let mut ours = 0;
+    for sn in ["erofs-share", "overlayfs"] {
+        testkit::drop_caches().unwrap();
+        let t = Instant::now();
+        run_on(sn, &images[0], "pa", read);
+        run_on(sn, &images[1], "pb", read);
+        timing.push((sn, t.elapsed() / 2));
+        if sn == "erofs-share" {
+            // What the domain's dedup files hold in the page cache.
+            ours = domain_cached();
+        }
+    }
+    let overlay_root = tmp.join("containerd-root/io.containerd.snapshotter.v1.overlayfs");
+    let mut theirs = 0;
+    let mut big_cached = 0;
+    let mut copies = 0;
+    for (_, f) in regular_files(&overlay_root) {
+        let cached = erofs_share_daemon::daemon::cached_bytes(&f).unwrap();
+        theirs += cached;
+        if f.file_name() == Some("big.bin".as_ref()) {
+            copies += 1;
+            big_cached += cached;
+        }
+    }
+    eprintln!(
+        "page cache: erofs-share {ours} B, overlayfs {theirs} B (big.bin: {copies} copies, {big_cached} B); \
+         distinct content {distinct} B; ctr run to exit: {timing:?}"
+    );
+    assert_eq!(copies, 2, "overlayfs unpacked big.bin once per image");
+    assert!(
+        big_cached >= 2 * big.len() as u64,
+        "overlayfs caches each copy"
+    );
+    assert!(
+        ours > big.len() as u64 && ours <= distinct * 105 / 100,
+        "erofs-share cached {ours} B for {distinct} B of distinct content"
+    );
     // Restart the snapshotter: the metadata persists and the images still run.
     let before = ok(
         ctr(
