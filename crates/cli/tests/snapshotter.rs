@@ -1,8 +1,10 @@
 //! `erofs-share snapshotter` under a private containerd: two OCI images built here are
 //! imported and run with `--snapshotter erofs-share`; identical files of both share dedup
-//! objects in the snapshotter's domain; metadata survives a restart of the snapshotter;
-//! removing the images leaves no snapshot, layer image or mount behind. Root, /dev/fuse,
-//! containerd and runc required.
+//! objects in the snapshotter's domain, so both containers' page cache is that of their
+//! distinct content (against about twice that with containerd's overlayfs snapshotter, measured
+//! in the same run); containers' writes stay out of the layers; metadata survives restarts of
+//! the snapshotter and of containerd; removing the images leaves no snapshot, layer image or
+//! mount behind. Root, /dev/fuse, containerd and runc required.
 
 mod common;
 
@@ -440,6 +442,19 @@ fn containerd_runs_images_from_shared_layers() {
         "header and four committed layers:\n{before}"
     );
     assert_eq!(run(&images[1], "cb2"), "image b\nbase b\nwrote\n");
+
+    // And a restart of containerd: its images stay runnable from the same layers.
+    let mut old = procs.0.remove(1);
+    // SAFETY: kill on the pid of a child we started.
+    unsafe { libc::kill(old.id() as i32, libc::SIGTERM) };
+    old.wait().unwrap();
+    procs.0.push(spawn_logged(
+        Command::new("containerd").arg("--config").arg(&config),
+        &clog,
+    ));
+    wait_for(&ctr_sock, "containerd", &clog);
+    assert_eq!(run(&images[0], "ca2"), "image a\nbase a\nwrote\n");
+    assert_eq!(d.status().mounts.len(), 4, "the same four layer mounts");
 
     // Removing the images lets containerd's gc remove every snapshot: no layer left.
     for i in &images {
