@@ -370,16 +370,19 @@ impl ErofsSnapshotter {
         };
         built?;
         self.mount_layer(sn.id)?;
-        for d in [self.upper(sn.id), self.work(sn.id)] {
-            std::fs::remove_dir_all(&d).map_err(io(&d))?;
-        }
+        let id = sn.id;
         let mut committed = sn;
         committed.kind = Kind::Committed;
         committed.labels.extend(labels);
         committed.updated_at = SystemTime::now();
         meta.snapshots.remove(&key);
         meta.snapshots.insert(name, committed);
-        self.save(&meta)
+        // Saved before the unpacked files go: a crash in between leaves only waste.
+        self.save(&meta)?;
+        for d in [self.upper(id), self.work(id)] {
+            std::fs::remove_dir_all(&d).map_err(io(&d))?;
+        }
+        Ok(())
     }
 
     fn remove_sync(&self, key: &str) -> Result<(), Error> {
