@@ -220,8 +220,11 @@ impl ErofsSnapshotter {
             state_dir: self.cfg.daemon_state_dir.clone(),
             message,
         };
-        let resp =
-            control::request(&self.cfg.daemon_state_dir, req).map_err(|e| err(e.to_string()))?;
+        let resp = control::request(&self.cfg.daemon_state_dir, req).map_err(|e| {
+            err(format!(
+                "not reachable ({e}); is `erofs-share daemon` running?"
+            ))
+        })?;
         if !resp.ok {
             return Err(err(resp.error.unwrap_or_default()));
         }
