@@ -2,13 +2,15 @@
 # Run every test, then list the tests that skipped and why. As root it first installs the
 # Debian packages the tests use (erofs-utils as a second opinion, attr/acl for xattr tools,
 # fuse3, zstd/gzip for compressed tar input, mmdebstrap for bench runtime's container roots,
-# umoci as the reference OCI unpacker), so that the tests which mount images (kernel erofs
+# umoci as the reference OCI unpacker, protoc for the snapshotter's gRPC bindings, containerd
+# and runc to run containers on the snapshotter), so that the tests which mount images (kernel erofs
 # through loop devices, FUSE) run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     need=()
-    for p in erofs-utils attr acl fuse3 util-linux zstd gzip mmdebstrap umoci; do
+    for p in erofs-utils attr acl fuse3 util-linux zstd gzip mmdebstrap umoci \
+        protobuf-compiler containerd runc; do
         dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
     done
     if [ ${#need[@]} -gt 0 ]; then

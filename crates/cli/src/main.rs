@@ -38,6 +38,8 @@ enum Command {
     Stop(cmd::stop::Args),
     /// Run the sharing daemon in the foreground.
     Daemon(cmd::daemon::Args),
+    /// Serve containerd as a proxy snapshotter: layers as shared EROFS images.
+    Snapshotter(cmd::snapshotter::Args),
     /// Predict what sharing saves for a set of images (no root, no mount).
     Analyze(cmd::analyze::Args),
     /// Measure what sharing saves.
@@ -73,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(a) => cmd::status::run(a),
         Command::Stop(a) => cmd::stop::run(a),
         Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Snapshotter(a) => cmd::snapshotter::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Demo(a) => cmd::demo::run(a),

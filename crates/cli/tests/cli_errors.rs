@@ -206,3 +206,30 @@ fn error_types_do_not_return_a_cause_their_message_already_has() {
         bad.join("\n")
     );
 }
+
+#[test]
+fn snapshotter_without_a_daemon_says_so_once_and_serves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(
+        tmp.path(),
+        &[
+            "snapshotter",
+            "--state-dir",
+            "none",
+            "--root",
+            "root",
+            "--address",
+            "s.sock",
+        ],
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "erofs-share: erofs-share daemon at {}: not reachable (No such file or directory \
+             (os error 2)); is `erofs-share daemon` running?\n",
+            tmp.path().join("none").display()
+        )
+    );
+    assert!(!tmp.path().join("s.sock").exists(), "socket served");
+}

@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod mkfs;
 pub mod mount;
 pub mod progress;
+pub mod snapshotter;
 pub mod status;
 pub mod stop;
 pub mod umount;
