@@ -103,6 +103,7 @@ impl Daemon {
             domain: domain.map(String::from),
             share,
             front: self.front.clone(),
+            trusted: false,
         });
         if r.ok {
             Ok(r.mount.unwrap())
