@@ -304,6 +304,12 @@ impl Daemon {
                 e.to_string()
             });
         let mounted = Arc::new(mounted?);
+        if let Some(d) = &dom
+            && let Err(e) = self.fingerprint_missing(&mounted)
+        {
+            self.release_domain(&d.id);
+            return Err(e);
+        }
         match (&domain, share) {
             (None, _) => mounted.set_unshared("no domain given"),
             (Some(_), false) => mounted.set_unshared("--no-share"),
@@ -550,6 +556,39 @@ impl Daemon {
             names.insert(inode.nid, obj.name.clone());
         }
         Ok(names)
+    }
+
+    /// The FUSE front's counterpart of [`Self::attach_all`]'s hashing: fingerprints for the
+    /// files of `m` that have none, computed before the mount serves, used at first open.
+    fn fingerprint_missing(&self, m: &MountedImage) -> Result<(), String> {
+        let image = &m.image;
+        let mut missing = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        erofs::walk::try_walk(image, |_, inode| {
+            if inode.file_type() == erofs::FileType::Reg
+                && inode.size > 0
+                && seen.insert(inode.nid)
+                && matches!(image.fingerprint(inode), Ok(None))
+            {
+                missing.push(inode.clone());
+            }
+            Ok::<(), erofs::walk::Problem>(())
+        })
+        .map_err(|e| format!("{}: {e}", image.name()))?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (computed, hashed) = crate::fingerprints::of_files(
+            &self.state_dir,
+            &m.image_path,
+            image,
+            &*m.file,
+            &missing,
+        )?;
+        m.fingerprints_computed
+            .store(hashed as u64, Ordering::Relaxed);
+        let _ = m.own_fingerprints.set(computed);
+        Ok(())
     }
 
     /// This mount's copy of the image's metadata image, built into the cache (keyed by the

@@ -1,7 +1,8 @@
 //! Fingerprints the daemon computes for files that have none (images from `mkfs.erofs`
 //! without `--xattr-inode-digest`, containerd's snapshotter, `mkfs --no-fingerprint`): the
 //! `sha256:` value upstream would store, hashed from the content through the mount's O_DIRECT
-//! reader, in parallel, when the overlay front attaches the mount (before it serves). Because
+//! reader, in parallel, at mount time before the mount serves (the overlay front when it
+//! attaches the files, the FUSE front before its session starts). Because
 //! the daemon computed the value from this very content, such sources count as verified.
 //!
 //! Values are remembered per image identity in `<state-dir>/fingerprints/<key>.json` (nid →

@@ -74,6 +74,8 @@ pub struct MountedImage {
     pub verify_failures: Arc<AtomicU64>,
     /// Fingerprints the daemon computed for this mount (files that had none, not cached).
     pub fingerprints_computed: AtomicU64,
+    /// Fingerprints of files that have none, computed at mount (FUSE front, sharing mounts).
+    pub own_fingerprints: std::sync::OnceLock<HashMap<u64, erofs::fingerprint::Value>>,
 }
 
 impl MountedImage {
@@ -104,6 +106,7 @@ impl MountedImage {
             read_errors: AtomicU64::new(0),
             verify_failures: Arc::new(AtomicU64::new(0)),
             fingerprints_computed: AtomicU64::new(0),
+            own_fingerprints: std::sync::OnceLock::new(),
         })
     }
 
@@ -369,11 +372,16 @@ impl ImageFs {
     fn decide(&self, domain: &Arc<Domain>, inode: &Inode) -> Option<Arc<DedupObject>> {
         let image = &self.mount.image;
         let what = || "reading the fingerprint".into();
-        let fp = safely(image, inode.nid, what, || image.fingerprint(inode))
-            .ok()
-            .flatten()?;
+        let stored = safely(image, inode.nid, what, || image.fingerprint(inode)).ok()?;
+        let computed = self
+            .mount
+            .own_fingerprints
+            .get()
+            .and_then(|m| m.get(&inode.nid));
+        let verified = stored.is_none() && computed.is_some();
+        let fp = stored.or_else(|| computed.map(|v| v.to_vec()))?;
         let (key, expect) = domain.sharing(&fp, image.superblock().block_size())?;
-        let source = source_of(&self.mount, inode, false);
+        let source = source_of(&self.mount, inode, verified);
         match domain
             .objects
             .lock()
