@@ -167,11 +167,19 @@ impl DedupObject {
         let sources: Vec<Source> = self.sources.lock().unwrap().clone();
         let mut last_err = None;
         for s in &sources {
-            if let Err(e) = self.check(s) {
-                last_err = Some(e);
-                continue;
-            }
-            match read_full(&*s.content, offset, buf) {
+            let filled = match self.check(s, offset, buf) {
+                Ok(filled) => filled,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            let got = if filled {
+                Ok(want)
+            } else {
+                read_full(&*s.content, offset, buf)
+            };
+            match got {
                 Ok(n) if n == want => {
                     self.misses.fetch_add(1, Ordering::Relaxed);
                     self.miss_bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -205,28 +213,29 @@ impl DedupObject {
     }
 
     /// Ok when `s` may serve this object: trusted, verified before, or verified now by hashing
-    /// its whole content. A mismatch is logged, counted and remembered.
-    fn check(&self, s: &Source) -> io::Result<()> {
+    /// its whole content; in the last case `buf` is filled from `offset` on the way (Ok(true)),
+    /// so the miss costs no second read. A mismatch is logged, counted and remembered.
+    fn check(&self, s: &Source, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
         let Some(expect) = self.expect else {
-            return Ok(());
+            return Ok(false);
         };
         if s.verified {
-            return Ok(());
+            return Ok(false);
         }
         let id = (s.mount_id, s.nid);
         let mut checked = self.checked.lock().unwrap();
         if checked.good.contains(&id) {
-            return Ok(());
+            return Ok(false);
         }
         let forged = || io::Error::from_raw_os_error(libc::EIO);
         if checked.bad.contains(&id) {
             return Err(forged());
         }
         // An I/O error is not remembered: the next miss tries this source again.
-        let digest = content_sha256(&*s.content, self.size)?;
+        let digest = content_sha256(&*s.content, self.size, offset, buf)?;
         if digest == expect {
             checked.good.insert(id);
-            return Ok(());
+            return Ok(true);
         }
         checked.bad.insert(id);
         s.verify_failures.fetch_add(1, Ordering::Relaxed);
@@ -278,7 +287,8 @@ fn read_full(c: &dyn Content, offset: u64, buf: &mut [u8]) -> io::Result<usize> 
 }
 
 /// SHA-256 of the first `size` bytes of `c`, streamed; an error when the content is shorter.
-fn content_sha256(c: &dyn Content, size: u64) -> io::Result<[u8; 32]> {
+/// The bytes from `offset` on are copied into `out` as they pass (`out` must end by `size`).
+fn content_sha256(c: &dyn Content, size: u64, offset: u64, out: &mut [u8]) -> io::Result<[u8; 32]> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -290,6 +300,13 @@ fn content_sha256(c: &dyn Content, size: u64) -> io::Result<[u8; 32]> {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         h.update(&buf[..n]);
+        // The overlap of [at, at + n) with [offset, offset + out.len()).
+        let from = at.max(offset);
+        let to = (at + n as u64).min(offset + out.len() as u64);
+        if from < to {
+            out[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&buf[(from - at) as usize..(to - at) as usize]);
+        }
         at += n as u64;
     }
     Ok(h.finalize().into())
@@ -488,6 +505,18 @@ mod tests {
         // The forged source was checked once and is never hashed or used again.
         assert_eq!(forged_count.load(Ordering::Relaxed), 1);
         assert_eq!(t.verify_failures(), 1);
+        // The verifying miss is answered from the bytes it hashed, at any offset.
+        let Attach::Shared(m) = t.attach(
+            b"m",
+            5,
+            src(5, Bytes(b"hello".to_vec())),
+            Some(sha(b"hello")),
+        ) else {
+            panic!()
+        };
+        let mut four = [0u8; 4];
+        assert_eq!(m.read(1, &mut four).unwrap(), 4);
+        assert_eq!(&four, b"ello");
         // A self-fingerprinted source is trusted as is; a trusted object checks nothing.
         let mut own = src(3, Bytes(b"abc".to_vec()));
         own.verified = true;
