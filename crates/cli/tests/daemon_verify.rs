@@ -87,7 +87,14 @@ fn a_forged_fingerprint_never_supplies_another_images_bytes_in_a_verified_domain
         return;
     }
     let _cache = cache_lock();
-    let d = Daemon::start();
+    for front in [None, Some("fuse")] {
+        forged_on(front);
+    }
+}
+
+fn forged_on(front: Option<&str>) {
+    let mut d = Daemon::start();
+    d.front = front.map(String::from);
     let dir = d.dir.path();
     let (xa, xb) = (noise(1, 200_000), noise(2, 200_000));
     let a = mk(dir, "a", &[(X, &xa), ("etc/a", b"only a")], &[]);
@@ -152,10 +159,17 @@ fn a_forged_fingerprint_never_supplies_another_images_bytes_in_a_verified_domain
         "a failed source is never hashed again"
     );
 
-    // Order 3: A unmounted in between: B's file has no honest source left.
+    // Order 3: A unmounted in between: B's file has no honest source left, so it reads as
+    // EIO, or as the verified bytes while pages of them are still cached (drop_caches may
+    // leave a few), never as B's own.
     assert!(d.umount(&ma2));
     testkit::drop_caches().unwrap();
-    assert_eq!(read_or_errno(&mb2.join(X)), Err(libc::EIO));
+    let left = read_or_errno(&mb2.join(X));
+    assert!(
+        left == Err(libc::EIO) || left == Ok(xa.clone()),
+        "{:?}",
+        left.map(|v| v.len())
+    );
     let ma3 = d.mount(&a, "a3", Some("v2"));
     testkit::drop_caches().unwrap();
     assert!(read_all(&ma3.join(X)) == xa, "A back: A's bytes");
