@@ -23,6 +23,6 @@ skips=$(mktemp)
 trap 'rm -f "$skips"' EXIT
 export EROFS_SHARE_SKIP_LOG=$skips
 status=0
-cargo test --workspace --release "$@" || status=$?
+cargo test --workspace --release --no-fail-fast "$@" || status=$?
 scripts/skip-summary.sh "$skips"
 exit $status

@@ -201,7 +201,8 @@ fn stress_readers_mmaps_and_mount_cycles() {
         "too little work: {ops} ops, {cycles} cycles"
     );
     // No leaked mount: the 4 stable mounts (plus the detached cycles, which end once their
-    // files are closed) and one dedup mount.
+    // files are closed) and one dedup mount per live domain (the overlay front keeps the
+    // objects of a mount without a domain in an internal one).
     let t = Instant::now();
     while d.status().mounts.len() != 4 {
         assert!(
@@ -212,7 +213,9 @@ fn stress_readers_mmaps_and_mount_cycles() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let under = mounts_under(d.dir.path());
-    assert_eq!(under.len(), 5, "{under:?}");
+    let domains = d.status().domains.len();
+    assert!((1..=2).contains(&domains), "{:?}", d.status().domains);
+    assert_eq!(under.len(), 4 + domains, "{under:?}");
     let tasks = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
         .unwrap()
         .count();

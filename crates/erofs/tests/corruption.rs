@@ -28,6 +28,8 @@ fn cases_per_image() -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if cfg!(debug_assertions) { 5 } else { 150 })
 }
+/// Long runs report each image's tally this often.
+const PROGRESS_EVERY: usize = 10_000;
 /// Longest a single case may take.
 const CASE_LIMIT: Duration = Duration::from_secs(5);
 /// Data read per case by the driver (beyond it, files are skipped).
@@ -362,6 +364,12 @@ fn corrupt_image(name: &str, per_image: usize, rng: &mut Rng) -> Tally {
         t.opened += outcome.is_some() as usize;
         t.detected += outcome.is_some_and(|(_, problems)| problems) as usize;
         t.cases += 1;
+        if t.cases.is_multiple_of(PROGRESS_EVERY) {
+            eprintln!(
+                "{name}: {} cases ({} opened, fsck found problems in {}), slowest {:?}",
+                t.cases, t.opened, t.detected, t.slowest
+            );
+        }
         // Undo the mutation and the re-seal (the checksum lives in the superblock's
         // block) from the pristine image.
         if let Mutation::InPlace(at, old) = m {

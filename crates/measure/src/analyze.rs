@@ -462,7 +462,7 @@ mod tests {
         assert_eq!((root.files, root.pages_without), (1, 0));
         let sum: u64 = r.by_dir.iter().map(|d| d.pages_with).sum();
         assert_eq!(sum, r.file_pages_with);
-        assert!((r.reduction - (1.0 - 13.0 / 17.0)).abs() < 1e-12);
+        assert!((r.reduction - (1.0 - 15.0 / 20.0)).abs() < 1e-12);
     }
 
     #[test]

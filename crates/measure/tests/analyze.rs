@@ -94,8 +94,16 @@ fn images_without_fingerprints_are_hashed_and_counted_exactly() {
     assert_eq!(r.file_pages_with, 10);
     // FUSE directory listings: a has 4 directories of at most 6 short entries (one page
     // each), b has 4 too.
-    assert_eq!(r.pages_without, 14 + 8);
-    assert_eq!(r.pages_with, 10 + 8);
+    assert_eq!(r.fuse_pages_without, 14 + 8);
+    assert_eq!(r.fuse_pages_with, 10 + 8);
+    // The overlay front: each mount's metadata image instead (at least its directories).
+    let metas: u64 = r.images.iter().map(|i| i.overlay_pages).sum();
+    assert!(
+        r.images.iter().all(|i| i.overlay_pages >= 4),
+        "{:?}",
+        r.images
+    );
+    assert_eq!(r.pages_without, 14 + metas);
     assert_eq!(r.top_shared[0].path, "/usr/lib/lib.so");
     assert_eq!(r.top_shared[0].saved_pages, 3);
     assert_eq!(r.top_shared[1].path, "/etc/dup1");

@@ -1,0 +1,186 @@
+//! The overlay front against the kernel's view of the same image: an OCI-layer image (an
+//! overlay whiteout and an opaque directory of its own, an overlay xattr) shows through the
+//! front exactly as a kernel erofs mount shows it, but for the documented whiteout form; a
+//! container overlay stacked on the mount (depth 2) applies the whiteout and the opaque
+//! directory to the layer below; umount ends the mount and the daemon forgets its files.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use testkit::{Need, manifest, require};
+
+fn tar_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    kind: tar::EntryType,
+    data: &[u8],
+    xattr: Option<(&str, &[u8])>,
+) {
+    if let Some((name, value)) = xattr {
+        b.append_pax_extensions([(format!("SCHILY.xattr.{name}").as_str(), value)])
+            .unwrap();
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
+    h.set_mtime(1_700_000_000);
+    h.set_size(data.len() as u64);
+    b.append_data(&mut h, path, data).unwrap();
+}
+
+/// A layer: `a/keep`, a whiteout of `a/gone`, an opaque `o/` holding `o/new`, and a file
+/// with a `trusted.overlay.` xattr of its own.
+fn layer_tar(dir: &Path) -> std::path::PathBuf {
+    let mut b = tar::Builder::new(Vec::new());
+    tar_entry(&mut b, "a/", tar::EntryType::Directory, b"", None);
+    tar_entry(&mut b, "a/keep", tar::EntryType::Regular, b"kept\n", None);
+    tar_entry(&mut b, "a/.wh.gone", tar::EntryType::Regular, b"", None);
+    tar_entry(&mut b, "o/", tar::EntryType::Directory, b"", None);
+    tar_entry(&mut b, "o/.wh..wh..opq", tar::EntryType::Regular, b"", None);
+    tar_entry(&mut b, "o/new", tar::EntryType::Regular, b"new\n", None);
+    tar_entry(
+        &mut b,
+        "x",
+        tar::EntryType::Regular,
+        &vec![7u8; 10_000],
+        Some(("trusted.overlay.origin", b"mine")),
+    );
+    let p = dir.join("layer.tar");
+    std::fs::write(&p, b.into_inner().unwrap()).unwrap();
+    p
+}
+
+fn mkfs(args: &[&str], out: &Path, src: &Path) {
+    let o = Command::new(BIN)
+        .arg("mkfs")
+        .args(args)
+        .arg(out)
+        .arg(src)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn an_oci_layer_through_the_overlay_front_is_the_kernels_view_and_stacks_as_a_layer() {
+    if !require(
+        "an_oci_layer_through_the_overlay_front_is_the_kernels_view_and_stacks_as_a_layer",
+        &[Need::Root, Need::Fuse, Need::KernelErofs],
+    ) {
+        return;
+    }
+    let d = Daemon::start();
+    let tar = layer_tar(d.dir.path());
+    let image = d.dir.path().join("layer.erofs");
+    mkfs(&["-q", "--oci-layer"], &image, &tar);
+
+    let kernel = testkit::LoopMount::new(&image).unwrap();
+    let expected = manifest::of_tree(kernel.path()).unwrap();
+    let st = d.try_mount(&image, "front", Some("l"), true).unwrap();
+    assert_eq!(st.front, "overlay", "{st:?}");
+    let front = st.mountpoint.clone();
+    let got = manifest::of_tree(&front).unwrap();
+
+    // The kernel shows the whiteout as a 0/0 character device; the front as an empty file
+    // marked as an xattr whiteout, in a directory marked as holding such whiteouts.
+    let mut want = expected.clone();
+    let gone = want
+        .get_mut("a/gone")
+        .expect("the kernel shows the whiteout");
+    assert_eq!(gone["type"], "chr");
+    assert_eq!(
+        (gone["rdev_major"].as_u64(), gone["rdev_minor"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let g = gone.as_object_mut().unwrap();
+    g.insert("type".into(), "file".into());
+    g.remove("rdev_major");
+    g.remove("rdev_minor");
+    g.insert("size".into(), 0.into());
+    g.insert(
+        "sha256".into(),
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+    );
+    g.entry("xattrs")
+        .or_insert_with(|| serde_json::json!({}))
+        .as_object_mut()
+        .unwrap()
+        .insert("trusted.overlay.whiteout".into(), "".into());
+    want.get_mut("a")
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .entry("xattrs")
+        .or_insert_with(|| serde_json::json!({}))
+        .as_object_mut()
+        .unwrap()
+        .insert("trusted.overlay.opaque".into(), hex::encode("x").into());
+    manifest::assert_same(&want, &got, "overlay front vs kernel");
+    // The image's own overlay xattrs (opaque dir, origin) are shown as the kernel shows them.
+    assert!(
+        got["o"]["xattrs"]["trusted.overlay.opaque"].is_string(),
+        "{:?}",
+        got["o"]
+    );
+    assert!(
+        got["x"]["xattrs"]["trusted.overlay.origin"].is_string(),
+        "{:?}",
+        got["x"]
+    );
+
+    // A container overlay with the front as its upper lower layer: the whiteout hides the
+    // base's a/gone, the opaque o/ hides the base's o/old.
+    let base = d.dir.path().join("base");
+    for (rel, data) in [
+        ("a/gone", "base\n"),
+        ("a/base", "base\n"),
+        ("o/old", "old\n"),
+    ] {
+        let p = base.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    let merged = d.mountpoint("container");
+    let opts = format!("lowerdir={}:{}", front.display(), base.display());
+    let o = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let names = |rel: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(merged.join(rel))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, o_dir) = (names("a"), names("o"));
+    let x = std::fs::read(merged.join("x"));
+    let _ = Command::new("umount").arg(&merged).status();
+    assert_eq!(
+        a,
+        ["base", "keep"],
+        "the whiteout applies to the layer below"
+    );
+    assert_eq!(o_dir, ["new"], "the opaque directory hides the layer below");
+    assert_eq!(x.unwrap(), vec![7u8; 10_000]);
+
+    // umount: the daemon sees the overlay go and forgets its files.
+    assert!(d.umount(&front));
+    let st = d.status();
+    assert!(st.mounts.is_empty(), "{st:?}");
+    assert!(
+        st.domains.is_empty(),
+        "the domain went with its last mount: {st:?}"
+    );
+    drop(kernel);
+}
