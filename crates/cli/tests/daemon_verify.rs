@@ -260,3 +260,37 @@ fn unfingerprinted_on(front: Option<&str>) {
     assert_eq!(domain(&d, "d").objects, dom.objects);
     assert!(read_all(&mb.join(BIG_TEXT)) == read_all(&ma.join(BIG_TEXT)));
 }
+
+#[test]
+fn mount_trusted_from_the_cli_fixes_the_domains_mode() {
+    if !gate("mount_trusted_from_the_cli_fixes_the_domains_mode") {
+        return;
+    }
+    let d = Daemon::start();
+    let img = built_image(d.dir.path(), "img", 4096);
+    let cli = |name: &str, trusted: bool| {
+        let mut c = std::process::Command::new(BIN);
+        c.arg("mount").arg("--state-dir").arg(&d.state);
+        c.args(["--domain", "t"]);
+        if trusted {
+            c.arg("--trusted");
+        }
+        c.arg(&img).arg(d.mountpoint(name));
+        c.output().unwrap()
+    };
+    let first = cli("a", true);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(domain(&d, "t").trusted);
+    let second = cli("b", false);
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("domain \"t\" is trusted") && err.contains("add --trusted"),
+        "{err}"
+    );
+    assert!(cli("c", true).status.success());
+}
