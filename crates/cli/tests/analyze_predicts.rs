@@ -17,7 +17,7 @@ fn analyze_matches_the_page_cache_of_every_setup() {
     ) {
         return;
     }
-    let images: Vec<PathBuf> = ["plain-fp", "tar-full-fp", "plain-b512-fp"]
+    let images: Vec<PathBuf> = ["plain-fp", "tar-full-fp", "plain-b512-fp", "plain-b1024"]
         .iter()
         .map(|n| testkit::testdata::image(n))
         .collect();

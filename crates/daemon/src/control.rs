@@ -13,7 +13,8 @@
 //! {"op":"status"}
 //! {"op":"stop"}
 //! ```
-//! `domain` may be null (no sharing); `share` defaults to true. Paths must be absolute.
+//! `domain` may be null (no sharing); `share` defaults to true; `trusted` (default false) asks
+//! for a trusted rather than a verified domain. Paths must be absolute.
 //!
 //! Answers: `{"ok":true, …}` or `{"ok":false,"error":"what went wrong"}`. A `mount` answer
 //! carries `"mount"`: a [`MountStatus`] (its `unshared_reason` says why the mount does not
@@ -53,6 +54,10 @@ pub enum Request {
         /// `overlay`, `fuse`, or none for the best this kernel has.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         front: Option<String>,
+        /// Ask for a trusted domain (fingerprints believed, as the kernel does) rather than a
+        /// verified one; the domain's first mount decides.
+        #[serde(default)]
+        trusted: bool,
     },
     /// Unmount (lazily when busy).
     Umount {
@@ -125,6 +130,14 @@ pub struct MountStatus {
     /// Requests answered with EIO for corrupt image content: file reads, directory listings,
     /// entries whose inode cannot be decoded.
     pub read_errors: u64,
+    /// Files of this mount whose content did not match their fingerprint (verified domains):
+    /// never used as sources of their object again.
+    #[serde(default)]
+    pub verify_failures: u64,
+    /// Fingerprints the daemon computed for files without one (0 when cached from an earlier
+    /// mount of the same image).
+    #[serde(default)]
+    pub fingerprints_computed: u64,
     /// Bytes read from the image file (by this mount and by dedup misses it served).
     pub image_bytes_read: u64,
     /// True when the image file is read with O_DIRECT (else buffered + drop-behind).
@@ -147,6 +160,12 @@ pub struct DomainStatus {
     pub id: String,
     /// Where its internal dedup mount is.
     pub dedup_mountpoint: PathBuf,
+    /// True for a trusted domain (fingerprints believed), false for a verified one.
+    #[serde(default)]
+    pub trusted: bool,
+    /// Sources whose content did not match their fingerprint.
+    #[serde(default)]
+    pub verify_failures: u64,
     /// Image mounts in the domain.
     pub mounts: u64,
     /// Live dedup objects.
@@ -303,6 +322,7 @@ mod tests {
                 domain: Some("web".into()),
                 share: true,
                 front: None,
+                trusted: false,
             }
         );
         assert_eq!(

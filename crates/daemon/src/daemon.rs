@@ -18,7 +18,7 @@ use fuser::{Config, Filesystem, INodeNo, Notifier, Session, SessionACL};
 use crate::control::{self, DomainStatus, MountStatus, Request, Response, Status};
 use crate::dedup::Attach;
 use crate::dedup_fs::DedupFs;
-use crate::domain::{self, Domain, fingerprint_usable, share_key};
+use crate::domain::{self, Domain};
 use crate::image_fs::{ImageFs, MountedImage};
 use crate::overlay;
 
@@ -158,7 +158,15 @@ impl Daemon {
                 domain,
                 share,
                 front,
-            } => match self.mount(&image, &mountpoint, domain, share, front.as_deref()) {
+                trusted,
+            } => match self.mount(
+                &image,
+                &mountpoint,
+                domain,
+                share,
+                front.as_deref(),
+                trusted,
+            ) {
                 Ok(m) => Response {
                     ok: true,
                     mount: Some(m),
@@ -187,7 +195,8 @@ impl Daemon {
         }
     }
 
-    /// Mounts `image` at `mountpoint`.
+    /// Mounts `image` at `mountpoint`; `trusted` asks for a trusted domain (fixed by the
+    /// domain's first mount).
     pub fn mount(
         self: &Arc<Self>,
         image: &Path,
@@ -195,6 +204,7 @@ impl Daemon {
         domain: Option<String>,
         share: bool,
         front: Option<&str>,
+        trusted: bool,
     ) -> Result<MountStatus, String> {
         let wanted = match front {
             None | Some("auto") => None,
@@ -250,7 +260,7 @@ impl Daemon {
             (_, None) => None,
         };
         if fuse_reason.is_none() {
-            match self.mount_overlay(id, image, &mountpoint, domain.as_deref(), share) {
+            match self.mount_overlay(id, image, &mountpoint, domain.as_deref(), share, trusted) {
                 Ok(st) => return Ok(st),
                 Err(e) if wanted == Some(Front::Overlay) => return Err(e),
                 Err(e) => {
@@ -266,14 +276,13 @@ impl Daemon {
                         id,
                         image,
                         mountpoint,
-                        domain,
-                        share,
+                        (domain, share, trusted),
                         Some(format!("the overlay front failed: {e}")),
                     );
                 }
             }
         }
-        self.mount_fuse(id, image, mountpoint, domain, share, fuse_reason)
+        self.mount_fuse(id, image, mountpoint, (domain, share, trusted), fuse_reason)
     }
 
     /// The FUSE front: the daemon serves the image's mount itself.
@@ -282,14 +291,13 @@ impl Daemon {
         id: u64,
         image: &Path,
         mountpoint: PathBuf,
-        domain: Option<String>,
-        share: bool,
+        (domain, share, trusted): (Option<String>, bool, bool),
         front_reason: Option<String>,
     ) -> Result<MountStatus, String> {
         // Passthrough needs CAP_SYS_ADMIN: without it no dedup mount is made at all.
         let can_pass = crate::image_fs::has_cap_sys_admin();
         let dom = match (&domain, share) {
-            (Some(d), true) if can_pass => Some(self.domain_for(d)?),
+            (Some(d), true) if can_pass => Some(self.domain_for(d, trusted)?),
             _ => None,
         };
         let mounted = MountedImage::open(id, image.to_path_buf(), mountpoint.clone(), dom.clone())
@@ -300,6 +308,12 @@ impl Daemon {
                 e.to_string()
             });
         let mounted = Arc::new(mounted?);
+        if let Some(d) = &dom
+            && let Err(e) = self.fingerprint_missing(&mounted)
+        {
+            self.release_domain(&d.id);
+            return Err(e);
+        }
         match (&domain, share) {
             (None, _) => mounted.set_unshared("no domain given"),
             (Some(_), false) => mounted.set_unshared("--no-share"),
@@ -371,15 +385,17 @@ impl Daemon {
         mountpoint: &Path,
         domain: Option<&str>,
         share: bool,
+        trusted: bool,
     ) -> Result<MountStatus, String> {
         let ends = self.ends.clone().ok_or("inotify is unavailable")?;
         let shared = match (domain, share) {
-            (Some(d), true) => Some(self.domain_for(d)?),
+            (Some(d), true) => Some(self.domain_for(d, trusted)?),
             _ => None,
         };
         let data = match &shared {
             Some(d) => d.clone(),
-            None => self.domain_for(UNSHARED_DOMAIN)?,
+            // Own objects only: nothing to verify.
+            None => self.domain_for(UNSHARED_DOMAIN, true)?,
         };
         let undo = |meta: Option<&Path>| {
             data.objects.lock().unwrap().detach_mount(id);
@@ -468,8 +484,9 @@ impl Daemon {
     }
 
     /// Attaches every regular file with content of `m` to an object of `data`: the shared one
-    /// of its fingerprint when the mount shares, else one of its own. Returns each nid's
-    /// object name.
+    /// of its fingerprint when the mount shares, else one of its own. Files without a
+    /// fingerprint in a sharing mount get one computed here (see [`crate::fingerprints`]).
+    /// Returns each nid's object name.
     fn attach_all(
         &self,
         m: &Arc<MountedImage>,
@@ -477,34 +494,63 @@ impl Daemon {
         data: &Arc<Domain>,
     ) -> Result<HashMap<u64, String>, String> {
         let bs = image.superblock().block_size();
-        let mut names = HashMap::new();
-        let mut table = data.objects.lock().unwrap();
+        // The files, once per nid, with their stored fingerprint when the mount shares.
+        let mut files: Vec<(erofs::Inode, Option<Vec<u8>>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut unfingerprinted = Vec::new();
         erofs::walk::try_walk(image, |_, inode| {
             if inode.file_type() != erofs::FileType::Reg
                 || inode.size == 0
-                || names.contains_key(&inode.nid)
+                || !seen.insert(inode.nid)
             {
                 return Ok::<(), erofs::walk::Problem>(());
             }
-            let source = crate::image_fs::source_of(m, inode);
-            let mut key = None;
+            let mut fp = None;
             if m.domain.is_some() {
                 match image.fingerprint(inode) {
-                    Ok(Some(fp)) if fingerprint_usable(&fp, bs) => {
-                        key = Some(share_key(data.id.as_bytes(), &fp));
-                    }
-                    Ok(_) => {}
+                    Ok(Some(v)) => fp = Some(v),
+                    Ok(None) => unfingerprinted.push(inode.clone()),
                     // A damaged xattr area: the file keeps an object of its own.
                     Err(e) => tracing::warn!("{}: nid {}: {e}", image.name(), inode.nid),
                 }
             }
+            files.push((inode.clone(), fp));
+            Ok(())
+        })
+        // The walk's problem names the image and the path.
+        .map_err(|e| e.to_string())?;
+        let computed = if unfingerprinted.is_empty() {
+            HashMap::new()
+        } else {
+            // Content is hashed through the mount's O_DIRECT reader, not the metadata pass's.
+            let (computed, hashed) = crate::fingerprints::of_files(
+                &self.state_dir,
+                &m.image_path,
+                &m.image,
+                &*m.file,
+                &unfingerprinted,
+            )?;
+            m.fingerprints_computed
+                .store(hashed as u64, Ordering::Relaxed);
+            computed
+        };
+        let mut names = HashMap::new();
+        let mut table = data.objects.lock().unwrap();
+        for (inode, stored) in files {
+            let own_fp = computed.get(&inode.nid);
+            let verified = own_fp.is_some();
+            let fp = stored.as_deref().or(own_fp.map(|v| v.as_slice()));
+            let source = crate::image_fs::source_of(m, &inode, verified);
+            let sharing = fp.and_then(|fp| data.sharing(fp, bs));
             let own = || {
                 let mut k = b"\0own".to_vec();
                 k.extend_from_slice(&m.id.to_le_bytes());
                 k.extend_from_slice(&inode.nid.to_le_bytes());
                 k
             };
-            let obj = match key.map(|k| table.attach(&k, inode.size, source.clone())) {
+            let attached =
+                sharing.map(|(k, expect)| table.attach(&k, inode.size, source.clone(), expect));
+            let obj = match attached {
                 Some(Attach::Shared(obj)) => obj,
                 Some(Attach::SizeMismatch { expected }) => {
                     m.size_mismatches.fetch_add(1, Ordering::Relaxed);
@@ -516,25 +562,56 @@ impl Daemon {
                         data.id,
                         inode.size
                     );
-                    match table.attach(&own(), inode.size, source) {
+                    match table.attach(&own(), inode.size, source, None) {
                         Attach::Shared(obj) => obj,
                         Attach::SizeMismatch { .. } => unreachable!("own keys are unique"),
                     }
                 }
-                None => match table.attach(&own(), inode.size, source) {
+                None => match table.attach(&own(), inode.size, source, None) {
                     Attach::Shared(obj) => obj,
                     Attach::SizeMismatch { .. } => unreachable!("own keys are unique"),
                 },
             };
             names.insert(inode.nid, obj.name.clone());
-            Ok(())
-        })
-        .map_err(|e| {
-            table.detach_mount(m.id);
-            // The walk's problem names the image and the path.
-            e.to_string()
-        })?;
+        }
         Ok(names)
+    }
+
+    /// The FUSE front's counterpart of [`Self::attach_all`]'s hashing: fingerprints for the
+    /// files of `m` that have none, computed before the mount serves, used at first open.
+    fn fingerprint_missing(&self, m: &MountedImage) -> Result<(), String> {
+        let image = &m.image;
+        let mut missing = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        erofs::walk::try_walk(image, |_, inode| {
+            if inode.file_type() == erofs::FileType::Reg
+                && inode.size > 0
+                && seen.insert(inode.nid)
+                && matches!(image.fingerprint(inode), Ok(None))
+            {
+                missing.push(inode.clone());
+            }
+            Ok::<(), erofs::walk::Problem>(())
+        })
+        .unwrap_or_else(|e| {
+            // The FUSE front serves what it can of a damaged tree; files past the problem
+            // just keep no fingerprint (unshared).
+            tracing::warn!("{e}: files without a fingerprint past it are not shared");
+        });
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (computed, hashed) = crate::fingerprints::of_files(
+            &self.state_dir,
+            &m.image_path,
+            image,
+            &*m.file,
+            &missing,
+        )?;
+        m.fingerprints_computed
+            .store(hashed as u64, Ordering::Relaxed);
+        let _ = m.own_fingerprints.set(computed);
+        Ok(())
     }
 
     /// This mount's copy of the image's metadata image, built into the cache (keyed by the
@@ -595,10 +672,25 @@ impl Daemon {
         Ok(own)
     }
 
-    /// The live domain `id`, created (with its dedup mount) when absent; counts one more mount.
-    fn domain_for(&self, id: &str) -> Result<Arc<Domain>, String> {
+    /// The live domain `id`, created (with its dedup mount, trusted or verified) when absent;
+    /// counts one more mount. A live domain of the other mode is an error.
+    fn domain_for(&self, id: &str, trusted: bool) -> Result<Arc<Domain>, String> {
         let mut domains = self.domains.lock().unwrap();
         if let Some(rec) = domains.get_mut(id) {
+            if id != UNSHARED_DOMAIN && rec.domain.trusted != trusted {
+                let mode = |t: bool| if t { "trusted" } else { "verified" };
+                return Err(format!(
+                    "domain {id:?} is {} (fixed by its first mount); this mount asks for a {} \
+                     one{}",
+                    mode(rec.domain.trusted),
+                    mode(trusted),
+                    if rec.domain.trusted {
+                        ": add --trusted"
+                    } else {
+                        ": drop --trusted"
+                    }
+                ));
+            }
             rec.mounts += 1;
             return Ok(rec.domain.clone());
         }
@@ -612,7 +704,7 @@ impl Daemon {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let dom = Arc::new(Domain::new(id.to_string(), dir.clone()));
+        let dom = Arc::new(Domain::new(id.to_string(), dir.clone(), trusted));
         let fsname = format!("{DEDUP_FSNAME}{id}");
         let session = session_on(
             DedupFs::new(dom.clone()),
@@ -752,6 +844,8 @@ impl Daemon {
             unshared_opens: m.unshared_opens.load(Ordering::Relaxed),
             size_mismatches: m.size_mismatches.load(Ordering::Relaxed),
             read_errors: m.read_errors.load(Ordering::Relaxed),
+            verify_failures: m.verify_failures.load(Ordering::Relaxed),
+            fingerprints_computed: m.fingerprints_computed.load(Ordering::Relaxed),
             image_bytes_read: m.file.bytes_read(),
             direct_io: m.file.is_direct(),
             front: r.front.name().to_string(),
@@ -788,9 +882,14 @@ impl Daemon {
             .collect();
         let mut out = Vec::new();
         for (dom, nmounts) in domains {
-            let objects = dom.objects.lock().unwrap().objects();
+            let (objects, verify_failures) = {
+                let t = dom.objects.lock().unwrap();
+                (t.objects(), t.verify_failures())
+            };
             let mut st = DomainStatus {
                 id: dom.id.clone(),
+                trusted: dom.trusted,
+                verify_failures,
                 dedup_mountpoint: dom.dedup_mountpoint.clone(),
                 mounts: nmounts as u64,
                 objects: objects.len() as u64,
@@ -861,16 +960,21 @@ impl Daemon {
 const META_CACHE_MAX: usize = 64;
 
 fn prune_meta_cache(dir: &Path) {
+    prune_cache(dir, META_CACHE_MAX);
+}
+
+/// Keeps the `max` newest files of the cache directory `dir`.
+pub(crate) fn prune_cache(dir: &Path, max: usize) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     let mut files: Vec<(std::time::SystemTime, PathBuf)> = rd
         .filter_map(|e| e.ok())
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    if files.len() <= META_CACHE_MAX {
+    if files.len() <= max {
         return;
     }
     files.sort();
-    for (_, p) in &files[..files.len() - META_CACHE_MAX] {
+    for (_, p) in &files[..files.len() - max] {
         let _ = fs::remove_file(p);
     }
 }

@@ -7,11 +7,17 @@
 //! served from the first source that reads cleanly, so a corrupt or vanished image only costs
 //! a retry on the next one. The object lives while any source references it.
 //!
+//! In a verified domain an object knows the SHA-256 its fingerprint promises: before its first
+//! miss is answered from a source, that source's whole content is hashed (O_DIRECT reads) and
+//! compared. A source that does not match is never used again for the object; one that
+//! matches stays verified for the object's life. Sources whose fingerprint the daemon computed
+//! itself from the same image are verified from the start.
+//!
 //! An object keeps its dedup file open once it has been opened (within a descriptor budget):
 //! each mount's first open of a shared file then registers that file for passthrough with no
 //! path lookup on the dedup mount, a round trip otherwise, again after the kernel forgets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -73,6 +79,19 @@ pub struct Source {
     pub nid: u64,
     /// How to read it.
     pub content: Arc<dyn Content>,
+    /// The image, for logs.
+    pub image: Arc<str>,
+    /// True when the daemon computed the fingerprint from this very content: no check needed.
+    pub verified: bool,
+    /// The mount's count of sources that failed verification.
+    pub verify_failures: Arc<AtomicU64>,
+}
+
+/// What verification has found out about an object's sources, by (mount, nid).
+#[derive(Debug, Default)]
+struct Checked {
+    good: HashSet<(u64, u64)>,
+    bad: HashSet<(u64, u64)>,
 }
 
 /// A shared file: its dedup inode, fixed size and the sources that can fill it.
@@ -86,6 +105,12 @@ pub struct DedupObject {
     /// Size fixed by the first source.
     pub size: u64,
     sources: Mutex<Vec<Source>>,
+    /// The SHA-256 every source's content must have (verified domains), else None.
+    expect: Option<[u8; 32]>,
+    /// Held while a source is hashed, so concurrent misses verify it once.
+    checked: Mutex<Checked>,
+    /// The domain's count of sources that failed verification.
+    domain_failures: Arc<AtomicU64>,
     misses: AtomicU64,
     miss_bytes: AtomicU64,
     file: OnceLock<File>,
@@ -142,7 +167,19 @@ impl DedupObject {
         let sources: Vec<Source> = self.sources.lock().unwrap().clone();
         let mut last_err = None;
         for s in &sources {
-            match read_full(&*s.content, offset, buf) {
+            let filled = match self.check(s, offset, buf) {
+                Ok(filled) => filled,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            let got = if filled {
+                Ok(want)
+            } else {
+                read_full(&*s.content, offset, buf)
+            };
+            match got {
                 Ok(n) if n == want => {
                     self.misses.fetch_add(1, Ordering::Relaxed);
                     self.miss_bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -173,6 +210,44 @@ impl DedupObject {
         Err(last_err.unwrap_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "no live source holds this content")
         }))
+    }
+
+    /// Ok when `s` may serve this object: trusted, verified before, or verified now by hashing
+    /// its whole content; in the last case `buf` is filled from `offset` on the way (Ok(true)),
+    /// so the miss costs no second read. A mismatch is logged, counted and remembered.
+    fn check(&self, s: &Source, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        let Some(expect) = self.expect else {
+            return Ok(false);
+        };
+        if s.verified {
+            return Ok(false);
+        }
+        let id = (s.mount_id, s.nid);
+        let mut checked = self.checked.lock().unwrap();
+        if checked.good.contains(&id) {
+            return Ok(false);
+        }
+        let forged = || io::Error::from_raw_os_error(libc::EIO);
+        if checked.bad.contains(&id) {
+            return Err(forged());
+        }
+        // An I/O error is not remembered: the next miss tries this source again.
+        let digest = content_sha256(&*s.content, self.size, offset, buf)?;
+        if digest == expect {
+            checked.good.insert(id);
+            return Ok(true);
+        }
+        checked.bad.insert(id);
+        s.verify_failures.fetch_add(1, Ordering::Relaxed);
+        self.domain_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "{}: nid {}: content does not match its fingerprint: never used for dedup object \
+             {} again",
+            s.image,
+            s.nid,
+            self.name
+        );
+        Err(forged())
     }
 
     /// Number of sources (mounted files) referencing this object.
@@ -211,6 +286,32 @@ fn read_full(c: &dyn Content, offset: u64, buf: &mut [u8]) -> io::Result<usize> 
     Ok(got)
 }
 
+/// SHA-256 of the first `size` bytes of `c`, streamed; an error when the content is shorter.
+/// The bytes from `offset` on are copied into `out` as they pass (`out` must end by `size`).
+fn content_sha256(c: &dyn Content, size: u64, offset: u64, out: &mut [u8]) -> io::Result<[u8; 32]> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < size {
+        let want = (size - at).min(buf.len() as u64) as usize;
+        let n = read_full(c, at, &mut buf[..want])?;
+        if n < want {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        h.update(&buf[..n]);
+        // The overlap of [at, at + n) with [offset, offset + out.len()).
+        let from = at.max(offset);
+        let to = (at + n as u64).min(offset + out.len() as u64);
+        if from < to {
+            out[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&buf[(from - at) as usize..(to - at) as usize]);
+        }
+        at += n as u64;
+    }
+    Ok(h.finalize().into())
+}
+
 /// The dedup file name of the object with sharing key `key`: 160 bits of its SHA-256 in hex
 /// (keys hold domain ids and fingerprints of any bytes; names must be path components).
 pub fn object_name(key: &[u8]) -> String {
@@ -242,12 +343,21 @@ pub struct DedupTable {
     /// Next dedup inode number; 1 is the dedup mount's root.
     next_ino: u64,
     size_mismatches: u64,
+    verify_failures: Arc<AtomicU64>,
 }
 
 impl DedupTable {
     /// Adds `source` (a file of `size` bytes with sharing key `key`) to the object of that key,
-    /// creating it when absent. Idempotent for the same (mount, nid).
-    pub fn attach(&mut self, key: &[u8], size: u64, source: Source) -> Attach {
+    /// creating it when absent, whose sources must hash to `expect` when given (the key's
+    /// fingerprint decides it, so every source of a key brings the same). Idempotent for the
+    /// same (mount, nid).
+    pub fn attach(
+        &mut self,
+        key: &[u8],
+        size: u64,
+        source: Source,
+        expect: Option<[u8; 32]>,
+    ) -> Attach {
         if let Some(obj) = self.by_key.get(key) {
             if obj.size != size {
                 self.size_mismatches += 1;
@@ -271,6 +381,9 @@ impl DedupTable {
             name: object_name(key),
             size,
             sources: Mutex::new(vec![source]),
+            expect,
+            checked: Mutex::new(Checked::default()),
+            domain_failures: self.verify_failures.clone(),
             misses: AtomicU64::new(0),
             miss_bytes: AtomicU64::new(0),
             file: OnceLock::new(),
@@ -324,6 +437,11 @@ impl DedupTable {
     pub fn size_mismatches(&self) -> u64 {
         self.size_mismatches
     }
+
+    /// Sources whose content did not match their fingerprint, over the domain's life.
+    pub fn verify_failures(&self) -> u64 {
+        self.verify_failures.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -353,22 +471,78 @@ mod tests {
             mount_id,
             nid: 7,
             content: Arc::new(c),
+            image: Arc::from(format!("img{mount_id}")),
+            verified: false,
+            verify_failures: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    fn sha(b: &[u8]) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(b).into()
+    }
+
+    #[test]
+    fn verified_objects_never_serve_a_forged_source() {
+        let mut t = DedupTable::default();
+        let forged = src(1, Bytes(b"evil!".to_vec()));
+        let forged_count = forged.verify_failures.clone();
+        let Attach::Shared(o) = t.attach(b"k", 5, forged, Some(sha(b"hello"))) else {
+            panic!()
+        };
+        let mut buf = [0u8; 5];
+        assert!(o.read(0, &mut buf).is_err(), "only a forged source: EIO");
+        assert_eq!(forged_count.load(Ordering::Relaxed), 1);
+        t.attach(
+            b"k",
+            5,
+            src(2, Bytes(b"hello".to_vec())),
+            Some(sha(b"hello")),
+        );
+        assert_eq!(o.read(0, &mut buf).unwrap(), 5);
+        assert_eq!(&buf, b"hello");
+        assert_eq!(o.read(2, &mut buf).unwrap(), 3);
+        // The forged source was checked once and is never hashed or used again.
+        assert_eq!(forged_count.load(Ordering::Relaxed), 1);
+        assert_eq!(t.verify_failures(), 1);
+        // The verifying miss is answered from the bytes it hashed, at any offset.
+        let Attach::Shared(m) = t.attach(
+            b"m",
+            5,
+            src(5, Bytes(b"hello".to_vec())),
+            Some(sha(b"hello")),
+        ) else {
+            panic!()
+        };
+        let mut four = [0u8; 4];
+        assert_eq!(m.read(1, &mut four).unwrap(), 4);
+        assert_eq!(&four, b"ello");
+        // A self-fingerprinted source is trusted as is; a trusted object checks nothing.
+        let mut own = src(3, Bytes(b"abc".to_vec()));
+        own.verified = true;
+        let Attach::Shared(v) = t.attach(b"j", 3, own, Some(sha(b"xyz"))) else {
+            panic!()
+        };
+        assert_eq!(v.read(0, &mut buf).unwrap(), 3);
+        let Attach::Shared(u) = t.attach(b"u", 3, src(4, Bytes(b"abc".to_vec())), None) else {
+            panic!()
+        };
+        assert_eq!(u.read(0, &mut buf).unwrap(), 3);
     }
 
     #[test]
     fn first_size_wins_and_mismatch_is_counted() {
         let mut t = DedupTable::default();
-        let Attach::Shared(a) = t.attach(b"k", 3, src(1, Bytes(b"abc".to_vec()))) else {
+        let Attach::Shared(a) = t.attach(b"k", 3, src(1, Bytes(b"abc".to_vec())), None) else {
             panic!()
         };
-        let Attach::Shared(b) = t.attach(b"k", 3, src(2, Bytes(b"abc".to_vec()))) else {
+        let Attach::Shared(b) = t.attach(b"k", 3, src(2, Bytes(b"abc".to_vec())), None) else {
             panic!()
         };
         assert_eq!(a.ino, b.ino);
         assert_eq!(a.source_count(), 2);
         assert!(matches!(
-            t.attach(b"k", 4, src(3, Bytes(b"abcd".to_vec()))),
+            t.attach(b"k", 4, src(3, Bytes(b"abcd".to_vec())), None),
             Attach::SizeMismatch { expected: 3 }
         ));
         assert_eq!(t.size_mismatches(), 1);
@@ -378,10 +552,10 @@ mod tests {
     #[test]
     fn misses_fall_back_to_a_working_source_and_objects_die_with_their_sources() {
         let mut t = DedupTable::default();
-        let Attach::Shared(o) = t.attach(b"k", 5, src(1, Broken)) else {
+        let Attach::Shared(o) = t.attach(b"k", 5, src(1, Broken), None) else {
             panic!()
         };
-        t.attach(b"k", 5, src(2, Bytes(b"hello".to_vec())));
+        t.attach(b"k", 5, src(2, Bytes(b"hello".to_vec())), None);
         let mut buf = [0u8; 16];
         assert_eq!(o.read(1, &mut buf).unwrap(), 4);
         assert_eq!(&buf[..4], b"ello");
@@ -395,7 +569,7 @@ mod tests {
         assert_eq!(dead.len(), 1);
         assert!(t.get(o.ino).is_none());
         // A new object never reuses an inode number.
-        let Attach::Shared(n) = t.attach(b"k", 5, src(3, Bytes(b"hello".to_vec()))) else {
+        let Attach::Shared(n) = t.attach(b"k", 5, src(3, Bytes(b"hello".to_vec())), None) else {
             panic!()
         };
         assert_ne!(n.ino, o.ino);
@@ -404,7 +578,7 @@ mod tests {
     #[test]
     fn an_object_keeps_its_file_until_it_dies() {
         let mut t = DedupTable::default();
-        let Attach::Shared(a) = t.attach(b"k", 3, src(1, Bytes(b"abc".to_vec()))) else {
+        let Attach::Shared(a) = t.attach(b"k", 3, src(1, Bytes(b"abc".to_vec())), None) else {
             panic!()
         };
         let before = KEPT_FILES.load(Ordering::Relaxed);
@@ -418,7 +592,7 @@ mod tests {
         assert_eq!(opened.get(), 1, "the kept file is reused");
         assert_eq!(KEPT_FILES.load(Ordering::Relaxed), before + 1);
         // A failed open keeps nothing.
-        let Attach::Shared(b) = t.attach(b"j", 1, src(1, Bytes(b"x".to_vec()))) else {
+        let Attach::Shared(b) = t.attach(b"j", 1, src(1, Bytes(b"x".to_vec())), None) else {
             panic!()
         };
         assert!(b.file(|| File::open("/nonexistent/erofs-share")).is_err());

@@ -6,6 +6,12 @@
 //! the same fingerprint; the key is length-prefixed so that no (domain, fingerprint) pair
 //! can collide with another one by shifting bytes between the two (the kernel's plain
 //! concatenation can).
+//!
+//! A domain is verified (the default) or trusted (`mount --trusted`), fixed by its first
+//! mount. In a verified domain a fingerprint is a claim the daemon checks before any byte is
+//! served (see [`crate::dedup`]), so only `sha256:` fingerprints share there; in a trusted
+//! domain, as with the kernel's `inode_share`, the first source that reads cleanly supplies
+//! the bytes every mount sees.
 
 use std::fs::File;
 use std::io;
@@ -31,6 +37,15 @@ pub fn fingerprint_usable(fingerprint: &[u8], block_size: u64) -> bool {
     !fingerprint.is_empty() && fingerprint.len() as u64 <= block_size
 }
 
+/// The SHA-256 digest a `sha256:` fingerprint value names, if it is one.
+pub fn sha256_of_fingerprint(fingerprint: &[u8]) -> Option<[u8; 32]> {
+    use erofs::format::fingerprint::{SHA256_TAG, VALUE_LEN};
+    if fingerprint.len() != VALUE_LEN || !fingerprint.starts_with(SHA256_TAG) {
+        return None;
+    }
+    fingerprint[SHA256_TAG.len()..].try_into().ok()
+}
+
 /// The file name under which the domain's dedup mount is mounted inside the state directory:
 /// hex of the domain id, so any byte string is a safe path component.
 pub fn dir_name(id: &str) -> String {
@@ -54,18 +69,40 @@ pub struct Domain {
     flush_spent: AtomicBool,
     /// Requests the dedup mount has served (lookups, getattrs, reads).
     pub requests: AtomicU64,
+    /// True for a trusted domain: fingerprints are believed, not checked.
+    pub trusted: bool,
 }
 
 impl Domain {
     /// A domain with no objects yet, whose dedup mount is (to be) at `dedup_mountpoint`.
-    pub fn new(id: String, dedup_mountpoint: PathBuf) -> Self {
+    pub fn new(id: String, dedup_mountpoint: PathBuf, trusted: bool) -> Self {
         Self {
+            trusted,
             id,
             dedup_mountpoint,
             objects: Mutex::new(DedupTable::default()),
             flush_spent: AtomicBool::new(false),
             requests: AtomicU64::new(0),
         }
+    }
+
+    /// How a file with `fingerprint` shares here: its sharing key, and the SHA-256 its content
+    /// must have before it is served (verified domains). None when the fingerprint cannot be
+    /// used: out of the kernel's length rule, or in a verified domain not a `sha256:` value.
+    pub fn sharing(
+        &self,
+        fingerprint: &[u8],
+        block_size: u64,
+    ) -> Option<(Vec<u8>, Option<[u8; 32]>)> {
+        if !fingerprint_usable(fingerprint, block_size) {
+            return None;
+        }
+        let expect = if self.trusted {
+            None
+        } else {
+            Some(sha256_of_fingerprint(fingerprint)?)
+        };
+        Some((share_key(self.id.as_bytes(), fingerprint), expect))
     }
 
     /// Path of a dedup object's file inside the dedup mount.
@@ -105,6 +142,19 @@ mod tests {
         assert!(!fingerprint_usable(b"", 4096));
         assert!(fingerprint_usable(&[1; 39], 512));
         assert!(!fingerprint_usable(&[1; 513], 512));
+    }
+
+    #[test]
+    fn verified_domains_share_sha256_fingerprints_only() {
+        let fp = erofs::fingerprint::of_bytes(b"x");
+        let v = Domain::new("d".into(), PathBuf::new(), false);
+        let t = Domain::new("d".into(), PathBuf::new(), true);
+        let (key, expect) = v.sharing(&fp, 4096).unwrap();
+        assert_eq!(key, share_key(b"d", &fp));
+        assert_eq!(expect.unwrap()[..], fp[7..]);
+        assert_eq!(t.sharing(&fp, 4096).unwrap().1, None);
+        assert!(v.sharing(b"md5:1234", 4096).is_none());
+        assert!(t.sharing(b"md5:1234", 4096).is_some());
     }
 
     #[test]

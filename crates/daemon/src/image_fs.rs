@@ -34,7 +34,7 @@ use fuser::{
 };
 
 use crate::dedup::{Attach, Content, DedupObject, Source};
-use crate::domain::{Domain, fingerprint_usable, share_key};
+use crate::domain::Domain;
 use crate::source::UncachedFile;
 
 /// Images never change: entries and attributes may be cached as long as the kernel likes.
@@ -70,6 +70,12 @@ pub struct MountedImage {
     pub size_mismatches: AtomicU64,
     /// Read errors answered with EIO.
     pub read_errors: AtomicU64,
+    /// Files of this mount whose content did not match their fingerprint (verified domains).
+    pub verify_failures: Arc<AtomicU64>,
+    /// Fingerprints the daemon computed for this mount (files that had none, not cached).
+    pub fingerprints_computed: AtomicU64,
+    /// Fingerprints of files that have none, computed at mount (FUSE front, sharing mounts).
+    pub own_fingerprints: std::sync::OnceLock<HashMap<u64, erofs::fingerprint::Value>>,
 }
 
 impl MountedImage {
@@ -98,6 +104,9 @@ impl MountedImage {
             unshared_opens: AtomicU64::new(0),
             size_mismatches: AtomicU64::new(0),
             read_errors: AtomicU64::new(0),
+            verify_failures: Arc::new(AtomicU64::new(0)),
+            fingerprints_computed: AtomicU64::new(0),
+            own_fingerprints: std::sync::OnceLock::new(),
         })
     }
 
@@ -115,8 +124,9 @@ impl MountedImage {
     }
 }
 
-/// A regular file of a mounted image as a dedup object's source.
-pub fn source_of(mount: &Arc<MountedImage>, inode: &Inode) -> Source {
+/// A regular file of a mounted image as a dedup object's source; `verified` when its
+/// fingerprint was computed by the daemon from this content.
+pub fn source_of(mount: &Arc<MountedImage>, inode: &Inode, verified: bool) -> Source {
     Source {
         mount_id: mount.id,
         nid: inode.nid,
@@ -124,6 +134,9 @@ pub fn source_of(mount: &Arc<MountedImage>, inode: &Inode) -> Source {
             mount: mount.clone(),
             inode: inode.clone(),
         }),
+        image: Arc::from(mount.image.name()),
+        verified,
+        verify_failures: mount.verify_failures.clone(),
     }
 }
 
@@ -359,19 +372,21 @@ impl ImageFs {
     fn decide(&self, domain: &Arc<Domain>, inode: &Inode) -> Option<Arc<DedupObject>> {
         let image = &self.mount.image;
         let what = || "reading the fingerprint".into();
-        let fp = safely(image, inode.nid, what, || image.fingerprint(inode))
-            .ok()
-            .flatten()?;
-        if !fingerprint_usable(&fp, image.superblock().block_size()) {
-            return None;
-        }
-        let key = share_key(domain.id.as_bytes(), &fp);
-        let source = source_of(&self.mount, inode);
+        let stored = safely(image, inode.nid, what, || image.fingerprint(inode)).ok()?;
+        let computed = self
+            .mount
+            .own_fingerprints
+            .get()
+            .and_then(|m| m.get(&inode.nid));
+        let verified = stored.is_none() && computed.is_some();
+        let fp = stored.or_else(|| computed.map(|v| v.to_vec()))?;
+        let (key, expect) = domain.sharing(&fp, image.superblock().block_size())?;
+        let source = source_of(&self.mount, inode, verified);
         match domain
             .objects
             .lock()
             .unwrap()
-            .attach(&key, inode.size, source)
+            .attach(&key, inode.size, source, expect)
         {
             Attach::Shared(obj) => Some(obj),
             Attach::SizeMismatch { expected } => {

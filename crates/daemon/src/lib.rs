@@ -4,6 +4,7 @@
 //! - [`domain`]: sharing domains and the length-prefixed sharing key.
 //! - [`dedup`]: dedup objects, one per (domain, fingerprint), and their sources.
 //! - [`dedup_fs`]: a domain's internal dedup mount, where shared page cache lives.
+//! - [`fingerprints`]: fingerprints computed for files that have none, cached per image.
 //! - [`image_fs`]: the per-image mount; shared files pass through to the dedup mount.
 //! - [`source`]: image files read with `O_DIRECT`, never cached twice.
 //! - [`control`]: the control socket and its JSON protocol.
@@ -14,6 +15,7 @@ pub mod daemon;
 pub mod dedup;
 pub mod dedup_fs;
 pub mod domain;
+pub mod fingerprints;
 pub mod image_fs;
 pub mod overlay;
 pub mod source;

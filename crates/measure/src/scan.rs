@@ -7,8 +7,8 @@ use erofs::Image;
 use erofs::format::{chunk, layout};
 use erofs::inode::{FileType, Inode};
 use erofs::walk::{Problem, try_walk};
-use erofs_share_daemon::domain::fingerprint_usable;
-use std::collections::HashSet;
+use erofs_share_daemon::domain::{fingerprint_usable, sha256_of_fingerprint};
+use std::collections::{HashMap, HashSet};
 
 /// Why an image could not be scanned.
 #[derive(Debug, thiserror::Error)]
@@ -54,20 +54,21 @@ impl From<erofs::Error> for ScanError {
 /// read when the daemon mounts (outside the reader's accounting). Each directory's blocks
 /// are cached once more in the directory's own page cache, as on a kernel mount. Builds the
 /// metadata image in a temporary directory, with object names like the daemon's.
-/// `shared`: the mount shares (files with a usable fingerprint redirect to the object of
-/// their content, so equal contents get equal redirects, which the builder may store once as
-/// a shared xattr), else every file has an object of its own.
-pub fn overlay_front_pages(image: &Image, page_size: u64, shared: bool) -> Result<u64, String> {
+/// `shared`: when the mount shares, each file's content key by nid (the stored fingerprint, or
+/// the one the daemon computes for a file without: see [`scan`]); files with a key redirect to
+/// the object of their content, so equal contents get equal redirects, which the builder may
+/// store once as a shared xattr. Otherwise (and for files without a key) every file has an
+/// object of its own.
+pub fn overlay_front_pages(
+    image: &Image,
+    page_size: u64,
+    shared: Option<&HashMap<u64, Vec<u8>>>,
+) -> Result<u64, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let path = dir.path().join("meta.erofs");
-    let bs = image.superblock().block_size();
     let built = erofs::build::meta::metadata_image(image, &path, &mut |i| {
-        let fp = shared
-            .then(|| image.fingerprint(i).ok().flatten())
-            .flatten()
-            .filter(|fp| fingerprint_usable(fp, bs));
-        let key = match fp {
-            Some(fp) => fp,
+        let key = match shared.and_then(|keys| keys.get(&i.nid)) {
+            Some(fp) => fp.clone(),
             None => [b"own".as_slice(), &i.nid.to_le_bytes()].concat(),
         };
         Some(erofs_share_daemon::dedup::object_name(&key))
@@ -106,6 +107,7 @@ pub fn scan_with_progress(
         ..ImageFiles::default()
     };
     let mut seen_files = HashSet::new();
+    let mut keys = HashMap::new();
     let mut meta = MetaPages::new(image, page_size);
     try_walk(image, |path, inode| {
         progress.advance(1);
@@ -124,7 +126,11 @@ pub fn scan_with_progress(
                 Ok(())
             }
             FileType::Reg if seen_files.insert(inode.nid) => {
-                out.files.push(file_entry(image, name, path, inode)?);
+                let entry = file_entry(image, name, path, inode)?;
+                if let Some(k) = &entry.key {
+                    keys.insert(inode.nid, k.clone());
+                }
+                out.files.push(entry);
                 Ok(())
             }
             _ => Ok(()),
@@ -143,8 +149,9 @@ pub fn scan_with_progress(
         image: name.to_string(),
         why,
     };
-    out.overlay_pages = overlay_front_pages(image, page_size, false).map_err(meta_err)?;
-    out.overlay_pages_shared = overlay_front_pages(image, page_size, true).map_err(meta_err)?;
+    out.overlay_pages = overlay_front_pages(image, page_size, None).map_err(meta_err)?;
+    out.overlay_pages_shared =
+        overlay_front_pages(image, page_size, Some(&keys)).map_err(meta_err)?;
     out.files.sort_by(|a, b| a.path.cmp(&b.path));
     out.dirs.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
@@ -165,8 +172,11 @@ fn file_entry(
         });
     }
     if let Some(value) = image.fingerprint(inode)? {
-        // The daemon's rule, so the prediction shares exactly what it will.
-        let key = fingerprint_usable(&value, image.superblock().block_size()).then_some(value);
+        // The daemon's rule in a (default) verified domain, so the prediction shares exactly
+        // what it will: a usable `sha256:` value.
+        let key = (fingerprint_usable(&value, image.superblock().block_size())
+            && sha256_of_fingerprint(&value).is_some())
+        .then_some(value);
         return Ok(FileEntry {
             path,
             size: inode.size,

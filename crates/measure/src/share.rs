@@ -80,6 +80,7 @@ impl Daemon {
             domain: domain.map(str::to_string),
             share,
             front: self.front.clone(),
+            trusted: false,
         })?;
         // A shared benchmark that silently shares nothing would report a wrong table.
         if share && let Some(why) = resp.mount.and_then(|m| m.unshared_reason) {

@@ -98,7 +98,11 @@ fn images_without_fingerprints_are_hashed_and_counted_exactly() {
     assert_eq!(r.fuse_pages_with, 10 + 8);
     // The overlay front: each mount's metadata image instead (at least its directories).
     let metas: u64 = r.images.iter().map(|i| i.overlay_pages).sum();
-    assert!(r.images.iter().all(|i| i.overlay_pages >= 4), "{:?}", r.images);
+    assert!(
+        r.images.iter().all(|i| i.overlay_pages >= 4),
+        "{:?}",
+        r.images
+    );
     assert_eq!(r.pages_without, 14 + metas);
     assert_eq!(r.top_shared[0].path, "/usr/lib/lib.so");
     assert_eq!(r.top_shared[0].saved_pages, 3);

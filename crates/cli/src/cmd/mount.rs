@@ -11,9 +11,15 @@ use erofs_share_daemon::control::{self, Request};
 /// Arguments of `erofs-share mount`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Share identical files with the other mounts of this domain (trusted images only).
+    /// Share identical files with the other mounts of this domain. A domain is verified
+    /// unless its first mount says `--trusted`: each shared file's content is checked against
+    /// its fingerprint before any of it is served.
     #[arg(long)]
     pub domain: Option<String>,
+    /// Make the domain trusted: fingerprints are believed, not checked (as the kernel's
+    /// `inode_share`; for images that all come from one trusted source).
+    #[arg(long, requires = "domain")]
+    pub trusted: bool,
     /// Do not share files, even with a domain.
     #[arg(long)]
     pub no_share: bool,
@@ -49,6 +55,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             domain: args.domain,
             share: !args.no_share,
             front: Some(args.front),
+            trusted: args.trusted,
         },
     )
     .context("talk to the daemon")?;

@@ -96,6 +96,18 @@ impl Daemon {
         domain: Option<&str>,
         share: bool,
     ) -> Result<MountStatus, String> {
+        self.try_mount_with(image, name, domain, share, false)
+    }
+
+    /// [`Self::try_mount`] asking for a trusted (else verified) domain.
+    pub fn try_mount_with(
+        &self,
+        image: &Path,
+        name: &str,
+        domain: Option<&str>,
+        share: bool,
+        trusted: bool,
+    ) -> Result<MountStatus, String> {
         let mp = self.mountpoint(name);
         let r = self.request(&Request::Mount {
             image: image.canonicalize().unwrap(),
@@ -103,6 +115,7 @@ impl Daemon {
             domain: domain.map(String::from),
             share,
             front: self.front.clone(),
+            trusted,
         });
         if r.ok {
             Ok(r.mount.unwrap())
