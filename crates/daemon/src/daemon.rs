@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -891,21 +891,14 @@ fn session_on<FS: Filesystem>(
 /// Mounts through the setuid `fusermount3` (for a daemon without CAP_SYS_ADMIN): it mounts
 /// and hands the /dev/fuse fd back over a socket named by `_FUSE_COMMFD`.
 fn fusermount(mountpoint: &Path, fsname: &str) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
     let (ours, theirs) = UnixStream::pair()?;
-    // SAFETY: fcntl on an fd we own: the helper must inherit it across exec.
-    unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFD, 0) };
     let opts = format!(
         "ro,nosuid,nodev,noatime,default_permissions,fsname={}",
         fsname.replace(',', "_")
     );
-    let out = std::process::Command::new("fusermount3")
-        .arg("-o")
-        .arg(opts)
-        .arg("--")
-        .arg(mountpoint)
-        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
-        .output()?;
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-o").arg(opts).arg("--").arg(mountpoint);
+    let out = inherit_fd(&mut cmd, theirs.as_fd(), "_FUSE_COMMFD").output()?;
     drop(theirs);
     if !out.status.success() {
         return Err(io::Error::new(
@@ -916,38 +909,60 @@ fn fusermount(mountpoint: &Path, fsname: &str) -> io::Result<std::os::fd::OwnedF
             ),
         ));
     }
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
+    recv_fd(&ours).inspect_err(|_| {
+        let _ = detach(mountpoint);
+    })
+}
+
+/// Lets `cmd`'s child inherit `fd` (named to it by the environment variable `env`).
+///
+/// The fd keeps close-on-exec in this (multi-threaded) process, so children other threads
+/// spawn meanwhile do not inherit it; only the forked child clears the flag, between fork and
+/// exec. std has no stable way to pass an fd to a child, hence `pre_exec`.
+fn inherit_fd<'a>(
+    cmd: &'a mut std::process::Command,
+    fd: std::os::fd::BorrowedFd<'_>,
+    env: &str,
+) -> &'a mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let raw = fd.as_raw_fd();
+    cmd.env(env, raw.to_string());
+    let clear = move || {
+        // SAFETY: `raw` is open in the forked child (the parent holds it across the spawn,
+        // which the borrow of `fd` guarantees for the caller's statement).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(io::Error::from)
     };
-    // Room for one control message carrying one fd (CMSG_SPACE(4) is 24 on 64-bit Linux).
-    let mut cbuf = [0u64; 8];
-    // SAFETY: a zeroed msghdr is a valid empty header; the fields set below point at live
-    // buffers of the stated sizes.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    // SAFETY: recvmsg writes at most the buffers described by msg.
-    let n = unsafe { libc::recvmsg(ours.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+    // SAFETY: the closure only makes one fcntl system call (async-signal-safe: no allocation,
+    // no locks), as required between fork and exec.
+    unsafe { cmd.pre_exec(clear) }
+}
+
+/// Receives one fd sent with SCM_RIGHTS on `sock`: close-on-exec from the start
+/// (MSG_CMSG_CLOEXEC), and an error when the control data was truncated or carries no fd.
+fn recv_fd(sock: &UnixStream) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+    let mut byte = [0u8; 1];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [io::IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        // Any fds that did fit are closed when `control` drops.
+        return Err(io::Error::other(
+            "fusermount3 sent more control data than one descriptor",
+        ));
     }
-    // SAFETY: CMSG_FIRSTHDR/CMSG_DATA walk the control buffer recvmsg just filled.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if cmsg.is_null()
-            || (*cmsg).cmsg_level != libc::SOL_SOCKET
-            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
-        {
-            let _ = detach(mountpoint);
-            return Err(io::Error::other("fusermount3 sent no /dev/fuse descriptor"));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
-        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
-    }
+    let mut fds = control.drain().filter_map(|m| match m {
+        RecvAncillaryMessage::ScmRights(fds) => Some(fds),
+        _ => None,
+    });
+    let fd = fds.next().and_then(|mut f| f.next());
+    fd.ok_or_else(|| io::Error::other("fusermount3 sent no /dev/fuse descriptor"))
 }
 
 /// mount(2) of a read-only, nosuid, nodev FUSE filesystem; returns its /dev/fuse fd.
@@ -1302,5 +1317,83 @@ fn clean_stale_mounts(state_dir: &Path) {
         for e in rd.flatten() {
             let _ = fs::remove_file(e.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::os::fd::BorrowedFd;
+
+    fn send_fds(sock: &UnixStream, fds: &[BorrowedFd<'_>]) {
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+        }
+        rustix::net::sendmsg(
+            sock,
+            &[io::IoSlice::new(b"x")],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    fn cloexec(fd: BorrowedFd<'_>) -> bool {
+        rustix::io::fcntl_getfd(fd)
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC)
+    }
+
+    #[test]
+    fn received_fd_is_close_on_exec_and_usable() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        fs::File::from(file.try_clone().unwrap())
+            .set_len(4096)
+            .unwrap();
+        send_fds(&a, &[file.as_fd()]);
+        let got = fs::File::from(recv_fd(&b).unwrap());
+        assert!(cloexec(got.as_fd()), "received fd lacks close-on-exec");
+        assert_eq!(got.metadata().unwrap().len(), 4096);
+    }
+
+    #[test]
+    fn receive_without_fd_is_an_error() {
+        let (a, b) = UnixStream::pair().unwrap();
+        send_fds(&a, &[]);
+        let e = recv_fd(&b).unwrap_err();
+        assert!(e.to_string().contains("no /dev/fuse descriptor"), "{e}");
+    }
+
+    #[test]
+    fn receive_of_truncated_control_data_is_an_error() {
+        let (a, b) = UnixStream::pair().unwrap();
+        // Eight fds: more than the receive buffer's rounding and alignment slack leave room for.
+        let files: Vec<_> = (0..8).map(|_| tempfile::tempfile().unwrap()).collect();
+        let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+        send_fds(&a, &fds);
+        let e = recv_fd(&b).unwrap_err();
+        assert!(e.to_string().contains("more control data"), "{e}");
+    }
+
+    #[test]
+    fn child_inherits_fd_that_stays_close_on_exec_here() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        assert!(cloexec(theirs.as_fd()));
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "echo hi >&$FD"]);
+        let status = inherit_fd(&mut cmd, theirs.as_fd(), "FD").status().unwrap();
+        assert!(status.success());
+        assert!(
+            cloexec(theirs.as_fd()),
+            "the parent's fd lost close-on-exec"
+        );
+        drop(theirs);
+        let mut s = String::new();
+        io::Read::read_to_string(&mut &ours, &mut s).unwrap();
+        assert_eq!(s, "hi\n");
     }
 }
