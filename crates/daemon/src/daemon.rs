@@ -1351,9 +1351,7 @@ mod tests {
     fn received_fd_is_close_on_exec_and_usable() {
         let (a, b) = UnixStream::pair().unwrap();
         let file = tempfile::tempfile().unwrap();
-        fs::File::from(file.try_clone().unwrap())
-            .set_len(4096)
-            .unwrap();
+        file.set_len(4096).unwrap();
         send_fds(&a, &[file.as_fd()]);
         let got = fs::File::from(recv_fd(&b).unwrap());
         assert!(cloexec(got.as_fd()), "received fd lacks close-on-exec");
