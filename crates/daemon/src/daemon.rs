@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -981,29 +980,11 @@ fn mount_fuse(mountpoint: &Path, fsname: &str, options: &str) -> io::Result<std:
         data.push(',');
         data.push_str(options);
     }
-    let c = |b: &[u8]| {
-        std::ffi::CString::new(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-    };
-    let (source, target, fstype, data) = (
-        c(fsname.as_bytes())?,
-        c(mountpoint.as_os_str().as_bytes())?,
-        c(b"fuse")?,
-        c(data.as_bytes())?,
-    );
-    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
-    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
-    let r = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    use rustix::mount::MountFlags;
+    let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOATIME;
+    let data =
+        std::ffi::CString::new(data).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    rustix::mount::mount(fsname, mountpoint, "fuse", flags, data.as_c_str())?;
     Ok(dev.into())
 }
 
@@ -1020,7 +1001,7 @@ fn set_readahead(mountpoint: &Path) {
     let Ok(md) = fs::metadata(mountpoint) else {
         return;
     };
-    let (major, minor) = (libc::major(md.dev()), libc::minor(md.dev()));
+    let (major, minor) = (rustix::fs::major(md.dev()), rustix::fs::minor(md.dev()));
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     if let Err(e) = fs::write(&knob, READAHEAD_KB.to_string()) {
         tracing::debug!("{knob}: {e}");
@@ -1029,13 +1010,9 @@ fn set_readahead(mountpoint: &Path) {
 
 /// Lazy unmount (`umount -l`): the mount leaves the namespace now, open files keep working.
 pub fn detach(path: &Path) -> io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EPERM) {
-            return Err(e);
+    if let Err(e) = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        if e != rustix::io::Errno::PERM {
+            return Err(e.into());
         }
         // An unprivileged daemon's mounts go through the setuid helper.
         let out = std::process::Command::new("fusermount3")
@@ -1137,6 +1114,7 @@ pub fn cached_bytes(path: &Path) -> io::Result<u64> {
         nr_evicted: u64,
         nr_recently_evicted: u64,
     }
+    // No crate wraps cachestat(2) (rustix, nix, libc have no function for it): raw syscall.
     const SYS_CACHESTAT: libc::c_long = 451;
     let range = Range { off: 0, len: 0 };
     let mut st = Stat::default();
@@ -1153,8 +1131,7 @@ pub fn cached_bytes(path: &Path) -> io::Result<u64> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let page = rustix::param::page_size() as u64;
     Ok(st.nr_cache * page)
 }
 
@@ -1174,8 +1151,7 @@ pub fn run(state_dir: &Path) -> Result<(), Error> {
         .write(true)
         .open(&lock_path)
         .map_err(io_err(format!("open {}", lock_path.display())))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if lock.try_lock().is_err() {
         return Err(Error::AlreadyRunning(state_dir.to_path_buf()));
     }
     raise_fd_limit();
@@ -1190,15 +1166,7 @@ pub fn run(state_dir: &Path) -> Result<(), Error> {
         .map_err(io_err(format!("write {}", pid_path.display())))?;
 
     // Block the stop signals in every thread; this one waits for them.
-    // SAFETY: sigset manipulation on a local set; pthread_sigmask on the calling thread.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+    let set = stop_signals()?;
 
     let daemon = Daemon::new(state_dir.to_path_buf());
     let d = daemon.clone();
@@ -1212,53 +1180,71 @@ pub fn run(state_dir: &Path) -> Result<(), Error> {
         sock.display()
     );
 
-    let mut sig: libc::c_int = 0;
-    // SAFETY: sigwait on the set built above; writes the signal number into `sig`.
-    while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
-    tracing::info!("signal {sig}: unmounting everything");
+    // sigwait fails only on an invalid set (it does not return EINTR): no retry, but the
+    // mounts are still unmounted before the error is reported.
+    let waited = set.wait();
+    match &waited {
+        Ok(sig) => tracing::info!("{sig}: unmounting everything"),
+        Err(e) => tracing::error!("sigwait: {e}: unmounting everything"),
+    }
     let _ = fs::remove_file(&sock);
     daemon.shutdown(Duration::from_secs(3));
     let _ = fs::remove_file(&pid_path);
     drop(lock);
-    Ok(())
+    waited.map(drop).map_err(|e| Error::Io {
+        what: "wait for SIGTERM/SIGINT".into(),
+        cause: e.into(),
+    })
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread, and so in every thread it spawns later;
+/// returns the set for `wait`.
+fn stop_signals() -> Result<nix::sys::signal::SigSet, Error> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().map_err(|e| Error::Io {
+        what: "block SIGTERM/SIGINT".into(),
+        cause: e.into(),
+    })?;
+    Ok(set)
 }
 
 /// Each mount holds a few /dev/fuse clones and its image, and each dedup object its dedup
 /// file: lift the soft fd limit to the hard one, and as root the hard one to the kernel's
 /// per-process maximum (`fs.nr_open`).
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let nr_open = fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
-        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
-    // SAFETY: getrlimit/setrlimit read and write a local struct of the right type.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let lim = getrlimit(Resource::Nofile);
+    // None is unlimited: nothing to raise.
+    let Some(hard) = lim.maximum else { return };
+    if let Some(max) = nr_open.filter(|&m| m > hard) {
+        let raised = Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        // Needs CAP_SYS_RESOURCE; without it the soft limit is raised below.
+        if setrlimit(Resource::Nofile, raised).is_ok() {
             return;
         }
-        if let Some(max) = nr_open.filter(|&m| m > lim.rlim_max) {
-            let raised = libc::rlimit {
-                rlim_cur: max,
-                rlim_max: max,
-            };
-            // Needs CAP_SYS_RESOURCE; without it the soft limit is raised below.
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return;
-            }
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    if lim.current.is_some_and(|cur| cur < hard) {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!("raise RLIMIT_NOFILE to {hard}: {e}");
         }
     }
 }
 
 fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
         let d = daemon.clone();
@@ -1284,8 +1270,10 @@ fn handle_conn(stream: UnixStream, daemon: Arc<Daemon>, me: u32) {
     let _ = control::write_response(&stream, &resp);
     if stop {
         // After the answer: the shutdown may end the process at once.
-        // SAFETY: kill on our own pid; the signal thread performs the shutdown.
-        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        // To the process, not this thread (which blocks it): the signal thread performs the
+        // shutdown.
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
     }
 }
 
