@@ -1041,20 +1041,56 @@ pub fn our_mounts(fsname_prefix: &str) -> Vec<PathBuf> {
 
 /// [`our_mounts`] with each mount's super options (an overlay's layers are there).
 fn our_mounts_with(fsname_prefix: &str) -> Vec<(PathBuf, String)> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
+    mount_table()
+        .into_iter()
+        .filter(|m| {
+            (m.fstype.starts_with("fuse") || m.fstype == "overlay")
+                && m.source.starts_with(fsname_prefix)
+        })
+        .map(|m| (m.mountpoint, m.options))
+        .collect()
+}
+
+/// One line of /proc/self/mountinfo, unescaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// Filesystem type (`fuse.…`, `overlay`, `erofs`, …).
+    pub fstype: String,
+    /// Mount source ("fsname").
+    pub source: String,
+    /// Super options.
+    pub options: String,
+}
+
+/// The calling process's mounts, in /proc/self/mountinfo order (empty if unreadable).
+pub fn mount_table() -> Vec<MountEntry> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| parse_mountinfo(&info))
+        .unwrap_or_default()
+}
+
+/// Every mountpoint of the calling process (tests check what is left mounted with it).
+pub fn mountpoints() -> Vec<PathBuf> {
+    mount_table().into_iter().map(|m| m.mountpoint).collect()
+}
+
+fn parse_mountinfo(info: &str) -> Vec<MountEntry> {
     info.lines()
         .filter_map(|l| {
             let (left, right) = l.split_once(" - ")?;
             let mut fields = right.split(' ');
-            let fstype = fields.next()?;
+            let fstype = fields.next()?.to_string();
             let source = unescape_mountinfo(fields.next()?);
             let options = unescape_mountinfo(fields.next().unwrap_or(""));
-            let mountpoint = left.split(' ').nth(4)?;
-            ((fstype.starts_with("fuse") || fstype == "overlay")
-                && source.starts_with(fsname_prefix))
-            .then(|| (PathBuf::from(unescape_mountinfo(mountpoint)), options))
+            let mountpoint = PathBuf::from(unescape_mountinfo(left.split(' ').nth(4)?));
+            Some(MountEntry {
+                mountpoint,
+                fstype,
+                source,
+                options,
+            })
         })
         .collect()
 }
@@ -1333,6 +1369,20 @@ mod tests {
         rustix::io::fcntl_getfd(fd)
             .unwrap()
             .contains(rustix::io::FdFlags::CLOEXEC)
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        let info = "36 35 98:0 / /mnt/a\\040b\\134c rw,noatime master:1 - fuse.erofs-share \
+                    erofs-share:/img\\040x ro,user_id=0\n\
+                    37 35 98:0 / /plain rw - overlay overlay lowerdir=/l\n";
+        let m = parse_mountinfo(info);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].mountpoint, Path::new("/mnt/a b\\c"));
+        assert_eq!(m[0].source, "erofs-share:/img x");
+        assert_eq!(m[0].fstype, "fuse.erofs-share");
+        assert_eq!(m[0].options, "ro,user_id=0");
+        assert_eq!(m[1].mountpoint, Path::new("/plain"));
     }
 
     #[test]
