@@ -77,8 +77,7 @@ fn check(ret: libc::c_int, path: &Path, op: &'static str) -> Result<(), ExtractE
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// Owner, xattrs, mode and mtime, in the order that keeps each one: chown first (it clears

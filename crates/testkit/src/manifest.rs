@@ -85,8 +85,8 @@ fn entry(path: &Path, md: &std::fs::Metadata) -> std::io::Result<Value> {
     }
     if ft.is_block_device() || ft.is_char_device() {
         let rdev = md.rdev();
-        e.insert("rdev_major".into(), libc::major(rdev).into());
-        e.insert("rdev_minor".into(), libc::minor(rdev).into());
+        e.insert("rdev_major".into(), rustix::fs::major(rdev).into());
+        e.insert("rdev_minor".into(), rustix::fs::minor(rdev).into());
     }
     let mut xattrs = Map::new();
     for (name, value) in xattrs_of(path)? {

@@ -283,7 +283,7 @@ fn store_one(
 
 fn node_of(path: &Path, md: &std::fs::Metadata) -> Result<Node, BuildError> {
     let ft = md.file_type();
-    let rdev = || encode_dev(libc::major(md.rdev()), libc::minor(md.rdev()));
+    let rdev = || encode_dev(rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()));
     let kind = if ft.is_dir() {
         Kind::Dir(BTreeMap::new())
     } else if ft.is_file() {
