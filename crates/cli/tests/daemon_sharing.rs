@@ -407,6 +407,7 @@ fn hostile_images_never_crash_the_daemon() {
         seed ^= seed << 17;
         seed
     };
+    let (mut mounted, mut entries) = (0, 0);
     for i in 0..12 {
         let img = patched_copy(&image, d.dir.path(), &format!("h{i}.erofs"), |b| {
             for _ in 0..64 {
@@ -415,13 +416,31 @@ fn hostile_images_never_crash_the_daemon() {
             }
         });
         let domain = if i % 2 == 0 { Some("h") } else { None };
-        let Ok(m) = d.try_mount(&img, &format!("h{i}"), domain, true) else {
-            continue;
+        // A refused image is a fine outcome, with a reason.
+        let m = match d.try_mount(&img, &format!("h{i}"), domain, true) {
+            Ok(m) => m.mountpoint,
+            Err(e) => {
+                assert!(!e.trim().is_empty(), "h{i}: refused without a reason");
+                continue;
+            }
         };
-        let m = m.mountpoint;
-        walk_ignoring_errors(&m, 0);
+        mounted += 1;
+        let mut w = Walk::default();
+        walk(&m, 0, &mut w);
+        // Damaged metadata may fail any call, but only as the image's error: a dead
+        // connection (ENOTCONN) means the daemon crashed, a hang would never get here.
+        assert!(
+            !w.errors.contains(&libc::ENOTCONN),
+            "h{i}: the daemon died during the walk: {:?}\n{}",
+            w.errors,
+            d.log()
+        );
+        entries += w.entries;
         d.umount(&m);
     }
+    // Otherwise nothing above was exercised.
+    assert!(mounted > 0, "no damaged image mounted");
+    assert!(entries > 0, "no damaged image showed a single entry");
     let m = d.mount(&image, "after", Some("h"));
     let good = d.mount(&image, "good", None);
     let rel = "big/text-800k.txt";
@@ -431,33 +450,62 @@ fn hostile_images_never_crash_the_daemon() {
     );
 }
 
-fn walk_ignoring_errors(p: &Path, depth: usize) {
+fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+/// What a walk of a damaged mount saw: entries, and the errno of every failed call.
+#[derive(Default)]
+struct Walk {
+    entries: usize,
+    errors: Vec<i32>,
+}
+
+fn walk(p: &Path, depth: usize, w: &mut Walk) {
     if depth > 50 {
         return;
     }
-    let Ok(rd) = std::fs::read_dir(p) else { return };
-    for e in rd.flatten() {
-        let path = e.path();
-        let Ok(md) = std::fs::symlink_metadata(&path) else {
-            continue;
+    let rd = match std::fs::read_dir(p) {
+        Ok(rd) => rd,
+        Err(e) => return w.errors.push(errno(&e)),
+    };
+    let mut dirs = Vec::new();
+    for e in rd {
+        let path = match e {
+            Ok(e) => e.path(),
+            Err(e) => {
+                w.errors.push(errno(&e));
+                continue;
+            }
         };
-        let _ = xattr_names(&path);
-        if md.is_dir() {
-            walk_ignoring_errors(&path, depth + 1);
+        w.entries += 1;
+        let md = match std::fs::symlink_metadata(&path) {
+            Ok(md) => md,
+            Err(e) => {
+                w.errors.push(errno(&e));
+                continue;
+            }
+        };
+        if let Err(e) = xattr::list(&path) {
+            w.errors.push(errno(&e));
+        }
+        let r = if md.is_dir() {
+            dirs.push(path);
+            Ok(())
         } else if md.is_file() {
-            let _ = std::fs::read(&path);
+            std::fs::read(&path).map(drop)
         } else if md.file_type().is_symlink() {
-            let _ = std::fs::read_link(&path);
+            std::fs::read_link(&path).map(drop)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = r {
+            w.errors.push(errno(&e));
         }
     }
-}
-
-fn xattr_names(p: &Path) -> Option<usize> {
-    let c = std::ffi::CString::new(p.as_os_str().to_str()?).ok()?;
-    let mut buf = vec![0u8; 65536];
-    // SAFETY: buf is writable for its length; c is a valid path.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    (n >= 0).then_some(n as usize)
+    for d in dirs {
+        walk(&d, depth + 1, w);
+    }
 }
 
 #[test]

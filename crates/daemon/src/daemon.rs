@@ -4,8 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -1014,21 +1013,14 @@ fn session_on<FS: Filesystem>(
 /// Mounts through the setuid `fusermount3` (for a daemon without CAP_SYS_ADMIN): it mounts
 /// and hands the /dev/fuse fd back over a socket named by `_FUSE_COMMFD`.
 fn fusermount(mountpoint: &Path, fsname: &str) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
     let (ours, theirs) = UnixStream::pair()?;
-    // SAFETY: fcntl on an fd we own: the helper must inherit it across exec.
-    unsafe { libc::fcntl(theirs.as_raw_fd(), libc::F_SETFD, 0) };
     let opts = format!(
         "ro,nosuid,nodev,noatime,default_permissions,fsname={}",
         fsname.replace(',', "_")
     );
-    let out = std::process::Command::new("fusermount3")
-        .arg("-o")
-        .arg(opts)
-        .arg("--")
-        .arg(mountpoint)
-        .env("_FUSE_COMMFD", theirs.as_raw_fd().to_string())
-        .output()?;
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-o").arg(opts).arg("--").arg(mountpoint);
+    let out = inherit_fd(&mut cmd, theirs.as_fd(), "_FUSE_COMMFD").output()?;
     drop(theirs);
     if !out.status.success() {
         return Err(io::Error::new(
@@ -1039,38 +1031,60 @@ fn fusermount(mountpoint: &Path, fsname: &str) -> io::Result<std::os::fd::OwnedF
             ),
         ));
     }
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
+    recv_fd(&ours).inspect_err(|_| {
+        let _ = detach(mountpoint);
+    })
+}
+
+/// Lets `cmd`'s child inherit `fd` (named to it by the environment variable `env`).
+///
+/// The fd keeps close-on-exec in this (multi-threaded) process, so children other threads
+/// spawn meanwhile do not inherit it; only the forked child clears the flag, between fork and
+/// exec. std has no stable way to pass an fd to a child, hence `pre_exec`.
+fn inherit_fd<'a>(
+    cmd: &'a mut std::process::Command,
+    fd: std::os::fd::BorrowedFd<'_>,
+    env: &str,
+) -> &'a mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let raw = fd.as_raw_fd();
+    cmd.env(env, raw.to_string());
+    let clear = move || {
+        // SAFETY: `raw` is open in the forked child (the parent holds it across the spawn,
+        // which the borrow of `fd` guarantees for the caller's statement).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(io::Error::from)
     };
-    // Room for one control message carrying one fd (CMSG_SPACE(4) is 24 on 64-bit Linux).
-    let mut cbuf = [0u64; 8];
-    // SAFETY: a zeroed msghdr is a valid empty header; the fields set below point at live
-    // buffers of the stated sizes.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    // SAFETY: recvmsg writes at most the buffers described by msg.
-    let n = unsafe { libc::recvmsg(ours.as_raw_fd(), &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+    // SAFETY: the closure only makes one fcntl system call (async-signal-safe: no allocation,
+    // no locks), as required between fork and exec.
+    unsafe { cmd.pre_exec(clear) }
+}
+
+/// Receives one fd sent with SCM_RIGHTS on `sock`: close-on-exec from the start
+/// (MSG_CMSG_CLOEXEC), and an error when the control data was truncated or carries no fd.
+fn recv_fd(sock: &UnixStream) -> io::Result<std::os::fd::OwnedFd> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+    let mut byte = [0u8; 1];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [io::IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        // Any fds that did fit are closed when `control` drops.
+        return Err(io::Error::other(
+            "fusermount3 sent more control data than one descriptor",
+        ));
     }
-    // SAFETY: CMSG_FIRSTHDR/CMSG_DATA walk the control buffer recvmsg just filled.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if cmsg.is_null()
-            || (*cmsg).cmsg_level != libc::SOL_SOCKET
-            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
-        {
-            let _ = detach(mountpoint);
-            return Err(io::Error::other("fusermount3 sent no /dev/fuse descriptor"));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
-        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
-    }
+    let mut fds = control.drain().filter_map(|m| match m {
+        RecvAncillaryMessage::ScmRights(fds) => Some(fds),
+        _ => None,
+    });
+    let fd = fds.next().and_then(|mut f| f.next());
+    fd.ok_or_else(|| io::Error::other("fusermount3 sent no /dev/fuse descriptor"))
 }
 
 /// mount(2) of a read-only, nosuid, nodev FUSE filesystem; returns its /dev/fuse fd.
@@ -1089,29 +1103,11 @@ fn mount_fuse(mountpoint: &Path, fsname: &str, options: &str) -> io::Result<std:
         data.push(',');
         data.push_str(options);
     }
-    let c = |b: &[u8]| {
-        std::ffi::CString::new(b).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-    };
-    let (source, target, fstype, data) = (
-        c(fsname.as_bytes())?,
-        c(mountpoint.as_os_str().as_bytes())?,
-        c(b"fuse")?,
-        c(data.as_bytes())?,
-    );
-    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
-    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
-    let r = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    use rustix::mount::MountFlags;
+    let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOATIME;
+    let data =
+        std::ffi::CString::new(data).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    rustix::mount::mount(fsname, mountpoint, "fuse", flags, data.as_c_str())?;
     Ok(dev.into())
 }
 
@@ -1128,7 +1124,7 @@ fn set_readahead(mountpoint: &Path) {
     let Ok(md) = fs::metadata(mountpoint) else {
         return;
     };
-    let (major, minor) = (libc::major(md.dev()), libc::minor(md.dev()));
+    let (major, minor) = (rustix::fs::major(md.dev()), rustix::fs::minor(md.dev()));
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     if let Err(e) = fs::write(&knob, READAHEAD_KB.to_string()) {
         tracing::debug!("{knob}: {e}");
@@ -1137,13 +1133,9 @@ fn set_readahead(mountpoint: &Path) {
 
 /// Lazy unmount (`umount -l`): the mount leaves the namespace now, open files keep working.
 pub fn detach(path: &Path) -> io::Result<()> {
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EPERM) {
-            return Err(e);
+    if let Err(e) = rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        if e != rustix::io::Errno::PERM {
+            return Err(e.into());
         }
         // An unprivileged daemon's mounts go through the setuid helper.
         let out = std::process::Command::new("fusermount3")
@@ -1172,20 +1164,56 @@ pub fn our_mounts(fsname_prefix: &str) -> Vec<PathBuf> {
 
 /// [`our_mounts`] with each mount's super options (an overlay's layers are there).
 fn our_mounts_with(fsname_prefix: &str) -> Vec<(PathBuf, String)> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
+    mount_table()
+        .into_iter()
+        .filter(|m| {
+            (m.fstype.starts_with("fuse") || m.fstype == "overlay")
+                && m.source.starts_with(fsname_prefix)
+        })
+        .map(|m| (m.mountpoint, m.options))
+        .collect()
+}
+
+/// One line of /proc/self/mountinfo, unescaped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// Filesystem type (`fuse.…`, `overlay`, `erofs`, …).
+    pub fstype: String,
+    /// Mount source ("fsname").
+    pub source: String,
+    /// Super options.
+    pub options: String,
+}
+
+/// The calling process's mounts, in /proc/self/mountinfo order (empty if unreadable).
+pub fn mount_table() -> Vec<MountEntry> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| parse_mountinfo(&info))
+        .unwrap_or_default()
+}
+
+/// Every mountpoint of the calling process (tests check what is left mounted with it).
+pub fn mountpoints() -> Vec<PathBuf> {
+    mount_table().into_iter().map(|m| m.mountpoint).collect()
+}
+
+fn parse_mountinfo(info: &str) -> Vec<MountEntry> {
     info.lines()
         .filter_map(|l| {
             let (left, right) = l.split_once(" - ")?;
             let mut fields = right.split(' ');
-            let fstype = fields.next()?;
+            let fstype = fields.next()?.to_string();
             let source = unescape_mountinfo(fields.next()?);
             let options = unescape_mountinfo(fields.next().unwrap_or(""));
-            let mountpoint = left.split(' ').nth(4)?;
-            ((fstype.starts_with("fuse") || fstype == "overlay")
-                && source.starts_with(fsname_prefix))
-            .then(|| (PathBuf::from(unescape_mountinfo(mountpoint)), options))
+            let mountpoint = PathBuf::from(unescape_mountinfo(left.split(' ').nth(4)?));
+            Some(MountEntry {
+                mountpoint,
+                fstype,
+                source,
+                options,
+            })
         })
         .collect()
 }
@@ -1245,6 +1273,7 @@ pub fn cached_bytes(path: &Path) -> io::Result<u64> {
         nr_evicted: u64,
         nr_recently_evicted: u64,
     }
+    // No crate wraps cachestat(2) (rustix, nix, libc have no function for it): raw syscall.
     const SYS_CACHESTAT: libc::c_long = 451;
     let range = Range { off: 0, len: 0 };
     let mut st = Stat::default();
@@ -1261,8 +1290,7 @@ pub fn cached_bytes(path: &Path) -> io::Result<u64> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let page = rustix::param::page_size() as u64;
     Ok(st.nr_cache * page)
 }
 
@@ -1282,8 +1310,7 @@ pub fn run(state_dir: &Path) -> Result<(), Error> {
         .write(true)
         .open(&lock_path)
         .map_err(io_err(format!("open {}", lock_path.display())))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if lock.try_lock().is_err() {
         return Err(Error::AlreadyRunning(state_dir.to_path_buf()));
     }
     raise_fd_limit();
@@ -1298,15 +1325,7 @@ pub fn run(state_dir: &Path) -> Result<(), Error> {
         .map_err(io_err(format!("write {}", pid_path.display())))?;
 
     // Block the stop signals in every thread; this one waits for them.
-    // SAFETY: sigset manipulation on a local set; pthread_sigmask on the calling thread.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
+    let set = stop_signals()?;
 
     let daemon = Daemon::new(state_dir.to_path_buf());
     let d = daemon.clone();
@@ -1320,53 +1339,71 @@ pub fn run(state_dir: &Path) -> Result<(), Error> {
         sock.display()
     );
 
-    let mut sig: libc::c_int = 0;
-    // SAFETY: sigwait on the set built above; writes the signal number into `sig`.
-    while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
-    tracing::info!("signal {sig}: unmounting everything");
+    // sigwait fails only on an invalid set (it does not return EINTR): no retry, but the
+    // mounts are still unmounted before the error is reported.
+    let waited = set.wait();
+    match &waited {
+        Ok(sig) => tracing::info!("{sig}: unmounting everything"),
+        Err(e) => tracing::error!("sigwait: {e}: unmounting everything"),
+    }
     let _ = fs::remove_file(&sock);
     daemon.shutdown(Duration::from_secs(3));
     let _ = fs::remove_file(&pid_path);
     drop(lock);
-    Ok(())
+    waited.map(drop).map_err(|e| Error::Io {
+        what: "wait for SIGTERM/SIGINT".into(),
+        cause: e.into(),
+    })
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread, and so in every thread it spawns later;
+/// returns the set for `wait`.
+fn stop_signals() -> Result<nix::sys::signal::SigSet, Error> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().map_err(|e| Error::Io {
+        what: "block SIGTERM/SIGINT".into(),
+        cause: e.into(),
+    })?;
+    Ok(set)
 }
 
 /// Each mount holds a few /dev/fuse clones and its image, and each dedup object its dedup
 /// file: lift the soft fd limit to the hard one, and as root the hard one to the kernel's
 /// per-process maximum (`fs.nr_open`).
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let nr_open = fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
-        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok());
-    // SAFETY: getrlimit/setrlimit read and write a local struct of the right type.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let lim = getrlimit(Resource::Nofile);
+    // None is unlimited: nothing to raise.
+    let Some(hard) = lim.maximum else { return };
+    if let Some(max) = nr_open.filter(|&m| m > hard) {
+        let raised = Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        // Needs CAP_SYS_RESOURCE; without it the soft limit is raised below.
+        if setrlimit(Resource::Nofile, raised).is_ok() {
             return;
         }
-        if let Some(max) = nr_open.filter(|&m| m > lim.rlim_max) {
-            let raised = libc::rlimit {
-                rlim_cur: max,
-                rlim_max: max,
-            };
-            // Needs CAP_SYS_RESOURCE; without it the soft limit is raised below.
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return;
-            }
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    if lim.current.is_some_and(|cur| cur < hard) {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!("raise RLIMIT_NOFILE to {hard}: {e}");
         }
     }
 }
 
 fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
         let d = daemon.clone();
@@ -1392,8 +1429,10 @@ fn handle_conn(stream: UnixStream, daemon: Arc<Daemon>, me: u32) {
     let _ = control::write_response(&stream, &resp);
     if stop {
         // After the answer: the shutdown may end the process at once.
-        // SAFETY: kill on our own pid; the signal thread performs the shutdown.
-        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        // To the process, not this thread (which blocks it): the signal thread performs the
+        // shutdown.
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
     }
 }
 
@@ -1425,5 +1464,95 @@ fn clean_stale_mounts(state_dir: &Path) {
         for e in rd.flatten() {
             let _ = fs::remove_file(e.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::os::fd::BorrowedFd;
+
+    fn send_fds(sock: &UnixStream, fds: &[BorrowedFd<'_>]) {
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+        }
+        rustix::net::sendmsg(
+            sock,
+            &[io::IoSlice::new(b"x")],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .unwrap();
+    }
+
+    fn cloexec(fd: BorrowedFd<'_>) -> bool {
+        rustix::io::fcntl_getfd(fd)
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC)
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        let info = "36 35 98:0 / /mnt/a\\040b\\134c rw,noatime master:1 - fuse.erofs-share \
+                    erofs-share:/img\\040x ro,user_id=0\n\
+                    37 35 98:0 / /plain rw - overlay overlay lowerdir=/l\n";
+        let m = parse_mountinfo(info);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].mountpoint, Path::new("/mnt/a b\\c"));
+        assert_eq!(m[0].source, "erofs-share:/img x");
+        assert_eq!(m[0].fstype, "fuse.erofs-share");
+        assert_eq!(m[0].options, "ro,user_id=0");
+        assert_eq!(m[1].mountpoint, Path::new("/plain"));
+    }
+
+    #[test]
+    fn received_fd_is_close_on_exec_and_usable() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(4096).unwrap();
+        send_fds(&a, &[file.as_fd()]);
+        let got = fs::File::from(recv_fd(&b).unwrap());
+        assert!(cloexec(got.as_fd()), "received fd lacks close-on-exec");
+        assert_eq!(got.metadata().unwrap().len(), 4096);
+    }
+
+    #[test]
+    fn receive_without_fd_is_an_error() {
+        let (a, b) = UnixStream::pair().unwrap();
+        send_fds(&a, &[]);
+        let e = recv_fd(&b).unwrap_err();
+        assert!(e.to_string().contains("no /dev/fuse descriptor"), "{e}");
+    }
+
+    #[test]
+    fn receive_of_truncated_control_data_is_an_error() {
+        let (a, b) = UnixStream::pair().unwrap();
+        // Eight fds: more than the receive buffer's rounding and alignment slack leave room for.
+        let files: Vec<_> = (0..8).map(|_| tempfile::tempfile().unwrap()).collect();
+        let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+        send_fds(&a, &fds);
+        let e = recv_fd(&b).unwrap_err();
+        assert!(e.to_string().contains("more control data"), "{e}");
+    }
+
+    #[test]
+    fn child_inherits_fd_that_stays_close_on_exec_here() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        assert!(cloexec(theirs.as_fd()));
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "echo hi >&$FD"]);
+        let status = inherit_fd(&mut cmd, theirs.as_fd(), "FD").status().unwrap();
+        assert!(status.success());
+        assert!(
+            cloexec(theirs.as_fd()),
+            "the parent's fd lost close-on-exec"
+        );
+        drop(theirs);
+        let mut s = String::new();
+        io::Read::read_to_string(&mut &ours, &mut s).unwrap();
+        assert_eq!(s, "hi\n");
     }
 }

@@ -33,16 +33,9 @@ static KEPT_FILES: AtomicUsize = AtomicUsize::new(0);
 fn kept_files_budget() -> usize {
     static BUDGET: OnceLock<usize> = OnceLock::new();
     *BUDGET.get_or_init(|| {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes a local struct of the right type.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-            usize::try_from(lim.rlim_cur / 2).unwrap_or(usize::MAX)
-        } else {
-            0
-        }
+        // None is unlimited.
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        soft.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX))
     })
 }
 

@@ -10,7 +10,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,8 +83,8 @@ impl UncachedFile {
 
     fn open_buffered(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
-        // SAFETY: plain fadvise on an fd we own; no memory is passed.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        // Advice only: a failure costs speed, not correctness.
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Random);
         Self::new(file, false)
     }
 
@@ -195,15 +194,13 @@ impl UncachedFile {
             self.bytes_read
                 .fetch_add(buf.len() as u64, Ordering::Relaxed);
         }
-        // SAFETY: plain fadvise on an fd we own; drops the range we just read.
-        unsafe {
-            libc::posix_fadvise(
-                self.file.as_raw_fd(),
-                offset as libc::off_t,
-                buf.len() as libc::off_t,
-                libc::POSIX_FADV_DONTNEED,
-            )
-        };
+        // Drops the range just read (advice only, like the open's).
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            offset,
+            std::num::NonZeroU64::new(buf.len() as u64),
+            rustix::fs::Advice::DontNeed,
+        );
         r
     }
 }
@@ -229,23 +226,25 @@ impl erofs::source::ReadAt for UncachedFile {
 struct AlignedBuf {
     ptr: *mut u8,
     len: usize,
+    layout: std::alloc::Layout,
 }
 
 impl AlignedBuf {
     fn new(len: usize) -> io::Result<Self> {
-        let layout = std::alloc::Layout::from_size_align(len, DIO_ALIGN)
+        // Never a zero-sized allocation (undefined behaviour for alloc_zeroed): at least one
+        // alignment unit is allocated, `len` of it is exposed.
+        let layout = std::alloc::Layout::from_size_align(len.max(DIO_ALIGN), DIO_ALIGN)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: the layout has a non-zero size (callers round up to DIO_ALIGN and never
-        // ask for zero bytes).
+        // SAFETY: the layout's size is non-zero (at least DIO_ALIGN).
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
         if ptr.is_null() {
             return Err(io::Error::new(io::ErrorKind::OutOfMemory, "bounce buffer"));
         }
-        Ok(Self { ptr, len })
+        Ok(Self { ptr, len, layout })
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: ptr points to len initialised (zeroed) bytes owned by self.
+        // SAFETY: ptr points to at least len initialised (zeroed) bytes owned by self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
@@ -253,12 +252,7 @@ impl AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         // SAFETY: ptr was allocated in new() with exactly this layout.
-        unsafe {
-            std::alloc::dealloc(
-                self.ptr,
-                std::alloc::Layout::from_size_align_unchecked(self.len, DIO_ALIGN),
-            )
-        };
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
     }
 }
 
@@ -267,6 +261,17 @@ mod tests {
     use super::*;
     use erofs::source::ReadAt;
     use std::io::Write;
+
+    #[test]
+    fn aligned_buffers_of_any_size_are_aligned_and_zeroed() {
+        for len in [0, 1, DIO_ALIGN - 1, DIO_ALIGN, 3 * DIO_ALIGN + 7] {
+            let mut b = AlignedBuf::new(len).unwrap();
+            let s = b.as_mut_slice();
+            assert_eq!(s.len(), len);
+            assert_eq!(s.as_ptr() as usize % DIO_ALIGN, 0, "len {len}");
+            assert!(s.iter().all(|&x| x == 0));
+        }
+    }
 
     #[test]
     fn reads_unaligned_ranges_exactly() {

@@ -10,7 +10,6 @@ use crate::image::Image;
 use crate::inode::{FileType, Inode};
 use crate::walk::{Problem, try_walk};
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
@@ -62,23 +61,8 @@ fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Ext
     }
 }
 
-fn cpath(path: &Path) -> Result<CString, ExtractError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| ExtractError::UnsafeName {
-        path: path.display().to_string(),
-        name: "contains NUL".into(),
-    })
-}
-
-fn check(ret: libc::c_int, path: &Path, op: &'static str) -> Result<(), ExtractError> {
-    if ret < 0 {
-        return Err(io_err(path, op)(io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// Owner, xattrs, mode and mtime, in the order that keeps each one: chown first (it clears
@@ -90,59 +74,52 @@ fn apply_metadata(
     path: &Path,
     stats: &mut ExtractStats,
 ) -> Result<(), ExtractError> {
-    let c = cpath(path)?;
     let root = is_root();
     if root {
-        // SAFETY: c is a valid NUL-terminated path.
-        let r = unsafe { libc::lchown(c.as_ptr(), inode.uid, inode.gid) };
-        check(r, path, "lchown")?;
+        std::os::unix::fs::lchown(path, Some(inode.uid), Some(inode.gid))
+            .map_err(io_err(path, "lchown"))?;
     }
     for x in img.listed_xattrs(inode)? {
         if !root && x.name.starts_with(b"trusted.") {
             continue;
         }
-        let name = CString::new(x.name.clone()).map_err(|_| ExtractError::UnsafeName {
-            path: path.display().to_string(),
-            name: String::from_utf8_lossy(&x.name).into_owned(),
-        })?;
-        // SAFETY: both strings are NUL-terminated; the value pointer and length describe
-        // a live buffer.
-        let r = unsafe {
-            libc::lsetxattr(
-                c.as_ptr(),
-                name.as_ptr(),
-                x.value.as_ptr().cast(),
-                x.value.len(),
-                0,
-            )
-        };
-        check(r, path, "lsetxattr")?;
+        if x.name.contains(&0) {
+            return Err(ExtractError::UnsafeName {
+                path: path.display().to_string(),
+                name: String::from_utf8_lossy(&x.name).into_owned(),
+            });
+        }
+        // lsetxattr: the xattr crate never follows symlinks.
+        xattr::set(path, std::ffi::OsStr::from_bytes(&x.name), &x.value)
+            .map_err(io_err(path, "lsetxattr"))?;
         stats.xattrs += 1;
     }
     if inode.file_type() != FileType::Symlink {
-        // SAFETY: c is a valid NUL-terminated path.
-        let r = unsafe { libc::chmod(c.as_ptr(), inode.permissions() as libc::mode_t) };
-        check(r, path, "chmod")?;
+        std::fs::set_permissions(
+            path,
+            std::os::unix::fs::PermissionsExt::from_mode(inode.permissions() as u32),
+        )
+        .map_err(io_err(path, "chmod"))?;
     }
-    set_mtime(inode, path, &c)
+    set_mtime(inode, path)
 }
 
-fn set_mtime(inode: &Inode, path: &Path, c: &CString) -> Result<(), ExtractError> {
-    let t = libc::timespec {
-        tv_sec: inode.mtime as libc::time_t,
-        tv_nsec: inode.mtime_nsec as libc::c_long,
+fn set_mtime(inode: &Inode, path: &Path) -> Result<(), ExtractError> {
+    let t = rustix::fs::Timespec {
+        tv_sec: inode.mtime,
+        tv_nsec: inode.mtime_nsec as _,
     };
-    let times = [t, t];
-    // SAFETY: c is NUL-terminated and times points to two valid timespecs.
-    let r = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
+    let times = rustix::fs::Timestamps {
+        last_access: t,
+        last_modification: t,
     };
-    check(r, path, "utimensat")
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| io_err(path, "utimensat")(e.into()))
 }
 
 /// Copy a regular file's content, leaving holes sparse.
@@ -180,17 +157,22 @@ fn write_content(img: &Image, inode: &Inode, path: &Path) -> Result<u64, Extract
 }
 
 fn mknod(inode: &Inode, path: &Path) -> Result<(), ExtractError> {
-    let c = cpath(path)?;
+    use rustix::fs::FileType as Ft;
     let kind = match inode.file_type() {
-        FileType::CharDev => libc::S_IFCHR,
-        FileType::BlockDev => libc::S_IFBLK,
-        FileType::Fifo => libc::S_IFIFO,
-        _ => libc::S_IFSOCK,
+        FileType::CharDev => Ft::CharacterDevice,
+        FileType::BlockDev => Ft::BlockDevice,
+        FileType::Fifo => Ft::Fifo,
+        _ => Ft::Socket,
     };
-    let dev = libc::makedev(inode.rdev_major(), inode.rdev_minor());
-    // SAFETY: c is a valid NUL-terminated path.
-    let r = unsafe { libc::mknod(c.as_ptr(), kind | 0o600, dev) };
-    check(r, path, "mknod")
+    let dev = rustix::fs::makedev(inode.rdev_major(), inode.rdev_minor());
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        kind,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        dev,
+    )
+    .map_err(|e| io_err(path, "mknod")(e.into()))
 }
 
 /// Prepare `dest`: create it if missing, accept it if it is an empty directory.

@@ -7,7 +7,6 @@ pub use loop_mount::{LoopMount, LoopMountError};
 
 /// Writes back dirty data, then drops clean page cache, dentries and inodes (root only).
 pub fn drop_caches() -> std::io::Result<()> {
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+    rustix::fs::sync();
     std::fs::write("/proc/sys/vm/drop_caches", "3")
 }

@@ -42,8 +42,7 @@ pub fn required() -> bool {
 }
 
 fn missing(need: Need) -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = rustix::process::geteuid().is_root();
     let not_root = || Some("not running as root".to_string());
     match need {
         Need::Root => (!root).then(|| "not running as root".to_string()),

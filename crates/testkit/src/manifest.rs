@@ -6,7 +6,6 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -85,8 +84,8 @@ fn entry(path: &Path, md: &std::fs::Metadata) -> std::io::Result<Value> {
     }
     if ft.is_block_device() || ft.is_char_device() {
         let rdev = md.rdev();
-        e.insert("rdev_major".into(), libc::major(rdev).into());
-        e.insert("rdev_minor".into(), libc::minor(rdev).into());
+        e.insert("rdev_major".into(), rustix::fs::major(rdev).into());
+        e.insert("rdev_minor".into(), rustix::fs::minor(rdev).into());
     }
     let mut xattrs = Map::new();
     for (name, value) in xattrs_of(path)? {
@@ -113,38 +112,16 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 /// Every xattr of `path` (not following symlinks), sorted by name.
 pub fn xattrs_of(path: &Path) -> std::io::Result<BTreeMap<String, Vec<u8>>> {
-    let cpath = CString::new(path.as_os_str().as_bytes())?;
-    let mut names = vec![0u8; 64 * 1024];
-    // SAFETY: cpath is NUL-terminated; names is a valid buffer of the given length.
-    let n = unsafe { libc::llistxattr(cpath.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if n < 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::ENOTSUP) {
-            return Ok(BTreeMap::new());
-        }
-        return Err(err);
-    }
     let mut out = BTreeMap::new();
-    for name in names[..n as usize]
-        .split(|&b| b == 0)
-        .filter(|n| !n.is_empty())
-    {
-        let cname = CString::new(name)?;
-        let mut value = vec![0u8; 64 * 1024];
-        // SAFETY: both strings are NUL-terminated; value is a valid buffer of its length.
-        let len = unsafe {
-            libc::lgetxattr(
-                cpath.as_ptr(),
-                cname.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if len < 0 {
-            return Err(std::io::Error::last_os_error());
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for name in names {
+        if let Some(value) = xattr::get(path, &name)? {
+            out.insert(name.to_string_lossy().into_owned(), value);
         }
-        value.truncate(len as usize);
-        out.insert(String::from_utf8_lossy(name).into_owned(), value);
     }
     Ok(out)
 }

@@ -57,9 +57,7 @@ pub fn analyze_images(images: &[PathBuf], top: usize) -> anyhow::Result<analyze:
 
 /// The machine's page size (what the page cache counts in).
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 { n as u64 } else { 4096 }
+    rustix::param::page_size() as u64
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

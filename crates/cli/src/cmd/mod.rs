@@ -21,6 +21,5 @@ pub mod umount;
 
 /// True when this process runs as root (what mounting, cgroups and drop_caches need).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }

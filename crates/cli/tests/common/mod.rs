@@ -182,10 +182,8 @@ impl Drop for Daemon {
 
 /// Mountpoints under `dir` (from /proc/self/mountinfo), deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mut v: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(PathBuf::from))
+    let mut v: Vec<PathBuf> = erofs_share_daemon::daemon::mountpoints()
+        .into_iter()
         .filter(|p| p.starts_with(dir))
         .collect();
     v.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));

@@ -9,9 +9,8 @@ use super::tree::{Content, Kind, Node, NodeId, Stored, Tree, encode_dev};
 use super::xattrs::max_ibody_size;
 use super::{BuildError, ImageFile, Options, Progress};
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::CString;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -283,7 +282,7 @@ fn store_one(
 
 fn node_of(path: &Path, md: &std::fs::Metadata) -> Result<Node, BuildError> {
     let ft = md.file_type();
-    let rdev = || encode_dev(libc::major(md.rdev()), libc::minor(md.rdev()));
+    let rdev = || encode_dev(rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()));
     let kind = if ft.is_dir() {
         Kind::Dir(BTreeMap::new())
     } else if ft.is_file() {
@@ -314,51 +313,18 @@ fn node_of(path: &Path, md: &std::fs::Metadata) -> Result<Node, BuildError> {
     Ok(n)
 }
 
-/// Every xattr of `path`, not following symlinks.
+/// Every xattr of `path`, not following symlinks (the xattr crate retries on ERANGE).
 fn xattrs_of(path: &Path) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-    let cpath = CString::new(path.as_os_str().as_bytes())?;
     let mut out = BTreeMap::new();
-    let mut names = vec![0u8; 4096];
-    let n = loop {
-        // SAFETY: cpath is NUL-terminated; names is a writable buffer of names.len() bytes.
-        let n = unsafe { libc::llistxattr(cpath.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::ENOTSUP) => return Ok(out),
-            Some(libc::ERANGE) if names.len() < 1 << 20 => names.resize(names.len() * 4, 0),
-            _ => return Err(err),
-        }
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
+        Err(e) => return Err(e),
     };
-    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let cname = CString::new(name)?;
-        let mut value = vec![0u8; 256];
-        let len = loop {
-            // SAFETY: both strings are NUL-terminated; value is writable for value.len() bytes.
-            let len = unsafe {
-                libc::lgetxattr(
-                    cpath.as_ptr(),
-                    cname.as_ptr(),
-                    value.as_mut_ptr().cast(),
-                    value.len(),
-                )
-            };
-            if len >= 0 {
-                break len as usize;
-            }
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::ERANGE) if value.len() < 1 << 17 => value.resize(value.len() * 4, 0),
-                // Removed since it was listed.
-                Some(libc::ENODATA) => break usize::MAX,
-                _ => return Err(err),
-            }
-        };
-        if len != usize::MAX {
-            value.truncate(len);
-            out.insert(name.to_vec(), value);
+    for name in names {
+        // None: removed since it was listed.
+        if let Some(value) = xattr::get(path, &name)? {
+            out.insert(name.into_vec(), value);
         }
     }
     Ok(out)

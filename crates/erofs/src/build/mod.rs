@@ -273,8 +273,12 @@ pub(crate) fn build_with(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // Created 0666 less the umask, applied by the kernel (tempfile's default is 0600): an
+    // image is as readable as any file the user creates. Reading the umask instead would mean
+    // setting it, a process-wide race inside a library call.
     let tmp = tempfile::Builder::new()
         .prefix(".erofs-share-mkfs-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(&parent)
         .map_err(|e| BuildError::io(&parent)(without_temp_path(e, &parent)))?;
     let file = tmp.as_file().try_clone().map_err(BuildError::Write)?;
@@ -308,20 +312,6 @@ pub(crate) fn build_with(
     tree.count_links()?;
     let summary = write::image(&tree, opts, &mut img)?;
     tracing::debug!("wrote the metadata");
-    let mut perms = img
-        .file
-        .metadata()
-        .map_err(BuildError::Write)?
-        .permissions();
-    // Temp files are created 0600; an image is as readable as any file the user creates.
-    // SAFETY: umask only swaps the process's file mode mask; called twice to read it back.
-    let mask = unsafe {
-        let m = libc::umask(0o022);
-        libc::umask(m);
-        m
-    };
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o666 & !(mask as u32));
-    img.file.set_permissions(perms).map_err(BuildError::Write)?;
     // No fsync, like mkfs.erofs: the rename protects the destination from failed builds;
     // callers that need durability sync the image themselves.
     // The caller names `dst` (its context says what is built): not named again here.
