@@ -693,11 +693,18 @@ impl Daemon {
             rec.mounts += 1;
             return Ok(rec.domain.clone());
         }
-        let dir = self.state_dir.join("dedup").join(if id == UNSHARED_DOMAIN {
+        // A path of its own per incarnation of the domain: the previous one's dedup mount may
+        // still be being detached and its directory removed (the last mount's end is seen on
+        // another thread), which must not take the new mount with it.
+        let name = if id == UNSHARED_DOMAIN {
             "unshared".to_string()
         } else {
             domain::dir_name(id)
-        });
+        };
+        let dir = self.state_dir.join("dedup").join(format!(
+            "{name}.{}",
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        ));
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -754,7 +761,10 @@ impl Daemon {
     /// Called when an image mount's FUSE session ends (unmounted, or its last file closed
     /// after a lazy unmount): its files stop being sources, orphaned objects go.
     fn mount_ended(&self, id: u64) {
-        let Some(rec) = self.mounts.lock().unwrap().remove(&id) else {
+        // Held to the end: who sees the mount gone (umount's wait, status) also sees its
+        // sources detached and its domain released.
+        let mut mounts = self.mounts.lock().unwrap();
+        let Some(rec) = mounts.remove(&id) else {
             return;
         };
         tracing::info!("mount {} ({}) ended", id, rec.image.mountpoint.display());
@@ -779,6 +789,7 @@ impl Daemon {
             }
         }
         self.release_domain(&dom.id);
+        drop(mounts);
     }
 
     /// Unmounts `mountpoint`: lazily, so open and mapped files keep working; returns true
