@@ -28,8 +28,9 @@ fn bench_memory_agrees_with_analyze_and_plots() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    // kernel, --no-share, one domain (overlay front), one domain (FUSE front).
-    assert_eq!(v["rows"].as_array().unwrap().len(), 4);
+    // kernel, --no-share, one domain (overlay front), one domain (FUSE front), one trusted
+    // domain.
+    assert_eq!(v["rows"].as_array().unwrap().len(), 5);
     agrees_with_analyze(&v);
     every_setup_read_everything(&v);
     let bytes = std::fs::read(&png).unwrap();

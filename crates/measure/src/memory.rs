@@ -79,7 +79,7 @@ pub struct Report {
     /// The images, in order.
     pub images: Vec<PathBuf>,
     /// Measured setups: kernel, `--no-share`, one domain (overlay front), one domain (FUSE
-    /// front).
+    /// front), one trusted domain (overlay front).
     pub rows: Vec<Row>,
     /// Page-rounded size of the distinct file contents of all images.
     pub ideal: u64,
@@ -194,22 +194,32 @@ pub fn run(exe: &Path, images: &[PathBuf], runs: usize) -> Result<Report, Memory
         return Err(MemoryError::NoImages);
     }
     let (ideal, total_content) = content_sizes(images)?;
-    let setups: [&dyn Mounter; 4] = [
+    let setups: [&dyn Mounter; 5] = [
         &KernelLoop,
         &ErofsShare {
             exe: exe.to_path_buf(),
             share: false,
             front: None,
+            trusted: false,
         },
         &ErofsShare {
             exe: exe.to_path_buf(),
             share: true,
             front: None,
+            trusted: false,
         },
         &ErofsShare {
             exe: exe.to_path_buf(),
             share: true,
             front: Some("fuse"),
+            trusted: false,
+        },
+        // What verification costs: the same domain, trusted.
+        &ErofsShare {
+            exe: exe.to_path_buf(),
+            share: true,
+            front: None,
+            trusted: true,
         },
     ];
     let mut rows = Vec::new();

@@ -196,6 +196,7 @@ pub const KERNEL: &str = "kernel erofs, loop --direct-io=on, no sharing";
 pub const NO_SHARE: &str = "erofs-share --no-share";
 pub const ONE_DOMAIN: &str = "erofs-share, one domain";
 pub const ONE_DOMAIN_FUSE: &str = "erofs-share, one domain, FUSE front";
+pub const ONE_DOMAIN_TRUSTED: &str = "erofs-share, one trusted domain (no verification)";
 pub const NO_SHARE_FUSE: &str = "erofs-share --no-share, FUSE front";
 pub const IDEAL: &str = "ideal: unique file content";
 
@@ -204,7 +205,7 @@ fn predicted_pages(a: &Analysis, label: &str) -> u64 {
     match label {
         KERNEL => a.kernel_pages,
         NO_SHARE => a.pages_without,
-        ONE_DOMAIN => a.pages_with,
+        ONE_DOMAIN | ONE_DOMAIN_TRUSTED => a.pages_with,
         NO_SHARE_FUSE => a.fuse_pages_without,
         ONE_DOMAIN_FUSE => a.fuse_pages_with,
         IDEAL => a.file_pages_with,

@@ -19,6 +19,8 @@ pub struct Daemon {
     /// The front mounts ask for (None: the daemon's choice, the overlay front where the
     /// kernel has it).
     pub front: Option<String>,
+    /// Mount in a trusted domain (no verification of sources), not a verified one.
+    pub trusted: bool,
 }
 
 impl Daemon {
@@ -47,6 +49,7 @@ impl Daemon {
             child,
             state,
             front: None,
+            trusted: false,
         };
         control::wait_ready(d.state.path(), &mut d.child, Duration::from_secs(10))
             .map_err(|e| format!("{e}: {}", crate::container::log_tail(&log_path)))?;
@@ -80,7 +83,7 @@ impl Daemon {
             domain: domain.map(str::to_string),
             share,
             front: self.front.clone(),
-            trusted: false,
+            trusted: self.trusted,
         })?;
         // A shared benchmark that silently shares nothing would report a wrong table.
         if share && let Some(why) = resp.mount.and_then(|m| m.unshared_reason) {
@@ -131,6 +134,8 @@ pub struct ErofsShare {
     pub share: bool,
     /// `Some("fuse")` for the FUSE front; None for the daemon's default (overlay).
     pub front: Option<&'static str>,
+    /// A trusted domain (sources not verified against their fingerprints).
+    pub trusted: bool,
 }
 
 #[derive(Debug)]
@@ -159,9 +164,12 @@ impl Drop for ShareMounts {
 
 impl Mounter for ErofsShare {
     fn label(&self) -> String {
-        use crate::report::{NO_SHARE, NO_SHARE_FUSE, ONE_DOMAIN, ONE_DOMAIN_FUSE};
+        use crate::report::{
+            NO_SHARE, NO_SHARE_FUSE, ONE_DOMAIN, ONE_DOMAIN_FUSE, ONE_DOMAIN_TRUSTED,
+        };
         let fuse = self.front == Some("fuse");
         match (self.share, fuse) {
+            (true, false) if self.trusted => ONE_DOMAIN_TRUSTED,
             (true, false) => ONE_DOMAIN,
             (true, true) => ONE_DOMAIN_FUSE,
             (false, false) => NO_SHARE,
@@ -173,6 +181,7 @@ impl Mounter for ErofsShare {
     fn mount(&self, images: &[PathBuf]) -> Result<Box<dyn Mounted>, String> {
         let mut daemon = Daemon::start(&self.exe)?;
         daemon.front = self.front.map(str::to_string);
+        daemon.trusted = self.trusted;
         let dirs = tempfile::Builder::new()
             .prefix("erofs-share-bench-mnt-")
             .tempdir()

@@ -43,6 +43,7 @@ fn mounter(name: &str) -> anyhow::Result<Box<dyn Mounter>> {
             exe: std::env::current_exe().context("finding the erofs-share executable")?,
             share: name != "no-share",
             front: (name == "share-fuse").then_some("fuse"),
+            trusted: false,
         })),
         other => {
             anyhow::bail!("unknown setup {other:?}: expected kernel, no-share, share or share-fuse")
