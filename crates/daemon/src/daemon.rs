@@ -623,7 +623,6 @@ impl Daemon {
         names: &HashMap<u64, String>,
     ) -> Result<PathBuf, String> {
         use sha2::Digest;
-        use std::os::unix::fs::MetadataExt;
         let cache = self.state_dir.join("meta");
         let front = self.state_dir.join("front");
         for d in [&cache, &front] {
@@ -637,27 +636,14 @@ impl Daemon {
             fs::metadata(&m.image_path).map_err(|e| format!("{}: {e}", m.image_path.display()))?;
         let mut h = sha2::Sha256::new();
         h.update(b"erofs-share metadata image v1\0");
-        for v in [
-            md.dev(),
-            md.ino(),
-            md.size(),
-            md.mtime() as u64,
-            md.mtime_nsec() as u64,
-            md.ctime() as u64,
-            md.ctime_nsec() as u64,
-        ] {
-            h.update(v.to_le_bytes());
-        }
+        crate::source::hash_file_identity(&mut h, &md);
         let mut sorted: Vec<(&u64, &String)> = names.iter().collect();
         sorted.sort();
         for (nid, name) in sorted {
             h.update(nid.to_le_bytes());
             h.update(name.as_bytes());
         }
-        let key: String = h.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let key = hex::encode(&h.finalize()[..16]);
         let cached = cache.join(format!("{key}.erofs"));
         if !cached.exists() {
             erofs::build::meta::metadata_image(image, &cached, &mut |inode| {

@@ -309,10 +309,7 @@ fn content_sha256(c: &dyn Content, size: u64, offset: u64, out: &mut [u8]) -> io
 /// (keys hold domain ids and fingerprints of any bytes; names must be path components).
 pub fn object_name(key: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(key)[..20]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&sha2::Sha256::digest(key)[..20])
 }
 
 /// What attaching a file to its domain gave.

@@ -49,11 +49,7 @@ pub fn sha256_of_fingerprint(fingerprint: &[u8]) -> Option<[u8; 32]> {
 /// The file name under which the domain's dedup mount is mounted inside the state directory:
 /// hex of the domain id, so any byte string is a safe path component.
 pub fn dir_name(id: &str) -> String {
-    hex_encode(id.as_bytes())
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(id.as_bytes())
 }
 
 /// A live domain: its dedup objects and where its internal dedup mount lives.

@@ -76,17 +76,7 @@ fn identity(image_path: &Path, file: &dyn ReadAt, files: &[Inode]) -> Result<Str
     let md = fs::metadata(image_path).map_err(|e| format!("{}: {e}", image_path.display()))?;
     let mut h = sha2::Sha256::new();
     h.update(b"erofs-share fingerprints v1\0");
-    for v in [
-        md.dev(),
-        md.ino(),
-        md.size(),
-        md.mtime() as u64,
-        md.mtime_nsec() as u64,
-        md.ctime() as u64,
-        md.ctime_nsec() as u64,
-    ] {
-        h.update(v.to_le_bytes());
-    }
+    crate::source::hash_file_identity(&mut h, &md);
     let mut head = vec![0u8; md.size().min(4096) as usize];
     file.read_exact_at(&mut head, 0)
         .map_err(|e| format!("{}: superblock: {e}", image_path.display()))?;
@@ -95,21 +85,7 @@ fn identity(image_path: &Path, file: &dyn ReadAt, files: &[Inode]) -> Result<Str
         h.update(i.nid.to_le_bytes());
         h.update(i.size.to_le_bytes());
     }
-    Ok(hex(&h.finalize()[..16]))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    Ok(hex::encode(&h.finalize()[..16]))
 }
 
 /// The cached values, if the file is there and well formed (anything else is recomputed).
@@ -117,12 +93,12 @@ fn load(path: &Path) -> Option<HashMap<u64, Value>> {
     let text = fs::read_to_string(path).ok()?;
     let raw: BTreeMap<u64, String> = serde_json::from_str(&text).ok()?;
     raw.into_iter()
-        .map(|(nid, v)| Some((nid, unhex(&v)?.try_into().ok()?)))
+        .map(|(nid, v)| Some((nid, hex::decode(&v).ok()?.try_into().ok()?)))
         .collect()
 }
 
 fn store(path: &Path, map: &HashMap<u64, Value>) -> std::io::Result<()> {
-    let raw: BTreeMap<u64, String> = map.iter().map(|(n, v)| (*n, hex(v))).collect();
+    let raw: BTreeMap<u64, String> = map.iter().map(|(n, v)| (*n, hex::encode(v))).collect();
     let tmp: PathBuf = path.with_extension("tmp");
     fs::write(
         &tmp,

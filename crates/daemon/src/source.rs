@@ -256,6 +256,25 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// Feed what identifies an image file's version into `h`: device, inode, size, mtime and
+/// ctime (ns). A rewritten or replaced file changes at least one of them; the caches keyed by
+/// image identity (metadata images, computed fingerprints) all start from this.
+pub fn hash_file_identity(h: &mut sha2::Sha256, md: &std::fs::Metadata) {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    for v in [
+        md.dev(),
+        md.ino(),
+        md.size(),
+        md.mtime() as u64,
+        md.mtime_nsec() as u64,
+        md.ctime() as u64,
+        md.ctime_nsec() as u64,
+    ] {
+        h.update(v.to_le_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
