@@ -248,3 +248,78 @@ fn the_image_mode_follows_the_umask() {
         assert_eq!(got, mode, "umask {umask}: mode {got:o}");
     }
 }
+
+/// Whether the running kernel shows compact inodes' own mtimes (Linux 6.15+).
+fn kernel_shows_compact_mtimes() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 15)
+}
+
+#[test]
+fn compact_mtimes_make_inodes_compact_and_the_kernel_shows_every_mtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    small_tree(&src);
+    // Whole seconds, each path its own mtime, directories last (writing in them moves theirs).
+    let mut paths: Vec<_> = [
+        "a.txt",
+        "sub/big.bin",
+        "sub/scratch.tmp",
+        "sub/deeper",
+        "sub",
+        "",
+    ]
+    .iter()
+    .map(|p| src.join(p))
+    .collect();
+    for (i, p) in paths.drain(..).enumerate() {
+        let t = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(1_600_000_000 + 86_400 * i as u64);
+        std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
+    }
+    let build = |name: &str, extra: &[&str]| {
+        let img = tmp.path().join(name);
+        ok(
+            &run(bin().arg("mkfs").args(extra).arg(&img).arg(&src)),
+            name,
+        );
+        img
+    };
+    let plain = build("plain.erofs", &[]);
+    let compact = build("compact.erofs", &["--compact-mtimes"]);
+    let extended = |img: &Path| {
+        let image = erofs::Image::open(img).unwrap();
+        let mut n = 0;
+        erofs::walk::try_walk::<erofs::walk::Problem>(&image, |_, inode| {
+            n += inode.extended as usize;
+            Ok(())
+        })
+        .unwrap();
+        n
+    };
+    assert!(
+        extended(&plain) >= 5,
+        "different mtimes need extended inodes"
+    );
+    // The symlink's mtime is the time of the test: far from the others, maybe not at 0 ns.
+    assert!(extended(&compact) <= 1, "{} extended", extended(&compact));
+    if !require(
+        "compact_mtimes_make_inodes_compact_and_the_kernel_shows_every_mtime",
+        &[Need::KernelErofs],
+    ) {
+        return;
+    }
+    if !kernel_shows_compact_mtimes() {
+        eprintln!("kernel before 6.15: compact-inode mtimes are not shown; sizes checked only");
+        return;
+    }
+    let m = LoopMount::new(&compact).unwrap();
+    manifest::assert_same(
+        &manifest::of_tree(&src).unwrap(),
+        &manifest::of_tree(m.path()).unwrap(),
+        "mkfs --compact-mtimes",
+    );
+}

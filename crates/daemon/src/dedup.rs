@@ -13,17 +13,22 @@
 //! matches stays verified for the object's life. Sources whose fingerprint the daemon computed
 //! itself from the same image are verified from the start.
 //!
+//! The content hashed for a check is kept for a moment (within a memory budget) to answer the
+//! misses that follow on the same object, so a verified object is read from its image once,
+//! not twice.
+//!
 //! An object keeps its dedup file open once it has been opened (within a descriptor budget):
 //! each mount's first open of a shared file then registers that file for passthrough with no
 //! path lookup on the dedup mount, a round trip otherwise, again after the kernel forgets.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 /// Dedup files kept open by objects, over all domains.
 static KEPT_FILES: AtomicUsize = AtomicUsize::new(0);
@@ -37,6 +42,66 @@ fn kept_files_budget() -> usize {
         let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
         soft.map_or(usize::MAX, |n| usize::try_from(n / 2).unwrap_or(usize::MAX))
     })
+}
+
+/// Bytes of hashed content kept over all objects: enough for the files a cold start reads at
+/// once, small beside the page cache the same bytes are about to fill.
+const COPY_BUDGET: usize = 64 << 20;
+/// Larger objects are read twice (hashed, then served) rather than crowding the budget.
+const COPY_MAX: u64 = 16 << 20;
+/// A copy not used up by then is dropped at the next check of any object.
+const COPY_TTL: Duration = Duration::from_secs(5);
+static COPY_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// An object's content as its check hashed it, until every byte has been served once.
+#[derive(Debug)]
+struct HashedCopy {
+    bytes: Vec<u8>,
+    unserved: u64,
+}
+
+impl Drop for HashedCopy {
+    fn drop(&mut self) {
+        COPY_BYTES.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
+}
+
+type CopySlot = Arc<Mutex<Option<HashedCopy>>>;
+/// Kept copies, oldest first, each with when it was kept.
+type KeptCopies = VecDeque<(Instant, Weak<Mutex<Option<HashedCopy>>>)>;
+
+/// Every kept copy: what the budget and the time limit are enforced on.
+fn kept_copies() -> &'static Mutex<KeptCopies> {
+    static KEPT: OnceLock<Mutex<KeptCopies>> = OnceLock::new();
+    KEPT.get_or_init(Default::default)
+}
+
+/// Keep `bytes` in `slot`, dropping expired copies and, past the budget, the oldest ones.
+/// `served`: the range the check already answered.
+fn keep_copy(slot: &CopySlot, bytes: Vec<u8>, served: u64) {
+    let mut kept = kept_copies().lock().unwrap();
+    let now = Instant::now();
+    while let Some((at, old)) = kept.front() {
+        let expired = now.duration_since(*at) >= COPY_TTL;
+        let over = COPY_BYTES.load(Ordering::Relaxed) + bytes.len() > COPY_BUDGET;
+        if !(expired || over || old.strong_count() == 0) {
+            break;
+        }
+        if let Some(old) = old.upgrade() {
+            old.lock().unwrap().take();
+        }
+        kept.pop_front();
+    }
+    if COPY_BYTES.load(Ordering::Relaxed) + bytes.len() > COPY_BUDGET {
+        return;
+    }
+    COPY_BYTES.fetch_add(bytes.len(), Ordering::Relaxed);
+    let unserved = (bytes.len() as u64).saturating_sub(served);
+    let copy = HashedCopy { bytes, unserved };
+    if unserved > 0 {
+        *slot.lock().unwrap() = Some(copy);
+        kept.push_back((now, Arc::downgrade(slot)));
+    }
 }
 
 /// An object's dedup file: kept by the object, or opened for this use only.
@@ -107,6 +172,8 @@ pub struct DedupObject {
     misses: AtomicU64,
     miss_bytes: AtomicU64,
     file: OnceLock<File>,
+    /// The content the last check hashed, for the misses that follow.
+    copy: CopySlot,
 }
 
 impl Drop for DedupObject {
@@ -157,6 +224,11 @@ impl DedupObject {
         }
         let want = (buf.len() as u64).min(self.size - offset) as usize;
         let buf = &mut buf[..want];
+        if self.read_copy(offset, buf) {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            self.miss_bytes.fetch_add(want as u64, Ordering::Relaxed);
+            return Ok(want);
+        }
         let sources: Vec<Source> = self.sources.lock().unwrap().clone();
         let mut last_err = None;
         for s in &sources {
@@ -205,6 +277,22 @@ impl DedupObject {
         }))
     }
 
+    /// Fills `buf` (within the size) from the hashed copy, if one is kept; the copy goes once
+    /// every byte has been served.
+    fn read_copy(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let mut slot = self.copy.lock().unwrap();
+        let Some(copy) = slot.as_mut() else {
+            return false;
+        };
+        let at = offset as usize;
+        buf.copy_from_slice(&copy.bytes[at..at + buf.len()]);
+        copy.unserved = copy.unserved.saturating_sub(buf.len() as u64);
+        if copy.unserved == 0 {
+            slot.take();
+        }
+        true
+    }
+
     /// Ok when `s` may serve this object: trusted, verified before, or verified now by hashing
     /// its whole content; in the last case `buf` is filled from `offset` on the way (Ok(true)),
     /// so the miss costs no second read. A mismatch is logged, counted and remembered.
@@ -225,9 +313,13 @@ impl DedupObject {
             return Err(forged());
         }
         // An I/O error is not remembered: the next miss tries this source again.
-        let digest = content_sha256(&*s.content, self.size, offset, buf)?;
+        let mut copy = (self.size <= COPY_MAX).then(|| Vec::with_capacity(self.size as usize));
+        let digest = content_sha256(&*s.content, self.size, offset, buf, copy.as_mut())?;
         if digest == expect {
             checked.good.insert(id);
+            if let Some(bytes) = copy {
+                keep_copy(&self.copy, bytes, buf.len() as u64);
+            }
             return Ok(true);
         }
         checked.bad.insert(id);
@@ -280,11 +372,19 @@ fn read_full(c: &dyn Content, offset: u64, buf: &mut [u8]) -> io::Result<usize> 
 }
 
 /// SHA-256 of the first `size` bytes of `c`, streamed; an error when the content is shorter.
-/// The bytes from `offset` on are copied into `out` as they pass (`out` must end by `size`).
-fn content_sha256(c: &dyn Content, size: u64, offset: u64, out: &mut [u8]) -> io::Result<[u8; 32]> {
+/// The bytes from `offset` on are copied into `out` as they pass (`out` must end by `size`),
+/// and all of them into `all` if given.
+fn content_sha256(
+    c: &dyn Content,
+    size: u64,
+    offset: u64,
+    out: &mut [u8],
+    mut all: Option<&mut Vec<u8>>,
+) -> io::Result<[u8; 32]> {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    // Most files are small: a buffer of their size, not of the largest read.
+    let mut buf = vec![0u8; size.min(1 << 20) as usize];
     let mut at = 0u64;
     while at < size {
         let want = (size - at).min(buf.len() as u64) as usize;
@@ -293,6 +393,9 @@ fn content_sha256(c: &dyn Content, size: u64, offset: u64, out: &mut [u8]) -> io
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         h.update(&buf[..n]);
+        if let Some(all) = all.as_deref_mut() {
+            all.extend_from_slice(&buf[..n]);
+        }
         // The overlap of [at, at + n) with [offset, offset + out.len()).
         let from = at.max(offset);
         let to = (at + n as u64).min(offset + out.len() as u64);
@@ -305,11 +408,15 @@ fn content_sha256(c: &dyn Content, size: u64, offset: u64, out: &mut [u8]) -> io
     Ok(h.finalize().into())
 }
 
-/// The dedup file name of the object with sharing key `key`: 160 bits of its SHA-256 in hex
-/// (keys hold domain ids and fingerprints of any bytes; names must be path components).
+/// The dedup file name of the object with sharing key `key`: 128 bits of its SHA-256 in
+/// unpadded URL-safe base64, 22 characters (keys hold domain ids and fingerprints of any
+/// bytes; names must be path components). Every file of a metadata image carries `/<name>` as
+/// its redirect: 128 bits keep collisions out of reach, 22 characters keep a fingerprinted
+/// file's inode record in four 32-byte slots.
 pub fn object_name(key: &[u8]) -> String {
+    use base64::Engine;
     use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(key)[..20])
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&sha2::Sha256::digest(key)[..16])
 }
 
 /// What attaching a file to its domain gave.
@@ -377,6 +484,7 @@ impl DedupTable {
             misses: AtomicU64::new(0),
             miss_bytes: AtomicU64::new(0),
             file: OnceLock::new(),
+            copy: CopySlot::default(),
         });
         self.next_ino += 1;
         self.by_key.insert(key.to_vec(), obj.clone());
@@ -597,5 +705,51 @@ mod tests {
         t.detach_mount(1);
         drop(a);
         assert_eq!(KEPT_FILES.load(Ordering::Relaxed), before);
+    }
+
+    /// Counts the bytes read from it.
+    #[derive(Debug)]
+    struct Counted(Vec<u8>, Arc<AtomicU64>);
+    impl Content for Counted {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+            let n = Bytes(self.0.clone()).read_at(offset, buf)?;
+            self.1.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_verified_object_is_read_from_its_image_once() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let read = Arc::new(AtomicU64::new(0));
+        let mut t = DedupTable::default();
+        let source = src(1, Counted(data.clone(), read.clone()));
+        let Attach::Shared(o) = t.attach(b"big", data.len() as u64, source, Some(sha(&data)))
+        else {
+            panic!()
+        };
+        // Misses as readahead sends them, the first one in the middle.
+        let mut chunk = vec![0u8; 128 << 10];
+        let mut offsets: Vec<usize> = (0..data.len()).step_by(chunk.len()).collect();
+        offsets.rotate_left(5);
+        for &at in &offsets {
+            let n = o.read(at as u64, &mut chunk).unwrap();
+            assert_eq!(&chunk[..n], &data[at..at + n], "at {at}");
+        }
+        assert_eq!(
+            read.load(Ordering::Relaxed),
+            data.len() as u64,
+            "hashed, then served"
+        );
+        assert!(
+            o.copy.lock().unwrap().is_none(),
+            "the copy goes once used up"
+        );
+        // Later misses read the image again.
+        o.read(0, &mut chunk).unwrap();
+        assert_eq!(
+            read.load(Ordering::Relaxed),
+            (data.len() + chunk.len()) as u64
+        );
     }
 }

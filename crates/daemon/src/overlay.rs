@@ -44,6 +44,25 @@ pub fn unsupported() -> Option<&'static str> {
     })
 }
 
+/// Whether the running kernel shows compact inodes' own mtimes (Linux 6.15+), so metadata
+/// images may use compact inodes for any mtime near the epoch.
+pub fn kernel_shows_compact_mtimes() -> bool {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        let uname = rustix::system::uname();
+        kernel_at_least(&uname.release().to_string_lossy(), (6, 15))
+    })
+}
+
+/// Whether a kernel release string (`6.18.0-1-amd64`) is at least `major.minor`.
+fn kernel_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
 /// What a kernel mount step failed on.
 fn step(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> io::Error {
     move |e| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
@@ -155,5 +174,20 @@ impl Ends {
             let _ = std::fs::remove_file(&path);
             ended(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_at_least;
+
+    #[test]
+    fn kernel_release_strings_compare_by_major_then_minor() {
+        assert!(kernel_at_least("6.18.0-1-amd64", (6, 15)));
+        assert!(kernel_at_least("6.15", (6, 15)));
+        assert!(kernel_at_least("7.0.1", (6, 15)));
+        assert!(!kernel_at_least("6.14.9-arch1", (6, 15)));
+        assert!(!kernel_at_least("6.8.0-45-generic", (6, 15)));
+        assert!(!kernel_at_least("garbage", (6, 15)));
     }
 }

@@ -12,8 +12,11 @@ use std::collections::BTreeMap;
 /// A tar with every kind of inode, overlay xattrs of its own and a whiteout.
 fn source_tar() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
+    let mut mtime = 1_700_000_123;
     let mut add = |path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>, dev: u32| {
         let mut h = tar::Header::new_gnu();
+        // Mtimes apart, so only compact-inode mtimes (Linux 6.15+) let inodes be compact.
+        mtime += 1000;
         h.set_entry_type(kind);
         h.set_mode(if kind == tar::EntryType::Directory {
             0o750
@@ -22,7 +25,7 @@ fn source_tar() -> Vec<u8> {
         });
         h.set_uid(1000);
         h.set_gid(100);
-        h.set_mtime(1_700_000_123);
+        h.set_mtime(mtime);
         h.set_size(data.len() as u64);
         if let Some(l) = link {
             h.set_link_name(l).unwrap();
@@ -58,6 +61,15 @@ fn by_path(img: &Image) -> BTreeMap<String, Inode> {
 
 #[test]
 fn a_metadata_image_keeps_the_tree_and_redirects_every_file_with_content() {
+    metadata_image_keeps_the_tree(false);
+}
+
+#[test]
+fn a_metadata_image_for_linux_6_15_keeps_mtimes_in_compact_inodes() {
+    metadata_image_keeps_the_tree(true);
+}
+
+fn metadata_image_keeps_the_tree(compact_mtimes: bool) {
     let dir = tempfile::tempdir().unwrap();
     let src_path = dir.path().join("src.erofs");
     let tar = source_tar();
@@ -79,7 +91,7 @@ fn a_metadata_image_keeps_the_tree_and_redirects_every_file_with_content() {
     let src = Image::open(&src_path).unwrap();
     let meta_path = dir.path().join("meta.erofs");
     let mut named = Vec::new();
-    meta::metadata_image(&src, &meta_path, &mut |i: &Inode| {
+    meta::metadata_image(&src, &meta_path, compact_mtimes, &mut |i: &Inode| {
         named.push(i.nid);
         Some(format!("obj-{}", i.nid))
     })
@@ -98,6 +110,11 @@ fn a_metadata_image_keeps_the_tree_and_redirects_every_file_with_content() {
     );
     for (path, a) in &s {
         let b = &t[path];
+        // Every mtime is within 2^32 s of the others at the same nanoseconds: with compact
+        // mtimes every inode is compact, without them all but those at the epoch extended.
+        if compact_mtimes {
+            assert!(!b.extended, "{path}: extended");
+        }
         assert_eq!(
             (b.uid, b.gid, b.mtime, b.mtime_nsec, b.size, b.nlink),
             (a.uid, a.gid, a.mtime, a.mtime_nsec, a.size, a.nlink),
@@ -147,6 +164,15 @@ fn a_metadata_image_keeps_the_tree_and_redirects_every_file_with_content() {
         "the hardlink stays one inode"
     );
     assert_eq!(m.read_link(&t["/d/sym"]).unwrap(), b"small");
+    if !compact_mtimes {
+        assert!(t.values().filter(|i| i.extended).count() > 5);
+    }
+    // The redirect is stored under a long prefix: its entry is its value alone.
+    let big = &t["/d/big"];
+    let raw = erofs::xattr::raw(&m, big).unwrap();
+    let r = raw.iter().find(|x| x.name == REDIRECT).unwrap();
+    assert!(r.suffix.is_empty(), "suffix {:?}", r.suffix);
+    assert!(r.index & erofs::format::xattr_index::LONG_PREFIX != 0);
     // A metadata image costs no block per byte of content.
     let len = std::fs::metadata(&meta_path).unwrap().len();
     assert!(len <= 4 * 4096, "metadata image of {len} bytes");

@@ -66,13 +66,18 @@ pub fn overlay_front_pages(
 ) -> Result<u64, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let path = dir.path().join("meta.erofs");
-    let built = erofs::build::meta::metadata_image(image, &path, &mut |i| {
-        let key = match shared.and_then(|keys| keys.get(&i.nid)) {
-            Some(fp) => fp.clone(),
-            None => [b"own".as_slice(), &i.nid.to_le_bytes()].concat(),
-        };
-        Some(erofs_share_daemon::dedup::object_name(&key))
-    })
+    let built = erofs::build::meta::metadata_image(
+        image,
+        &path,
+        erofs_share_daemon::overlay::kernel_shows_compact_mtimes(),
+        &mut |i| {
+            let key = match shared.and_then(|keys| keys.get(&i.nid)) {
+                Some(fp) => fp.clone(),
+                None => [b"own".as_slice(), &i.nid.to_le_bytes()].concat(),
+            };
+            Some(erofs_share_daemon::dedup::object_name(&key))
+        },
+    )
     .map_err(|e| e.to_string())?;
     let meta = Image::open(&path).map_err(|e| e.to_string())?;
     let mut dir_pages = 0;

@@ -45,6 +45,10 @@ pub struct Args {
     /// Do not inline file, directory and symlink tails after their inodes.
     #[arg(long)]
     pub no_inline: bool,
+    /// Keep mtimes in compact (32-byte) inodes where they fit: smaller images, but only Linux
+    /// 6.15 and later show those mtimes (older kernels show the image's epoch for them).
+    #[arg(long)]
+    pub compact_mtimes: bool,
     /// Build time in seconds since 1970 (default: $SOURCE_DATE_EPOCH, else now): the mtime
     /// of directories a tar only implies. File mtimes are kept as they are.
     #[arg(long, value_name = "SECS")]
@@ -180,6 +184,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         uid: args.uid,
         gid: args.gid,
         oci_layer: args.oci_layer,
+        long_prefixes: Vec::new(),
+        compact_mtimes: args.compact_mtimes,
     };
     // With --layers the one positional is the source.
     let (image, source) = match (&args.layers, &args.source) {

@@ -2,7 +2,6 @@
 //! inodes in the metadata area (which fixes their nids).
 
 use super::Options;
-use crate::fingerprint::XattrName;
 use crate::format::{DIRENT_SIZE, ISLOT_BITS, SUPER_OFFSET, SUPERBLOCK_SIZE};
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -24,9 +23,11 @@ pub fn prefix_table_offset(blkszbits: u8, opts: &Options) -> u64 {
 /// First block after the superblock, the compression configs and the prefix table.
 pub fn first_data_block(blkszbits: u8, opts: &Options) -> u64 {
     let end = prefix_table_offset(blkszbits, opts)
-        + opts.fingerprint.as_ref().map_or(0, |n: &XattrName| {
-            super::xattrs::prefix_record(n).len() as u64
-        });
+        + opts
+            .prefix_table()
+            .iter()
+            .map(|p| super::xattrs::prefix_record(&p.name).len() as u64)
+            .sum::<u64>();
     end.div_ceil(1 << blkszbits)
 }
 

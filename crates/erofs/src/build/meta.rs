@@ -28,7 +28,8 @@ pub const OVERLAY_PREFIX: &[u8] = b"trusted.overlay.";
 /// The data of this file is elsewhere (empty value).
 pub const METACOPY: &[u8] = b"trusted.overlay.metacopy";
 /// Where, as an absolute path in the data-only layers.
-pub const REDIRECT: &[u8] = b"trusted.overlay.redirect";
+pub const REDIRECT: &[u8] = REDIRECT_NAME.as_bytes();
+const REDIRECT_NAME: &str = "trusted.overlay.redirect";
 /// Escaped xattr whiteout: a container overlay stacked on the mount sees
 /// `trusted.overlay.whiteout` on an empty regular file.
 pub const ESCAPED_WHITEOUT: &[u8] = b"trusted.overlay.overlay.whiteout";
@@ -51,11 +52,14 @@ pub fn escape_xattr_name(name: &[u8]) -> Cow<'_, [u8]> {
 const BLOCK_SIZE: u32 = 4096;
 
 /// Write the metadata-only image of `src` to `dst` (atomically). `data_name` names the data
-/// of each regular file with content: the redirect is `/<name>`. Fingerprints are kept under
-/// the image's own fingerprint name.
+/// of each regular file with content: the redirect is `/<name>`, stored under a long xattr
+/// prefix so that each costs its value alone. Fingerprints are kept under the image's own
+/// fingerprint name. `compact_mtimes`: the kernel that mounts it shows compact inodes' own
+/// mtimes (Linux 6.15+; see [`Options::compact_mtimes`]), which halves most inodes.
 pub fn metadata_image(
     src: &Image,
     dst: &Path,
+    compact_mtimes: bool,
     data_name: &mut dyn FnMut(&Inode) -> Option<String>,
 ) -> Result<Summary, BuildError> {
     let fp_name = fingerprint_name(src)?;
@@ -63,6 +67,10 @@ pub fn metadata_image(
         block_size: BLOCK_SIZE,
         fingerprint: fp_name.as_ref().map(|(n, _)| n.clone()),
         inline: true,
+        long_prefixes: vec![
+            XattrName::new(REDIRECT_NAME).map_err(|e| BuildError::Source(e.to_string()))?,
+        ],
+        compact_mtimes,
         ..Options::default()
     };
     let fp_index = fp_name.map(|(_, index)| index);

@@ -90,6 +90,14 @@ pub struct Options {
     pub oci_layer: bool,
     /// Compress regular files, if set.
     pub compression: Option<Compression>,
+    /// Long xattr name prefixes besides the fingerprint's: an xattr whose name starts with one
+    /// is stored as the rest of its name (e.g. `trusted.overlay.redirect` on every file of a
+    /// metadata image costs its value alone).
+    pub long_prefixes: Vec<XattrName>,
+    /// The kernel that reads the image shows compact inodes' own mtimes (Linux 6.15+), so any
+    /// inode whose mtime is within 2^32 s after the epoch (at its nanoseconds) can be compact.
+    /// Older kernels show the epoch for every compact inode: leave this off for them.
+    pub compact_mtimes: bool,
 }
 
 impl Default for Options {
@@ -105,6 +113,8 @@ impl Default for Options {
             gid: None,
             oci_layer: false,
             compression: None,
+            long_prefixes: Vec::new(),
+            compact_mtimes: false,
         }
     }
 }
@@ -125,7 +135,30 @@ impl Options {
                 fp.full
             )));
         }
+        if let Some(p) = self.long_prefixes.iter().find(|p| p.infix.is_empty()) {
+            return Err(BuildError::Option(format!(
+                "long xattr prefix {:?} has nothing after its built-in prefix",
+                p.full
+            )));
+        }
+        if self.long_prefixes.len() + 1 > 0x7f {
+            return Err(BuildError::TooMany("long xattr prefixes"));
+        }
         Ok(bs.trailing_zeros() as u8)
+    }
+
+    /// Every long xattr prefix with its table id: the fingerprint's first, then
+    /// [`Options::long_prefixes`].
+    pub(crate) fn prefix_table(&self) -> Vec<xattrs::LongPrefix> {
+        self.fingerprint
+            .iter()
+            .chain(&self.long_prefixes)
+            .enumerate()
+            .map(|(id, name)| xattrs::LongPrefix {
+                id: id as u8,
+                name: name.clone(),
+            })
+            .collect()
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::layout::{self, CONFIGS_OFFSET};
 use super::tree::{Content, Kind, NodeId, Tree};
-use super::xattrs::{self, FingerprintPrefix, SharedXattrs};
+use super::xattrs::{self, SharedXattrs};
 use super::{BuildError, ImageFile, Options, Summary};
 use crate::format::{
     self, DIRENT_SIZE, Dirent, EROFS_MAGIC, I_DATALAYOUT_BIT, InodeCompact, InodeExtended,
@@ -43,23 +43,66 @@ impl Planned {
     }
 }
 
-/// The superblock epoch and its nanoseconds: the most common mtime among the inodes (the
-/// earliest of the most common; the build time when no mtime is after 1970). Compact inodes
-/// are used only for inodes with exactly this mtime, stored as `i_mtime = 0`: kernels before
-/// compact-inode mtimes (Linux < 6.15) show every compact inode the epoch, so any other
-/// choice would lose mtimes there.
-fn epoch(tree: &Tree, order: &[(NodeId, NodeId)], build_time: u64) -> (u64, u32) {
+/// The superblock epoch and its nanoseconds. Without `compact_mtimes` it is the most common
+/// mtime among the inodes (the earliest of the most common; the build time when no mtime is
+/// after 1970), and only inodes with exactly this mtime are compact (`i_mtime = 0`): kernels
+/// before compact-inode mtimes (Linux < 6.15) show every compact inode the epoch, so any other
+/// choice would lose mtimes there. With it, the nanoseconds are the most common ones and the
+/// epoch the earliest mtime with them, so every inode with those nanoseconds within 2^32 s can
+/// be compact.
+fn epoch(tree: &Tree, order: &[(NodeId, NodeId)], opts: &Options) -> (u64, u32) {
+    let mtimes = || {
+        order.iter().filter_map(|&(id, _)| {
+            let n = &tree.nodes[id];
+            u64::try_from(n.mtime).ok().map(|s| (s, n.mtime_nsec))
+        })
+    };
     let mut count: HashMap<(u64, u32), u64> = HashMap::new();
-    for &(id, _) in order {
-        let n = &tree.nodes[id];
-        if let Ok(sec) = u64::try_from(n.mtime) {
-            *count.entry((sec, n.mtime_nsec)).or_default() += 1;
+    if opts.compact_mtimes {
+        for (_, nsec) in mtimes() {
+            *count.entry((0, nsec)).or_default() += 1;
         }
+        let nsec = count
+            .into_iter()
+            .max_by_key(|&((_, ns), c)| (c, std::cmp::Reverse(ns)))
+            .map(|((_, ns), _)| ns);
+        return match nsec {
+            Some(ns) => (
+                mtimes()
+                    .filter(|&(_, n)| n == ns)
+                    .map(|(s, _)| s)
+                    .min()
+                    .unwrap_or(0),
+                ns,
+            ),
+            None => (opts.build_time, 0),
+        };
+    }
+    for t in mtimes() {
+        *count.entry(t).or_default() += 1;
     }
     count
         .into_iter()
         .max_by_key(|&(t, c)| (c, std::cmp::Reverse(t)))
-        .map_or((build_time, 0), |(t, _)| t)
+        .map_or((opts.build_time, 0), |(t, _)| t)
+}
+
+/// A compact inode's `i_mtime`, if `node`'s mtime fits one.
+fn compact_mtime(
+    n: &super::tree::Node,
+    epoch: u64,
+    fixed_nsec: u32,
+    opts: &Options,
+) -> Option<u32> {
+    if n.mtime_nsec != fixed_nsec {
+        return None;
+    }
+    let delta = n.mtime.checked_sub(epoch as i64)?;
+    match u32::try_from(delta) {
+        Ok(0) => Some(0),
+        Ok(d) if opts.compact_mtimes => Some(d),
+        _ => None,
+    }
 }
 
 /// Lay out and write everything but the file data (already in the data area).
@@ -71,11 +114,12 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     }
     let ids: Vec<NodeId> = order.iter().map(|&(id, _)| id).collect();
     let shared = SharedXattrs::collect(tree, &ids)?;
-    let (epoch, fixed_nsec) = epoch(tree, &order, opts.build_time);
-    let fp_prefix = opts
-        .fingerprint
-        .clone()
-        .map(|name| FingerprintPrefix { id: 0, name });
+    let (epoch, fixed_nsec) = epoch(tree, &order, opts);
+    let prefix_table = opts.prefix_table();
+    let (fp_prefix, other_prefixes) = match opts.fingerprint {
+        Some(_) => (prefix_table.first(), &prefix_table[1..]),
+        None => (None, &prefix_table[..]),
+    };
     let mut summary = Summary {
         shared_xattrs: shared.len() as u64,
         ..Summary::default()
@@ -97,7 +141,8 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
         let xattr = xattrs::ibody(
             &n.xattrs,
             &shared,
-            fp_prefix.as_ref().zip(fingerprint.map(|v| v.as_slice())),
+            other_prefixes,
+            fp_prefix.zip(fingerprint.map(|v| v.as_slice())),
         )?;
         summary.fingerprints += fingerprint.is_some() as u64;
         let size = match &n.kind {
@@ -110,8 +155,7 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
             && n.uid <= u16::MAX as u32
             && n.gid <= u16::MAX as u32
             && n.nlink <= u16::MAX as u32
-            && n.mtime == epoch as i64
-            && n.mtime_nsec == fixed_nsec;
+            && compact_mtime(n, epoch, fixed_nsec, opts).is_some();
         let mut p = Planned {
             node: id,
             parent,
@@ -207,7 +251,9 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
                 i_mode: n.mode().into(),
                 i_nb: (n.nlink as u16).into(),
                 i_size: (p.size as u32).into(),
-                i_mtime: 0.into(),
+                i_mtime: compact_mtime(n, epoch, fixed_nsec, opts)
+                    .unwrap_or(0)
+                    .into(),
                 i_u: p.i_u.into(),
                 i_ino: ino.into(),
                 i_uid: (n.uid as u16).into(),
@@ -296,14 +342,21 @@ pub fn image(tree: &Tree, opts: &Options, img: &mut ImageFile) -> Result<Summary
     if chunked {
         incompat_bits |= incompat::CHUNKED_FILE;
     }
-    if let Some(fp) = &fp_prefix {
+    if !prefix_table.is_empty() {
         let table = layout::prefix_table_offset(img.blkszbits, opts);
-        compat_bits |= compat::PLAIN_XATTR_PFX | compat::ISHARE_XATTRS;
+        compat_bits |= compat::PLAIN_XATTR_PFX;
         incompat_bits |= incompat::XATTR_PREFIXES;
-        sb.xattr_prefix_count = 1;
+        sb.xattr_prefix_count = prefix_table.len() as u8;
         sb.xattr_prefix_start = ((table / 4) as u32).into();
+        let records: Vec<u8> = prefix_table
+            .iter()
+            .flat_map(|p| xattrs::prefix_record(&p.name))
+            .collect();
+        img.write_at(&records, table)?;
+    }
+    if let Some(fp) = fp_prefix {
+        compat_bits |= compat::ISHARE_XATTRS;
         sb.ishare_xattr_prefix_id = fp.id;
-        img.write_at(&xattrs::prefix_record(&fp.name), table)?;
     }
     sb.feature_compat = compat_bits.into();
     sb.feature_incompat = incompat_bits.into();

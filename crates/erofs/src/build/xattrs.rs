@@ -12,9 +12,9 @@ use crate::xattr_name;
 use std::collections::{BTreeMap, HashMap};
 use zerocopy::IntoBytes;
 
-/// The long prefix the fingerprint name is stored under: entry `id` of the prefix table.
+/// A long xattr name prefix: entry `id` of the prefix table.
 #[derive(Debug, Clone)]
-pub struct FingerprintPrefix {
+pub struct LongPrefix {
     pub id: u8,
     pub name: XattrName,
 }
@@ -127,10 +127,13 @@ impl SharedXattrs {
 }
 
 /// An inode's xattr body (header, shared ids, inline entries), or empty when it has none.
+/// Inline entries whose name starts with one of `prefixes` are stored under the longest such
+/// prefix with the rest of their name.
 pub fn ibody(
     xattrs: &BTreeMap<Vec<u8>, Vec<u8>>,
     shared: &SharedXattrs,
-    fingerprint: Option<(&FingerprintPrefix, &[u8])>,
+    prefixes: &[LongPrefix],
+    fingerprint: Option<(&LongPrefix, &[u8])>,
 ) -> Result<Vec<u8>, BuildError> {
     if xattrs.is_empty() && fingerprint.is_none() {
         return Ok(Vec::new());
@@ -147,7 +150,21 @@ pub fn ibody(
         present |= 1 << xattr_name::filter_bit(index, suffix);
         match shared.ids.get(&(n.clone(), v.clone())) {
             Some(&id) if shared_ids.len() < u8::MAX as usize => shared_ids.push(id),
-            _ => push_entry(&mut inline, index, suffix, v),
+            _ => {
+                let long = prefixes
+                    .iter()
+                    .filter(|p| n.starts_with(p.name.full.as_bytes()))
+                    .max_by_key(|p| p.name.full.len());
+                match long {
+                    Some(p) => push_entry(
+                        &mut inline,
+                        xattr_index::LONG_PREFIX | p.id,
+                        &n[p.name.full.len()..],
+                        v,
+                    ),
+                    None => push_entry(&mut inline, index, suffix, v),
+                }
+            }
         }
     }
     if let Some((prefix, value)) = fingerprint {
@@ -217,12 +234,18 @@ mod tests {
     #[test]
     fn fingerprint_body_matches_upstream_bytes() {
         // tiny.txt of plain-fp.erofs: only the fingerprint, filter bit 8.
-        let p = FingerprintPrefix {
+        let p = LongPrefix {
             id: 0,
             name: XattrName::default(),
         };
         let v = crate::fingerprint::of_bytes(b"x");
-        let body = ibody(&BTreeMap::new(), &SharedXattrs::default(), Some((&p, &v))).unwrap();
+        let body = ibody(
+            &BTreeMap::new(),
+            &SharedXattrs::default(),
+            &[],
+            Some((&p, &v)),
+        )
+        .unwrap();
         assert_eq!(
             &body[..12],
             &[0xff, 0xfe, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]
@@ -233,7 +256,31 @@ mod tests {
         // A source xattr with the fingerprint's name gives way to the fingerprint.
         let mut x = BTreeMap::new();
         x.insert(b"erofs.fingerprint.v1".to_vec(), b"forged".to_vec());
-        let again = ibody(&x, &SharedXattrs::default(), Some((&p, &v))).unwrap();
+        let again = ibody(&x, &SharedXattrs::default(), &[], Some((&p, &v))).unwrap();
         assert_eq!(again, body);
+    }
+
+    #[test]
+    fn names_under_a_long_prefix_store_only_the_rest() {
+        let redirect = LongPrefix {
+            id: 1,
+            name: XattrName::new("trusted.overlay.redirect").unwrap(),
+        };
+        let mut x = BTreeMap::new();
+        x.insert(b"trusted.overlay.redirect".to_vec(), b"/obj".to_vec());
+        x.insert(b"trusted.overlay.redirectx".to_vec(), b"v".to_vec());
+        x.insert(b"user.other".to_vec(), b"v".to_vec());
+        let body = ibody(&x, &SharedXattrs::default(), &[redirect], None).unwrap();
+        // Entries in name order: the exact name (empty suffix), the longer one (suffix "x"),
+        // then user.other under its built-in prefix.
+        assert_eq!(&body[12..16], &[0, 0x81, 4, 0]);
+        assert_eq!(&body[16..20], b"/obj");
+        assert_eq!(&body[20..24], &[1, 0x81, 1, 0]);
+        assert_eq!(&body[24..26], b"xv");
+        assert_eq!(&body[28..32], &[5, 1, 1, 0]);
+        assert_eq!(body.len(), 40);
+        // The name filter bit is the full name's, as the kernel computes it.
+        let plain = ibody(&x, &SharedXattrs::default(), &[], None).unwrap();
+        assert_eq!(&body[..4], &plain[..4]);
     }
 }
