@@ -635,9 +635,12 @@ impl Daemon {
         let md =
             fs::metadata(&m.image_path).map_err(|e| format!("{}: {e}", m.image_path.display()))?;
         let mut h = sha2::Sha256::new();
-        let compact_mtimes = crate::overlay::kernel_shows_compact_mtimes();
+        let kernel = crate::overlay::kernel_reads();
         h.update(b"erofs-share metadata image v2\0");
-        h.update([compact_mtimes as u8]);
+        h.update([
+            kernel.compact_mtimes as u8,
+            kernel.plain_xattr_prefixes as u8,
+        ]);
         crate::source::hash_file_identity(&mut h, &md);
         let mut sorted: Vec<(&u64, &String)> = names.iter().collect();
         sorted.sort();
@@ -648,7 +651,7 @@ impl Daemon {
         let key = hex::encode(&h.finalize()[..16]);
         let cached = cache.join(format!("{key}.erofs"));
         if !cached.exists() {
-            erofs::build::meta::metadata_image(image, &cached, compact_mtimes, &mut |inode| {
+            erofs::build::meta::metadata_image(image, &cached, kernel, &mut |inode| {
                 names.get(&inode.nid).cloned()
             })
             .map_err(|e| format!("metadata image of {}: {e}", m.image_path.display()))?;

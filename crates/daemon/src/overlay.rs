@@ -8,6 +8,7 @@
 //! superblock goes too and closes the metadata image file. [`Ends`] turns that close into
 //! "this mount has ended" with inotify, which is when its files stop being sources.
 
+use erofs::build::meta::KernelReads;
 use std::collections::HashMap;
 use std::io;
 use std::mem::MaybeUninit;
@@ -44,13 +45,17 @@ pub fn unsupported() -> Option<&'static str> {
     })
 }
 
-/// Whether the running kernel shows compact inodes' own mtimes (Linux 6.15+), so metadata
-/// images may use compact inodes for any mtime near the epoch.
-pub fn kernel_shows_compact_mtimes() -> bool {
-    static ANSWER: OnceLock<bool> = OnceLock::new();
+/// What the running kernel reads in a metadata image (by its release: these are on-disk
+/// features, which no mount option probes).
+pub fn kernel_reads() -> KernelReads {
+    static ANSWER: OnceLock<KernelReads> = OnceLock::new();
     *ANSWER.get_or_init(|| {
         let uname = rustix::system::uname();
-        kernel_at_least(&uname.release().to_string_lossy(), (6, 15))
+        let release = uname.release().to_string_lossy();
+        KernelReads {
+            compact_mtimes: kernel_at_least(&release, (6, 15)),
+            plain_xattr_prefixes: kernel_at_least(&release, (6, 17)),
+        }
     })
 }
 

@@ -2,7 +2,7 @@
 //! metadata, regular files with content as holes redirected to their data objects, overlay
 //! xattrs escaped, whiteouts kept visible; our fsck accepts them.
 
-use erofs::build::meta::{self, ESCAPED_OPAQUE, ESCAPED_WHITEOUT, METACOPY, REDIRECT};
+use erofs::build::meta::{self, ESCAPED_OPAQUE, ESCAPED_WHITEOUT, KernelReads, METACOPY, REDIRECT};
 use erofs::build::{self, NoProgress, Options, Source};
 use erofs::format::layout;
 use erofs::walk;
@@ -59,24 +59,45 @@ fn by_path(img: &Image) -> BTreeMap<String, Inode> {
     out
 }
 
+const ALL: KernelReads = KernelReads {
+    compact_mtimes: true,
+    plain_xattr_prefixes: true,
+};
+
 #[test]
 fn a_metadata_image_keeps_the_tree_and_redirects_every_file_with_content() {
-    metadata_image_keeps_the_tree(false);
+    metadata_image_keeps_the_tree(ALL, None);
+}
+
+#[test]
+fn a_metadata_image_for_linux_6_12_has_no_prefix_table_and_extended_mtimes() {
+    // A hidden fingerprint name is left out, a visible one becomes an ordinary xattr.
+    metadata_image_keeps_the_tree(KernelReads::default(), None);
+    metadata_image_keeps_the_tree(KernelReads::default(), Some("trusted.erofs.fingerprint"));
 }
 
 #[test]
 fn a_metadata_image_for_linux_6_15_keeps_mtimes_in_compact_inodes() {
-    metadata_image_keeps_the_tree(true);
+    let kernel = KernelReads {
+        compact_mtimes: true,
+        plain_xattr_prefixes: false,
+    };
+    metadata_image_keeps_the_tree(kernel, Some("trusted.erofs.fingerprint"));
 }
 
-fn metadata_image_keeps_the_tree(compact_mtimes: bool) {
+fn metadata_image_keeps_the_tree(kernel: KernelReads, fp_name: Option<&str>) {
+    let compact_mtimes = kernel.compact_mtimes;
     let dir = tempfile::tempdir().unwrap();
     let src_path = dir.path().join("src.erofs");
     let tar = source_tar();
+    let mut opts = Options::default();
+    if let Some(n) = fp_name {
+        opts.fingerprint = Some(erofs::fingerprint::XattrName::new(n).unwrap());
+    }
     build::build(
         &src_path,
         Source::Tar(Box::new(std::io::Cursor::new(tar))),
-        &Options::default(),
+        &opts,
         &NoProgress,
     )
     .unwrap();
@@ -91,7 +112,7 @@ fn metadata_image_keeps_the_tree(compact_mtimes: bool) {
     let src = Image::open(&src_path).unwrap();
     let meta_path = dir.path().join("meta.erofs");
     let mut named = Vec::new();
-    meta::metadata_image(&src, &meta_path, compact_mtimes, &mut |i: &Inode| {
+    meta::metadata_image(&src, &meta_path, kernel, &mut |i: &Inode| {
         named.push(i.nid);
         Some(format!("obj-{}", i.nid))
     })
@@ -137,7 +158,19 @@ fn metadata_image_keeps_the_tree(compact_mtimes: bool) {
                 let mut buf = vec![1u8; a.size as usize];
                 assert_eq!(m.read_at(b, 0, &mut buf).unwrap(), buf.len());
                 assert!(buf.iter().all(|&x| x == 0), "{path}");
-                assert_eq!(m.fingerprint(b).unwrap(), src.fingerprint(a).unwrap());
+                let fp = src.fingerprint(a).unwrap();
+                assert!(fp.is_some(), "{path}");
+                match (kernel.plain_xattr_prefixes, fp_name) {
+                    (true, _) => assert_eq!(m.fingerprint(b).unwrap(), fp),
+                    (false, Some(n)) => {
+                        assert_eq!(m.fingerprint(b).unwrap(), None);
+                        assert_eq!(
+                            xattrs.get(n.as_bytes()).map(|v| v.as_slice()),
+                            fp.as_deref()
+                        );
+                    }
+                    (false, None) => assert_eq!(m.fingerprint(b).unwrap(), None),
+                }
             }
             FileType::CharDev if a.rdev == 0 => {
                 assert_eq!(
@@ -167,12 +200,18 @@ fn metadata_image_keeps_the_tree(compact_mtimes: bool) {
     if !compact_mtimes {
         assert!(t.values().filter(|i| i.extended).count() > 5);
     }
-    // The redirect is stored under a long prefix: its entry is its value alone.
+    // With a prefix table the redirect is stored under a long prefix: its entry is its value
+    // alone. Without, the image has no prefix table at all.
     let big = &t["/d/big"];
     let raw = erofs::xattr::raw(&m, big).unwrap();
     let r = raw.iter().find(|x| x.name == REDIRECT).unwrap();
-    assert!(r.suffix.is_empty(), "suffix {:?}", r.suffix);
-    assert!(r.index & erofs::format::xattr_index::LONG_PREFIX != 0);
+    let long = r.index & erofs::format::xattr_index::LONG_PREFIX != 0;
+    assert_eq!(long, kernel.plain_xattr_prefixes);
+    assert_eq!(r.suffix.is_empty(), kernel.plain_xattr_prefixes);
+    assert_eq!(
+        m.superblock().xattr_prefix_count == 0,
+        !kernel.plain_xattr_prefixes
+    );
     // A metadata image costs no block per byte of content.
     let len = std::fs::metadata(&meta_path).unwrap().len();
     assert!(len <= 4 * 4096, "metadata image of {len} bytes");

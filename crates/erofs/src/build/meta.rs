@@ -51,30 +51,56 @@ pub fn escape_xattr_name(name: &[u8]) -> Cow<'_, [u8]> {
 /// Block size of metadata images: every kernel that mounts erofs file-backed reads it.
 const BLOCK_SIZE: u32 = 4096;
 
-/// Write the metadata-only image of `src` to `dst` (atomically). `data_name` names the data
-/// of each regular file with content: the redirect is `/<name>`, stored under a long xattr
-/// prefix so that each costs its value alone. Fingerprints are kept under the image's own
-/// fingerprint name. `compact_mtimes`: the kernel that mounts it shows compact inodes' own
-/// mtimes (Linux 6.15+; see [`Options::compact_mtimes`]), which halves most inodes.
+/// What the kernel that mounts a metadata image reads, beyond what every kernel with
+/// file-backed erofs mounts (6.12) does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelReads {
+    /// Compact inodes' own mtimes (Linux 6.15+; see [`Options::compact_mtimes`]): most inodes
+    /// take 32 bytes instead of 64.
+    pub compact_mtimes: bool,
+    /// A long xattr prefix table outside any packed inode (`PLAIN_XATTR_PFX`, Linux 6.17+).
+    /// With it, redirects are stored under a long prefix (each costs its value alone) and the
+    /// fingerprint as the image stores it. Without it there is no prefix table: a fingerprint
+    /// whose name has a built-in prefix is an ordinary xattr, a hidden one (which no kernel
+    /// shows anyway) is left out.
+    pub plain_xattr_prefixes: bool,
+}
+
+/// Write the metadata-only image of `src` to `dst` (atomically), for a kernel that reads
+/// `kernel`. `data_name` names the data of each regular file with content: the redirect is
+/// `/<name>`. Fingerprints are kept under the image's own fingerprint name.
 pub fn metadata_image(
     src: &Image,
     dst: &Path,
-    compact_mtimes: bool,
+    kernel: KernelReads,
     data_name: &mut dyn FnMut(&Inode) -> Option<String>,
 ) -> Result<Summary, BuildError> {
     let fp_name = fingerprint_name(src)?;
+    let (fingerprint, long_prefixes, fp_to) = if kernel.plain_xattr_prefixes {
+        let redirect =
+            XattrName::new(REDIRECT_NAME).map_err(|e| BuildError::Source(e.to_string()))?;
+        (
+            fp_name.as_ref().map(|(n, _)| n.clone()),
+            vec![redirect],
+            FpTo::Fingerprint,
+        )
+    } else {
+        let to = match &fp_name {
+            Some((n, _)) if n.base_index != 0 => FpTo::Xattr(n.full.clone().into_bytes()),
+            _ => FpTo::Drop,
+        };
+        (None, Vec::new(), to)
+    };
     let opts = Options {
         block_size: BLOCK_SIZE,
-        fingerprint: fp_name.as_ref().map(|(n, _)| n.clone()),
+        fingerprint,
         inline: true,
-        long_prefixes: vec![
-            XattrName::new(REDIRECT_NAME).map_err(|e| BuildError::Source(e.to_string()))?,
-        ],
-        compact_mtimes,
+        long_prefixes,
+        compact_mtimes: kernel.compact_mtimes,
         ..Options::default()
     };
-    let fp_index = fp_name.map(|(_, index)| index);
-    super::build_with(dst, &opts, |_| tree_of(src, fp_index, data_name))
+    let fp = fp_name.map(|(_, index)| FpSource { index, to: fp_to });
+    super::build_with(dst, &opts, |_| tree_of(src, fp.as_ref(), data_name))
 }
 
 /// The image's fingerprint xattr name and its on-disk entry index, if it has fingerprints.
@@ -95,9 +121,26 @@ fn fingerprint_name(src: &Image) -> Result<Option<(XattrName, u8)>, BuildError> 
     Ok(Some((name, xattr_index::LONG_PREFIX | id)))
 }
 
+/// Where the source image keeps fingerprints, and where the metadata image puts them.
+struct FpSource {
+    /// The on-disk entry index of the source's fingerprint entries.
+    index: u8,
+    to: FpTo,
+}
+
+/// What a metadata image makes of a source's fingerprint.
+enum FpTo {
+    /// A fingerprint under the same long prefix.
+    Fingerprint,
+    /// An ordinary xattr of this name (no prefix table).
+    Xattr(Vec<u8>),
+    /// Nothing: a hidden name without a prefix table.
+    Drop,
+}
+
 fn tree_of(
     src: &Image,
-    fp_index: Option<u8>,
+    fp: Option<&FpSource>,
     data_name: &mut dyn FnMut(&Inode) -> Option<String>,
 ) -> Result<Tree, BuildError> {
     let mut tree = Tree::new();
@@ -118,7 +161,7 @@ fn tree_of(
                 &mut tree,
                 &mut node_of,
                 src,
-                fp_index,
+                fp,
                 data_name,
                 inode,
                 entry.map(|e| (parent, e.name.as_slice())),
@@ -143,7 +186,7 @@ fn add(
     tree: &mut Tree,
     node_of: &mut HashMap<u64, NodeId>,
     src: &Image,
-    fp_index: Option<u8>,
+    fp: Option<&FpSource>,
     data_name: &mut dyn FnMut(&Inode) -> Option<String>,
     inode: &Inode,
     at: Option<(u64, &[u8])>,
@@ -175,8 +218,19 @@ fn add(
     let mut fingerprint = None;
     let mut xattrs = std::collections::BTreeMap::new();
     for x in crate::xattr::raw(src, inode).map_err(source)? {
-        if Some(x.index) == fp_index && x.suffix.is_empty() {
-            fingerprint = <[u8; VALUE_LEN]>::try_from(x.value.as_slice()).ok();
+        if let Some(fp) = fp
+            && x.index == fp.index
+            && x.suffix.is_empty()
+        {
+            match &fp.to {
+                FpTo::Fingerprint => {
+                    fingerprint = <[u8; VALUE_LEN]>::try_from(x.value.as_slice()).ok();
+                }
+                FpTo::Xattr(name) => {
+                    xattrs.insert(name.clone(), x.value);
+                }
+                FpTo::Drop => {}
+            }
             continue;
         }
         xattrs.insert(escape_xattr_name(&x.name).into_owned(), x.value);
