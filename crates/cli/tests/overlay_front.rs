@@ -184,3 +184,49 @@ fn an_oci_layer_through_the_overlay_front_is_the_kernels_view_and_stacks_as_a_la
     );
     drop(kernel);
 }
+
+/// Loop devices attached to `file`.
+fn loops_of(file: &Path) -> String {
+    let o = Command::new("losetup")
+        .arg("-j")
+        .arg(file)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn before_file_backed_erofs_the_metadata_image_is_on_a_loop_device_that_goes_with_the_mount() {
+    if !require(
+        "before_file_backed_erofs_the_metadata_image_is_on_a_loop_device_that_goes_with_the_mount",
+        &[Need::Root, Need::Fuse, Need::KernelErofs],
+    ) {
+        return;
+    }
+    // What a kernel before 6.12 gets (erofs there mounts block devices only).
+    let d = Daemon::start_with_env(&[("EROFS_SHARE_META_LOOP", "1")]);
+    let tar = layer_tar(d.dir.path());
+    let image = d.dir.path().join("layer.erofs");
+    mkfs(&["-q", "--oci-layer"], &image, &tar);
+    let st = d.try_mount(&image, "front", Some("l"), true).unwrap();
+    assert_eq!(st.front, "overlay", "{st:?}");
+    let meta = st.meta_image.clone().expect("a metadata image");
+    let attached = loops_of(&meta);
+    assert_eq!(attached.lines().count(), 1, "{attached:?}");
+    assert_eq!(
+        std::fs::read(st.mountpoint.join("x")).unwrap(),
+        vec![7u8; 10_000]
+    );
+    assert_eq!(
+        std::fs::read(st.mountpoint.join("a/keep")).unwrap(),
+        b"kept\n"
+    );
+
+    assert!(d.umount(&st.mountpoint));
+    let t = std::time::Instant::now();
+    while !loops_of(&meta).is_empty() && t.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(loops_of(&meta), "", "the loop device outlived its mount");
+    assert!(d.status().mounts.is_empty());
+}

@@ -19,7 +19,7 @@ use std::sync::{Mutex, OnceLock};
 use rustix::fs::{CWD, inotify};
 use rustix::mount::{
     FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create, fsconfig_set_fd,
-    fsconfig_set_string, fsmount, fsopen, move_mount,
+    fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
 };
 
 /// Whether this kernel can serve the overlay front, probed once: the reason when not.
@@ -73,19 +73,73 @@ fn step(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> io::Error {
     move |e| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
 }
 
-/// A detached read-only erofs mount of `meta_image` (file-backed, Linux 6.12+).
+/// A detached read-only erofs mount of `meta_image`: file-backed (Linux 6.12+), else on a
+/// read-only loop device that goes away with the mount. `EROFS_SHARE_META_LOOP=1` takes the
+/// loop device on any kernel (tests).
 fn erofs_mount(meta_image: &Path) -> io::Result<OwnedFd> {
-    let fs = fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).map_err(step("fsopen erofs"))?;
-    fsconfig_set_string(&fs, "source", meta_image).map_err(step("erofs source"))?;
-    fsconfig_create(&fs).map_err(step(
-        "erofs mount of the metadata image (file-backed mounts need Linux 6.12)",
-    ))?;
+    if std::env::var_os("EROFS_SHARE_META_LOOP").is_none() {
+        match erofs_mount_from(meta_image) {
+            // Before 6.12 erofs takes only block devices.
+            Err(rustix::io::Errno::NOTBLK) => {}
+            other => return other.map_err(step("file-backed erofs mount of the metadata image")),
+        }
+    }
+    let dev = loop_attach(meta_image)?;
+    let mounted =
+        erofs_mount_from(&dev).map_err(step("erofs mount of the metadata image's loop device"));
+    // Detaching a device in use only marks it to go with its last user: the erofs mount.
+    let detached = loop_detach(&dev);
+    let mounted = mounted?;
+    detached?;
+    Ok(mounted)
+}
+
+/// The errno is kept: the caller tells "not a block device" from other failures.
+fn erofs_mount_from(source: &Path) -> rustix::io::Result<OwnedFd> {
+    let fs = fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_set_string(&fs, "source", source)?;
+    // A read-only superblock: a read-only loop device refuses anything else.
+    fsconfig_set_flag(&fs, "ro")?;
+    fsconfig_create(&fs)?;
     fsmount(
         &fs,
         FsMountFlags::FSMOUNT_CLOEXEC,
         MountAttrFlags::MOUNT_ATTR_RDONLY,
     )
-    .map_err(step("fsmount erofs"))
+}
+
+/// A free loop device attached read-only to `file` (util-linux `losetup`, which knows every
+/// kernel's loop interface).
+fn loop_attach(file: &Path) -> io::Result<PathBuf> {
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(file)
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("losetup: {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "losetup {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn loop_detach(dev: &Path) -> io::Result<()> {
+    let out = std::process::Command::new("losetup")
+        .arg("--detach")
+        .arg(dev)
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("losetup: {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "losetup --detach {}: {}",
+            dev.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// Mounts the overlay front of one image at `mountpoint`: `meta_image` as its only lower

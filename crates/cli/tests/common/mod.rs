@@ -31,6 +31,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Self::start_with_env(&[])
+    }
+
+    /// A daemon with these extra environment variables.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("erofs-share-test-")
             .tempdir_in("/tmp")
@@ -42,7 +47,7 @@ impl Daemon {
             state,
             front: None,
         };
-        d.spawn();
+        d.spawn_with_env(env);
         d
     }
 
