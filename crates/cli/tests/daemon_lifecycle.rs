@@ -18,7 +18,7 @@ fn gate(name: &str) -> bool {
 }
 
 fn is_mounted(p: &Path) -> bool {
-    erofs_share_daemon::daemon::mountpoints()
+    erofs_share_daemon::mounts::mountpoints()
         .iter()
         .any(|m| m == p)
 }
@@ -155,7 +155,7 @@ fn sigkilled_daemon_leaves_mounts_that_umount_cleans_and_a_new_daemon_starts() {
     if front == "fuse" {
         let e = std::fs::metadata(a.join("never-looked-up")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
-        assert!(erofs_share_daemon::daemon::is_dead(&b));
+        assert!(erofs_share_daemon::mounts::is_dead(&b));
     } else {
         // The overlay front: the kernel still shows the tree, but a page-cache miss fails
         // (never hangs).
@@ -341,7 +341,7 @@ impl Drop for Cleanup {
             }
         }
         for m in mounts_under(&self.dir) {
-            let _ = erofs_share_daemon::daemon::detach(&m);
+            let _ = erofs_share_daemon::mounts::detach(&m);
         }
     }
 }

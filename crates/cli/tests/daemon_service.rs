@@ -17,7 +17,7 @@ fn gate(name: &str) -> bool {
 }
 
 fn is_mounted(p: &Path) -> bool {
-    erofs_share_daemon::daemon::mountpoints()
+    erofs_share_daemon::mounts::mountpoints()
         .iter()
         .any(|m| m == p)
 }
@@ -82,7 +82,7 @@ impl Drop for Cleanup {
             let _ = c.wait();
         }
         for m in mounts_under(&self.dir) {
-            let _ = erofs_share_daemon::daemon::detach(&m);
+            let _ = erofs_share_daemon::mounts::detach(&m);
         }
     }
 }
@@ -238,7 +238,7 @@ fn a_corrupt_directory_entry_is_listed_logged_once_and_counted() {
         .inode(inode.nid)
         .unwrap_err();
     let want = format!(
-        "WARN erofs_share_daemon::image_fs: {}: nid {}: corrupt: i_format 0xffff has unknown bits (known: 0x1f) (decoding the inode)",
+        "WARN erofs_share_daemon::front::fuse: {}: nid {}: corrupt: i_format 0xffff has unknown bits (known: 0x1f) (decoding the inode)",
         bad.display(),
         inode.nid
     );

@@ -385,7 +385,7 @@ fn containerd_runs_images_from_shared_layers() {
     let mut big_cached = 0;
     let mut copies = 0;
     for (_, f) in regular_files(&overlay_root) {
-        let cached = erofs_share_daemon::daemon::cached_bytes(&f).unwrap();
+        let cached = erofs_share_daemon::page_cache::cached_bytes(&f).unwrap();
         theirs += cached;
         if f.file_name() == Some("big.bin".as_ref()) {
             copies += 1;
@@ -478,6 +478,6 @@ fn containerd_runs_images_from_shared_layers() {
     assert!(left.is_empty(), "snapshot directories left: {left:?}");
     drop(procs);
     for m in mounts_under(tmp) {
-        let _ = erofs_share_daemon::daemon::detach(&m);
+        let _ = erofs_share_daemon::mounts::detach(&m);
     }
 }

@@ -1,14 +1,19 @@
-//! The erofs-share daemon: per-image FUSE mounts whose identical files share one page cache
-//! per domain through an internal dedup mount (see DESIGN.md, "Data flow").
+//! The erofs-share daemon: images mounted so that, inside a domain, identical files share one
+//! page cache through the domain's internal dedup mount (see DESIGN.md).
 //!
+//! - [`front`]: how an image is mounted: the overlay front ([`front::overlay`]: kernel
+//!   overlayfs over a metadata image, data from the dedup mount) and the FUSE front
+//!   ([`front::fuse`]: the daemon serves every request).
 //! - [`domain`]: sharing domains and the length-prefixed sharing key.
 //! - [`dedup`]: dedup objects, one per (domain, fingerprint), and their sources.
 //! - [`dedup_fs`]: a domain's internal dedup mount, where shared page cache lives.
 //! - [`fingerprints`]: fingerprints computed for files that have none, cached per image.
-//! - [`image_fs`]: the per-image mount; shared files pass through to the dedup mount.
 //! - [`source`]: image files read with `O_DIRECT`, never cached twice.
-//! - [`control`]: the control socket and its JSON protocol.
-//! - [`daemon`]: the registry of mounts and domains and the foreground main loop.
+//! - [`daemon`]: the registry of mounts and domains.
+//! - [`service`]: the daemon as a process: state directory, control socket, signals.
+//! - [`control`]: the control socket's JSON protocol.
+//! - [`fuse_mount`], [`mounts`], [`page_cache`]: mounting FUSE filesystems, the mount table,
+//!   page-cache residency.
 
 pub mod control;
 pub mod daemon;
@@ -16,8 +21,12 @@ pub mod dedup;
 pub mod dedup_fs;
 pub mod domain;
 pub mod fingerprints;
-pub mod image_fs;
-pub mod overlay;
+pub mod front;
+pub mod fuse_mount;
+pub mod mounts;
+pub mod page_cache;
+pub mod service;
 pub mod source;
 
-pub use daemon::{DEFAULT_STATE_DIR, run};
+pub use daemon::DEFAULT_STATE_DIR;
+pub use service::run;

@@ -228,7 +228,7 @@ pub fn run(exe: &Path, images: &[PathBuf], runs: usize) -> Result<Report, Memory
     }
     let images_cached_after = images
         .iter()
-        .map(|i| erofs_share_daemon::daemon::cached_bytes(i).unwrap_or(0))
+        .map(|i| erofs_share_daemon::page_cache::cached_bytes(i).unwrap_or(0))
         .collect();
     Ok(Report {
         images: images.to_vec(),

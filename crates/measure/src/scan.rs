@@ -69,7 +69,7 @@ pub fn overlay_front_pages(
     let built = erofs::build::meta::metadata_image(
         image,
         &path,
-        erofs_share_daemon::overlay::kernel_reads(),
+        erofs_share_daemon::front::overlay::kernel_reads(),
         &mut |i| {
             let key = match shared.and_then(|keys| keys.get(&i.nid)) {
                 Some(fp) => fp.clone(),

@@ -71,7 +71,7 @@ fn alive(pid: i32) -> bool {
 }
 
 fn host_mounts_under(dir: &Path) -> Vec<PathBuf> {
-    erofs_share_daemon::daemon::mountpoints()
+    erofs_share_daemon::mounts::mountpoints()
         .into_iter()
         .filter(|m| m.starts_with(dir) && m != dir)
         .collect()
@@ -128,7 +128,7 @@ fn container_runs_chrooted_in_its_cgroup_and_leaves_nothing() {
     let mnt = mount.path().to_path_buf();
     drop(mount);
     assert!(
-        !erofs_share_daemon::daemon::mountpoints().contains(&mnt),
+        !erofs_share_daemon::mounts::mountpoints().contains(&mnt),
         "image still mounted"
     );
 }

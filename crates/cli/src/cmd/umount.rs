@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use erofs_share_daemon::control::{self, Request};
-use erofs_share_daemon::daemon::{IMAGE_FSNAME, detach, is_our_mount};
+use erofs_share_daemon::daemon::IMAGE_FSNAME;
+use erofs_share_daemon::mounts::{detach, is_our_mount};
 
 /// Arguments of `erofs-share umount`.
 #[derive(Debug, clap::Args)]

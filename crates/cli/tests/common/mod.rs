@@ -180,14 +180,14 @@ impl Drop for Daemon {
         self.stop(Duration::from_secs(10));
         // Whatever is left under our directory (a killed daemon's mounts) goes too.
         for m in mounts_under(self.dir.path()) {
-            let _ = erofs_share_daemon::daemon::detach(&m);
+            let _ = erofs_share_daemon::mounts::detach(&m);
         }
     }
 }
 
 /// Mountpoints under `dir` (from /proc/self/mountinfo), deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = erofs_share_daemon::daemon::mountpoints()
+    let mut v: Vec<PathBuf> = erofs_share_daemon::mounts::mountpoints()
         .into_iter()
         .filter(|p| p.starts_with(dir))
         .collect();
@@ -225,7 +225,7 @@ pub fn page_round(n: u64) -> u64 {
 
 /// Bytes of `p` in the page cache.
 pub fn cached(p: &Path) -> u64 {
-    erofs_share_daemon::daemon::cached_bytes(p).unwrap_or(0)
+    erofs_share_daemon::page_cache::cached_bytes(p).unwrap_or(0)
 }
 
 /// Page cache held by an image mount's own files plus the dedup files of every domain:

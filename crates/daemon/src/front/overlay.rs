@@ -26,7 +26,7 @@ use rustix::mount::{
 pub fn unsupported() -> Option<&'static str> {
     static PROBE: OnceLock<Option<&'static str>> = OnceLock::new();
     *PROBE.get_or_init(|| {
-        if !crate::image_fs::has_cap_sys_admin() {
+        if !crate::front::fuse::has_cap_sys_admin() {
             return Some("the daemon lacks CAP_SYS_ADMIN (overlay xattrs need it)");
         }
         if fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC).is_err() {

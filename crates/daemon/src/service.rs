@@ -1,0 +1,208 @@
+//! The daemon as a process: the state directory and its lock, the control socket and its
+//! request threads, the stop signals, and the clean-up of what a killed daemon left behind.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::control::{self, Request, Response};
+use crate::daemon::{DEDUP_FSNAME, Daemon, IMAGE_FSNAME};
+use crate::mounts::{detach, is_dead, our_mounts, our_mounts_with};
+
+/// Errors starting or running the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call on a named object failed.
+    #[error("{what}: {cause}")]
+    Io {
+        /// What was being done, naming the path.
+        what: String,
+        /// The OS error.
+        cause: io::Error,
+    },
+    /// Another daemon owns the state directory.
+    #[error("another erofs-share daemon already runs with state directory {0}")]
+    AlreadyRunning(PathBuf),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let what = what.into();
+    move |cause| Error::Io { what, cause }
+}
+
+/// Runs the daemon in the foreground until SIGTERM/SIGINT or a `stop` request.
+pub fn run(state_dir: &Path) -> Result<(), Error> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(io_err(format!("create {}", state_dir.display())))?;
+    fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700))
+        .map_err(io_err(format!("chmod {}", state_dir.display())))?;
+    let lock_path = state_dir.join("daemon.lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(format!("open {}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(Error::AlreadyRunning(state_dir.to_path_buf()));
+    }
+    raise_fd_limit();
+    clean_stale_mounts(state_dir);
+    let sock = control::socket_path(state_dir);
+    let _ = fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(io_err(format!("bind {}", sock.display())))?;
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))
+        .map_err(io_err(format!("chmod {}", sock.display())))?;
+    let pid_path = state_dir.join("daemon.pid");
+    fs::write(&pid_path, format!("{}\n", std::process::id()))
+        .map_err(io_err(format!("write {}", pid_path.display())))?;
+
+    // Block the stop signals in every thread; this one waits for them.
+    let set = stop_signals()?;
+
+    let daemon = Daemon::new(state_dir.to_path_buf());
+    let d = daemon.clone();
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || serve(listener, d))
+        .map_err(io_err("spawn the control thread"))?;
+    tracing::info!(
+        "erofs-share daemon {} serving {}",
+        std::process::id(),
+        sock.display()
+    );
+
+    // sigwait fails only on an invalid set (it does not return EINTR): no retry, but the
+    // mounts are still unmounted before the error is reported.
+    let waited = set.wait();
+    match &waited {
+        Ok(sig) => tracing::info!("{sig}: unmounting everything"),
+        Err(e) => tracing::error!("sigwait: {e}: unmounting everything"),
+    }
+    let _ = fs::remove_file(&sock);
+    daemon.shutdown(Duration::from_secs(3));
+    let _ = fs::remove_file(&pid_path);
+    drop(lock);
+    waited.map(drop).map_err(|e| Error::Io {
+        what: "wait for SIGTERM/SIGINT".into(),
+        cause: e.into(),
+    })
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread, and so in every thread it spawns later;
+/// returns the set for `wait`.
+fn stop_signals() -> Result<nix::sys::signal::SigSet, Error> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().map_err(|e| Error::Io {
+        what: "block SIGTERM/SIGINT".into(),
+        cause: e.into(),
+    })?;
+    Ok(set)
+}
+
+/// Each mount holds a few /dev/fuse clones and its image, and each dedup object its dedup
+/// file: lift the soft fd limit to the hard one, and as root the hard one to the kernel's
+/// per-process maximum (`fs.nr_open`).
+fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let nr_open = fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let lim = getrlimit(Resource::Nofile);
+    // None is unlimited: nothing to raise.
+    let Some(hard) = lim.maximum else { return };
+    if let Some(max) = nr_open.filter(|&m| m > hard) {
+        let raised = Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        // Needs CAP_SYS_RESOURCE; without it the soft limit is raised below.
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return;
+        }
+    }
+    if lim.current.is_some_and(|cur| cur < hard) {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!("raise RLIMIT_NOFILE to {hard}: {e}");
+        }
+    }
+}
+
+fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
+    let me = rustix::process::geteuid().as_raw();
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { continue };
+        let d = daemon.clone();
+        let _ = std::thread::Builder::new()
+            .name("request".into())
+            .spawn(move || handle_conn(stream, d, me));
+    }
+}
+
+fn handle_conn(stream: UnixStream, daemon: Arc<Daemon>, me: u32) {
+    let mut stop = false;
+    let resp = match control::peer_uid(&stream) {
+        Ok(uid) if uid == 0 || uid == me => match control::read_request(&stream) {
+            Ok(req) => {
+                stop = req == Request::Stop;
+                daemon.handle(req)
+            }
+            Err(e) => Response::error(e),
+        },
+        Ok(uid) => Response::error(format!("uid {uid} may not control the daemon")),
+        Err(e) => Response::error(format!("peer credentials: {e}")),
+    };
+    let _ = control::write_response(&stream, &resp);
+    if stop {
+        // After the answer: the shutdown may end the process at once.
+        // To the process, not this thread (which blocks it): the signal thread performs the
+        // shutdown.
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
+    }
+}
+
+/// Detaches what a killed daemon left: its dedup mounts under `state_dir`, and image mounts
+/// whose FUSE connection is dead (ENOTCONN).
+fn clean_stale_mounts(state_dir: &Path) {
+    let dedup_root = state_dir.join("dedup");
+    for m in our_mounts(DEDUP_FSNAME) {
+        if m.starts_with(&dedup_root) {
+            tracing::info!("detaching stale dedup mount {}", m.display());
+            let _ = detach(&m);
+            let _ = fs::remove_dir(&m);
+        }
+    }
+    for (m, options) in our_mounts_with(IMAGE_FSNAME) {
+        // An overlay front over one of our (now detached) dedup mounts is stale too: its
+        // metadata still shows but every page-cache miss fails.
+        let ours = options.split(',').any(|o| {
+            o.strip_prefix("datadir+=")
+                .is_some_and(|d| Path::new(d).starts_with(&dedup_root))
+        }) || options.contains(&format!("::{}", dedup_root.display()));
+        if ours || is_dead(&m) {
+            tracing::info!("detaching stale image mount {}", m.display());
+            let _ = detach(&m);
+        }
+    }
+    // Metadata images of mounts that are gone.
+    if let Ok(rd) = fs::read_dir(state_dir.join("front")) {
+        for e in rd.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
