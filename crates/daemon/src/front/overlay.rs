@@ -111,35 +111,34 @@ fn erofs_mount_from(source: &Path) -> rustix::io::Result<OwnedFd> {
 /// A free loop device attached read-only to `file` (util-linux `losetup`, which knows every
 /// kernel's loop interface).
 fn loop_attach(file: &Path) -> io::Result<PathBuf> {
-    let out = std::process::Command::new("losetup")
-        .args(["--find", "--show", "--read-only"])
-        .arg(file)
-        .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("losetup: {e}")))?;
-    if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "losetup {}: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    let out = losetup(&[
+        "--find".as_ref(),
+        "--show".as_ref(),
+        "--read-only".as_ref(),
+        file.as_os_str(),
+    ])?;
+    Ok(PathBuf::from(out.trim()))
 }
 
 fn loop_detach(dev: &Path) -> io::Result<()> {
+    losetup(&["--detach".as_ref(), dev.as_os_str()]).map(drop)
+}
+
+/// Runs `losetup ARGS`; its stdout, or an error with its stderr.
+fn losetup(args: &[&std::ffi::OsStr]) -> io::Result<String> {
     let out = std::process::Command::new("losetup")
-        .arg("--detach")
-        .arg(dev)
+        .args(args)
         .output()
         .map_err(|e| io::Error::new(e.kind(), format!("losetup: {e}")))?;
     if !out.status.success() {
+        let shown: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
         return Err(io::Error::other(format!(
-            "losetup --detach {}: {}",
-            dev.display(),
+            "losetup {}: {}",
+            shown.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Mounts the overlay front of one image at `mountpoint`: `meta_image` as its only lower
