@@ -222,37 +222,32 @@ impl erofs::source::ReadAt for UncachedFile {
     }
 }
 
-/// A heap buffer aligned for `O_DIRECT`.
+/// A heap buffer aligned for `O_DIRECT`: a zeroed `Vec` over-allocated by one alignment unit,
+/// exposed from its first aligned byte. Safe code, at the cost of at most `DIO_ALIGN` spare
+/// bytes; a zero `len` still allocates (one unit) and exposes an empty aligned slice.
 struct AlignedBuf {
-    ptr: *mut u8,
+    buf: Vec<u8>,
+    start: usize,
     len: usize,
-    layout: std::alloc::Layout,
 }
 
 impl AlignedBuf {
     fn new(len: usize) -> io::Result<Self> {
-        // Never a zero-sized allocation (undefined behaviour for alloc_zeroed): at least one
-        // alignment unit is allocated, `len` of it is exposed.
-        let layout = std::alloc::Layout::from_size_align(len.max(DIO_ALIGN), DIO_ALIGN)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: the layout's size is non-zero (at least DIO_ALIGN).
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "bounce buffer"));
-        }
-        Ok(Self { ptr, len, layout })
+        let total = len.checked_add(DIO_ALIGN).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "bounce buffer size overflows")
+        })?;
+        let mut buf = Vec::new();
+        // An error, not an abort, when memory runs out (as the allocation was before).
+        buf.try_reserve_exact(total)
+            .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "bounce buffer"))?;
+        buf.resize(total, 0);
+        // The Vec is never grown again, so its address (and this offset) stays valid.
+        let start = buf.as_ptr().addr().wrapping_neg() % DIO_ALIGN;
+        Ok(Self { buf, start, len })
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: ptr points to at least len initialised (zeroed) bytes owned by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: ptr was allocated in new() with exactly this layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 

@@ -10,7 +10,11 @@
 //! dropping the [`CgroupTree`] removes our parent cgroup. Memory cgroups are v2 where the
 //! memory controller is on the unified hierarchy, else v1 (hybrid hosts).
 
-use std::ffi::CString;
+use rustix::fs::{Mode, OFlags};
+use rustix::mount::{MountFlags, MountPropagationFlags, mount, mount_bind_recursive, mount_change};
+use rustix::process::{Pid, Signal, kill_process};
+use std::ffi::{CStr, CString};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -222,7 +226,7 @@ fn remove_cgroup_dir(path: &Path) -> std::io::Result<()> {
         match std::fs::remove_dir(path) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
+            Err(e) if Instant::now() < deadline && e.kind() == std::io::ErrorKind::ResourceBusy => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(e),
@@ -319,9 +323,9 @@ impl Cgroup {
                     secs: KILL_TIMEOUT.as_secs(),
                 });
             }
-            for pid in pids {
-                // SAFETY: kill has no memory preconditions; a pid that already exited is ESRCH.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            // A pid that already exited is ESRCH: the next round sees it gone.
+            for pid in pids.into_iter().filter_map(Pid::from_raw) {
+                let _ = kill_process(pid, Signal::KILL);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -409,81 +413,51 @@ fn prepare(spec: &Spec, cgroup: &Cgroup) -> Result<Prepared, ContainerError> {
     })
 }
 
-fn check(rc: libc::c_int) -> std::io::Result<()> {
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+/// Open `path` (flags added to `O_WRONLY | O_CLOEXEC`) and write all of `data` to it.
+fn write_file(path: &CStr, flags: OFlags, data: &[u8]) -> std::io::Result<()> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::CLOEXEC | flags,
+        Mode::from(0o644),
+    )?;
+    // write_all makes no allocation, even for its short-write error.
+    std::fs::File::from(fd).write_all(data)
 }
 
-/// Runs in the child between fork and exec: only syscalls on prepared data.
+/// Runs in the child between fork and exec: only syscalls on prepared data. Paths go in as
+/// `&CStr`, so the wrappers pass them straight through without allocating.
 fn enter(p: &Prepared) -> std::io::Result<()> {
-    // SAFETY: every pointer is a NUL-terminated string or a buffer owned by `p`, alive for the
-    // call; these syscalls are async-signal-safe and only affect the child.
-    unsafe {
-        // Own session: a Ctrl-C at the terminal reaches us, and we stop the containers.
-        check(libc::setsid())?;
-        let fd = libc::open(p.procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        check(fd)?;
-        let w = libc::write(fd, b"0".as_ptr().cast(), 1);
-        libc::close(fd);
-        if w != 1 {
-            return Err(std::io::Error::last_os_error());
-        }
-        check(libc::unshare(libc::CLONE_NEWNS))?;
-        let none = std::ptr::null::<libc::c_char>();
-        check(libc::mount(
-            none,
-            c"/".as_ptr(),
-            none,
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ))?;
-        check(libc::mount(
-            c"proc".as_ptr(),
-            p.proc_dir.as_ptr(),
-            c"proc".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
-        ))?;
-        check(libc::mount(
-            c"/dev".as_ptr(),
-            p.dev_dir.as_ptr(),
-            none,
-            libc::MS_BIND | libc::MS_REC,
-            std::ptr::null(),
-        ))?;
-        check(libc::mount(
-            c"tmpfs".as_ptr(),
-            p.tmp_dir.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            c"mode=1777,size=64m".as_ptr().cast(),
-        ))?;
-        check(libc::mount(
-            c"tmpfs".as_ptr(),
-            p.run_dir.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            c"mode=755,size=16m".as_ptr().cast(),
-        ))?;
-        for (path, data) in &p.files {
-            let fd = libc::open(
-                path.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                0o644,
-            );
-            check(fd)?;
-            let w = libc::write(fd, data.as_ptr().cast(), data.len());
-            libc::close(fd);
-            if w != data.len() as isize {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        check(libc::chroot(p.root.as_ptr()))?;
-        check(libc::chdir(c"/".as_ptr()))?;
+    // Own session: a Ctrl-C at the terminal reaches us, and we stop the containers.
+    rustix::process::setsid()?;
+    write_file(&p.procs, OFlags::empty(), b"0")?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    mount_change(
+        c"/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )?;
+    let none: Option<&CStr> = None;
+    mount(
+        c"proc",
+        &*p.proc_dir,
+        c"proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        none,
+    )?;
+    mount_bind_recursive(c"/dev", &*p.dev_dir)?;
+    let tmpfs = MountFlags::NOSUID | MountFlags::NODEV;
+    mount(
+        c"tmpfs",
+        &*p.tmp_dir,
+        c"tmpfs",
+        tmpfs,
+        c"mode=1777,size=64m",
+    )?;
+    mount(c"tmpfs", &*p.run_dir, c"tmpfs", tmpfs, c"mode=755,size=16m")?;
+    for (path, data) in &p.files {
+        write_file(path, OFlags::CREATE | OFlags::EXCL, data)?;
     }
+    rustix::process::chroot(&*p.root)?;
+    rustix::process::chdir(c"/")?;
     Ok(())
 }
 
@@ -517,7 +491,7 @@ impl Container {
             .stdout(log)
             .stderr(log2);
         // SAFETY: `enter` performs only async-signal-safe syscalls on data prepared before
-        // fork and allocates nothing.
+        // fork and allocates nothing (paths are passed as `&CStr`, errors are raw OS errors).
         unsafe {
             cmd.pre_exec(move || enter(&prepared));
         }

@@ -2,28 +2,18 @@
 //! RAII guards of [`crate::container`] and the mounts undo everything on the way out.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+use signal_hook::consts::{SIGINT, SIGTERM};
 
-extern "C" fn on_signal(_sig: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
+static INTERRUPTED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
 
-/// Install the handler for SIGINT and SIGTERM (idempotent).
+/// Install the handler for SIGINT and SIGTERM (idempotent: a second call only adds a second
+/// handler setting the same flag).
 pub fn install() -> std::io::Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler only
-        // stores to an atomic, which is async-signal-safe.
-        let rc = unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    for sig in [SIGINT, SIGTERM] {
+        // The handler only stores to the flag, which is async-signal-safe.
+        signal_hook::flag::register(sig, Arc::clone(&INTERRUPTED))?;
     }
     Ok(())
 }

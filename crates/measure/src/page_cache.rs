@@ -7,6 +7,7 @@
 //! metadata pages.
 
 use crate::container::{CgroupTree, ContainerError};
+use rustix::process::{Pid, Signal, kill_process};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -135,8 +136,15 @@ fn read_once(dirs: &[&Path]) -> Result<Reading, PageCacheError> {
     let before = cg.memory()?.file;
     let meminfo_before = meminfo_cached();
     let start = Instant::now();
-    // SAFETY: kill has no memory preconditions; the pid is our live (stopped) child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    // The pid is our live (stopped, unreaped) child, so it cannot have been reused.
+    if let Err(e) = kill_process(Pid::from_child(&child), Signal::CONT) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(PageCacheError::Io {
+            what: "resuming the reader (SIGCONT)".into(),
+            cause: e.into(),
+        });
+    }
     let deadline = Instant::now() + READ_TIMEOUT;
     let status = loop {
         match child.try_wait() {

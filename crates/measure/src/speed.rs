@@ -78,8 +78,7 @@ pub struct MkfsReport {
 
 fn timed(cmd: &mut Command) -> Result<f64, SpeedError> {
     // Write back what the previous run left dirty, so no run pays for another's image.
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
+    rustix::fs::sync();
     let start = Instant::now();
     let out = cmd
         .output()

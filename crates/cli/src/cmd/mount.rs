@@ -103,12 +103,12 @@ pub fn ensure_daemon(state_dir: &Path) -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: setsid is async-signal-safe; detaching from our session keeps the daemon alive
-    // when this terminal goes.
+    // SAFETY: the closure only calls setsid, which is async-signal-safe and allocates nothing;
+    // detaching from our session keeps the daemon alive when this terminal goes.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
-            libc::setsid();
+            rustix::process::setsid()?;
             Ok(())
         });
     }
