@@ -12,20 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use testkit::{Need, require};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use testkit::{Need, Rng, require};
 
 /// Every non-empty regular file of `image`, read with our reader (independent of FUSE).
 fn contents(image: &std::path::Path) -> BTreeMap<String, Vec<u8>> {

@@ -249,15 +249,6 @@ fn the_image_mode_follows_the_umask() {
     }
 }
 
-/// Whether the running kernel shows compact inodes' own mtimes (Linux 6.15+).
-fn kernel_shows_compact_mtimes() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut v = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 15)
-}
-
 #[test]
 fn compact_mtimes_make_inodes_compact_and_the_kernel_shows_every_mtime() {
     let tmp = tempfile::tempdir().unwrap();
@@ -312,7 +303,7 @@ fn compact_mtimes_make_inodes_compact_and_the_kernel_shows_every_mtime() {
     ) {
         return;
     }
-    if !kernel_shows_compact_mtimes() {
+    if !erofs_share_daemon::front::overlay::kernel_reads().compact_mtimes {
         eprintln!("kernel before 6.15: compact-inode mtimes are not shown; sizes checked only");
         return;
     }

@@ -264,6 +264,49 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// What the containerd tests need besides root.
+const CONTAINERD: [Need; 3] = [
+    Need::Fuse,
+    Need::Program {
+        name: "containerd",
+        package: "containerd",
+    },
+    Need::Program {
+        name: "runc",
+        package: "runc",
+    },
+];
+
+/// Removes `images` with ctr and waits (up to `within`) for containerd's gc to remove their
+/// snapshots: no layer mount of the daemon and no snapshot directory may be left.
+fn remove_images_leaving_nothing(
+    d: &Daemon,
+    ctr_sock: &Path,
+    snap_root: &Path,
+    images: &[String],
+    within: Duration,
+) {
+    for i in images {
+        ok(
+            ctr(ctr_sock, &["images", "rm", "--sync", i]),
+            "ctr images rm",
+        );
+    }
+    let t = Instant::now();
+    while !d.status().mounts.is_empty() && t.elapsed() < within {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        d.status().mounts.is_empty(),
+        "layer mounts left: {:?}",
+        d.status().mounts
+    );
+    let left: Vec<_> = std::fs::read_dir(snap_root.join("snapshots"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "snapshot directories left: {left:?}");
+}
+
 fn domain_shared(d: &Daemon) -> u64 {
     d.status()
         .domains
@@ -274,18 +317,7 @@ fn domain_shared(d: &Daemon) -> u64 {
 
 #[test]
 fn containerd_runs_images_from_shared_layers() {
-    let needs = [
-        Need::Fuse,
-        Need::Program {
-            name: "containerd",
-            package: "containerd",
-        },
-        Need::Program {
-            name: "runc",
-            package: "runc",
-        },
-    ];
-    if !require("containerd_runs_images_from_shared_layers", &needs) {
+    if !require("containerd_runs_images_from_shared_layers", &CONTAINERD) {
         return;
     }
     let d = Daemon::start();
@@ -494,25 +526,7 @@ fn containerd_runs_images_from_shared_layers() {
     assert_eq!(d.status().mounts.len(), 4, "the same four layer mounts");
 
     // Removing the images lets containerd's gc remove every snapshot: no layer left.
-    for i in &images {
-        ok(
-            ctr(&ctr_sock, &["images", "rm", "--sync", i]),
-            "ctr images rm",
-        );
-    }
-    let t = Instant::now();
-    while !d.status().mounts.is_empty() && t.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        d.status().mounts.is_empty(),
-        "layer mounts left: {:?}",
-        d.status().mounts
-    );
-    let left: Vec<_> = std::fs::read_dir(snap_root.join("snapshots"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "snapshot directories left: {left:?}");
+    remove_images_leaving_nothing(&d, &ctr_sock, &snap_root, &images, Duration::from_secs(30));
     drop(procs);
     for m in mounts_under(tmp) {
         let _ = erofs_share_daemon::mounts::detach(&m);
@@ -791,18 +805,7 @@ fn ctr_run(
 #[test]
 fn containerd_runs_the_redis_pair() {
     let test = "containerd_runs_the_redis_pair";
-    let needs = [
-        Need::Fuse,
-        Need::Program {
-            name: "containerd",
-            package: "containerd",
-        },
-        Need::Program {
-            name: "runc",
-            package: "runc",
-        },
-    ];
-    if !require(test, &needs) {
+    if !require(test, &CONTAINERD) {
         return;
     }
     let started = Instant::now();
@@ -1007,25 +1010,7 @@ fn containerd_runs_the_redis_pair() {
     );
 
     // Removing the images lets containerd's gc remove every snapshot: no layer left.
-    for i in &images {
-        ok(
-            ctr(&ctr_sock, &["images", "rm", "--sync", i]),
-            "ctr images rm",
-        );
-    }
-    let t = Instant::now();
-    while !d.status().mounts.is_empty() && t.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        d.status().mounts.is_empty(),
-        "layer mounts left: {:?}",
-        d.status().mounts
-    );
-    let left: Vec<_> = std::fs::read_dir(snap_root.join("snapshots"))
-        .unwrap()
-        .collect();
-    assert!(left.is_empty(), "snapshot directories left: {left:?}");
+    remove_images_leaving_nothing(&d, &ctr_sock, &snap_root, &images, Duration::from_secs(60));
     drop(procs);
     for m in mounts_under(tmp) {
         let _ = erofs_share_daemon::mounts::detach(&m);

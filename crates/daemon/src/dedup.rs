@@ -79,6 +79,10 @@ fn kept_copies() -> &'static Mutex<KeptCopies> {
 /// Keep `bytes` in `slot`, dropping expired copies and, past the budget, the oldest ones.
 /// `served`: the range the check already answered.
 fn keep_copy(slot: &CopySlot, bytes: Vec<u8>, served: u64) {
+    let unserved = (bytes.len() as u64).saturating_sub(served);
+    if unserved == 0 {
+        return;
+    }
     let mut kept = kept_copies().lock().unwrap();
     let now = Instant::now();
     while let Some((at, old)) = kept.front() {
@@ -96,12 +100,8 @@ fn keep_copy(slot: &CopySlot, bytes: Vec<u8>, served: u64) {
         return;
     }
     COPY_BYTES.fetch_add(bytes.len(), Ordering::Relaxed);
-    let unserved = (bytes.len() as u64).saturating_sub(served);
-    let copy = HashedCopy { bytes, unserved };
-    if unserved > 0 {
-        *slot.lock().unwrap() = Some(copy);
-        kept.push_back((now, Arc::downgrade(slot)));
-    }
+    *slot.lock().unwrap() = Some(HashedCopy { bytes, unserved });
+    kept.push_back((now, Arc::downgrade(slot)));
 }
 
 /// An object's dedup file: kept by the object, or opened for this use only.

@@ -12,23 +12,7 @@ use std::io::Read;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testkit::testdata;
-
-/// Deterministic pseudo-random numbers (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-}
+use testkit::{Rng, testdata};
 
 /// The regular files of `source-tree.tar`, by path without a leading "./" or "/".
 fn source_files() -> HashMap<String, Arc<Vec<u8>>> {
@@ -281,7 +265,7 @@ fn truncated_and_garbage_pclusters_are_errors() {
         let mut bad = pristine.clone();
         let mut rng = Rng(pa | 1);
         for b in &mut bad[pa as usize..(pa + plen) as usize] {
-            *b = rng.next() as u8 | 1;
+            *b = rng.next_u64() as u8 | 1;
         }
         let img = Image::from_source(Arc::new(bad), name).unwrap();
         let f = img.resolve("/big/text-800k.txt").unwrap();

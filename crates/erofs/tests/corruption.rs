@@ -18,7 +18,7 @@ use std::ops::ControlFlow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testkit::testdata;
+use testkit::{Rng, testdata};
 
 /// Cases per image. Release builds (as CI runs) do them all; debug builds a few.
 /// `EROFS_SHARE_CORRUPTION_CASES` overrides it (for longer fuzzing runs).
@@ -34,23 +34,6 @@ const PROGRESS_EVERY: usize = 10_000;
 const CASE_LIMIT: Duration = Duration::from_secs(5);
 /// Data read per case by the driver (beyond it, files are skipped).
 const READ_BUDGET: u64 = 8 << 20;
-
-/// splitmix64: small, seedable, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-}
 
 /// Byte ranges holding metadata, found by walking the clean image.
 fn metadata_regions(img: &Image) -> Vec<(u64, u64)> {
@@ -168,7 +151,7 @@ fn mutate(rng: &mut Rng, buf: &mut [u8], regions: &[(u64, u64)]) -> (Mutation, S
                 *b = match fill {
                     0 => 0,
                     1 => 0xff,
-                    _ => rng.next() as u8,
+                    _ => rng.next_u64() as u8,
                 };
             }
             (

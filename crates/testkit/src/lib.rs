@@ -8,10 +8,13 @@
 //! - [`LoopMount`] and [`drop_caches`]: the host operations of `erofs-share-host`, which the
 //!   benchmarks use too, re-exported.
 //! - [`manifest`]: what a tree looks like (the JSON form of the vectors' manifests), and diffs.
+//! - [`Rng`]: seeded pseudo-random numbers for generated cases.
 
 pub mod gate;
 pub mod manifest;
+pub mod rng;
 pub mod testdata;
 
 pub use erofs_share_host::{LoopMount, drop_caches};
 pub use gate::{Need, require};
+pub use rng::Rng;

@@ -57,15 +57,15 @@ fn epoch(tree: &Tree, order: &[(NodeId, NodeId)], opts: &Options) -> (u64, u32) 
             u64::try_from(n.mtime).ok().map(|s| (s, n.mtime_nsec))
         })
     };
-    let mut count: HashMap<(u64, u32), u64> = HashMap::new();
     if opts.compact_mtimes {
+        let mut count: HashMap<u32, u64> = HashMap::new();
         for (_, nsec) in mtimes() {
-            *count.entry((0, nsec)).or_default() += 1;
+            *count.entry(nsec).or_default() += 1;
         }
         let nsec = count
             .into_iter()
-            .max_by_key(|&((_, ns), c)| (c, std::cmp::Reverse(ns)))
-            .map(|((_, ns), _)| ns);
+            .max_by_key(|&(ns, c)| (c, std::cmp::Reverse(ns)))
+            .map(|(ns, _)| ns);
         return match nsec {
             Some(ns) => (
                 mtimes()
@@ -78,6 +78,7 @@ fn epoch(tree: &Tree, order: &[(NodeId, NodeId)], opts: &Options) -> (u64, u32) 
             None => (opts.build_time, 0),
         };
     }
+    let mut count: HashMap<(u64, u32), u64> = HashMap::new();
     for t in mtimes() {
         *count.entry(t).or_default() += 1;
     }
