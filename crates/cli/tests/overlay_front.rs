@@ -185,14 +185,20 @@ fn an_oci_layer_through_the_overlay_front_is_the_kernels_view_and_stacks_as_a_la
     drop(kernel);
 }
 
-/// Loop devices attached to `file`.
-fn loops_of(file: &Path) -> String {
+/// Loop devices whose backing file is (or was, before its unlink) under `dir`.
+fn loops_under(dir: &Path) -> Vec<String> {
     let o = Command::new("losetup")
-        .arg("-j")
-        .arg(file)
+        .args(["--list", "--noheadings", "--raw", "--output", "NAME,BACK-FILE"])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| {
+            l.split_once(' ')
+                .is_some_and(|(_, back)| Path::new(back).starts_with(dir))
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -210,9 +216,10 @@ fn before_file_backed_erofs_the_metadata_image_is_on_a_loop_device_that_goes_wit
     mkfs(&["-q", "--oci-layer"], &image, &tar);
     let st = d.try_mount(&image, "front", Some("l"), true).unwrap();
     assert_eq!(st.front, "overlay", "{st:?}");
-    let meta = st.meta_image.clone().expect("a metadata image");
-    let attached = loops_of(&meta);
-    assert_eq!(attached.lines().count(), 1, "{attached:?}");
+    assert!(st.meta_image.is_some(), "{st:?}");
+    let front = d.state.join("front");
+    let attached = loops_under(&front);
+    assert_eq!(attached.len(), 1, "{attached:?}");
     assert_eq!(
         std::fs::read(st.mountpoint.join("x")).unwrap(),
         vec![7u8; 10_000]
@@ -224,9 +231,65 @@ fn before_file_backed_erofs_the_metadata_image_is_on_a_loop_device_that_goes_wit
 
     assert!(d.umount(&st.mountpoint));
     let t = std::time::Instant::now();
-    while !loops_of(&meta).is_empty() && t.elapsed() < std::time::Duration::from_secs(10) {
+    while !loops_under(&front).is_empty() && t.elapsed() < std::time::Duration::from_secs(10) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(loops_of(&meta), "", "the loop device outlived its mount");
+    assert_eq!(
+        loops_under(&front),
+        Vec::<String>::new(),
+        "the loop device outlived its mount"
+    );
+    assert!(d.status().mounts.is_empty());
+}
+
+/// Every file under `dir`, recursively (mountpoints' contents aside: `skip`).
+fn files_under(dir: &Path, skip: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.starts_with(skip) {
+            continue;
+        }
+        match e.file_type() {
+            Ok(t) if t.is_dir() => files_under(&p, skip, out),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn other_processes_opening_the_daemons_files_do_not_end_a_mount() {
+    if !require(
+        "other_processes_opening_the_daemons_files_do_not_end_a_mount",
+        &[Need::Root, Need::Fuse, Need::KernelErofs],
+    ) {
+        return;
+    }
+    // A backup, an indexer or an operator's fincore opens and closes whatever it finds in the
+    // state directory; the end of a mount must not be read from that.
+    let d = Daemon::start();
+    let tar = layer_tar(d.dir.path());
+    let image = d.dir.path().join("layer.erofs");
+    mkfs(&["-q", "--oci-layer"], &image, &tar);
+    let st = d.try_mount(&image, "front", Some("l"), true).unwrap();
+    assert_eq!(st.front, "overlay", "{st:?}");
+    let meta = st.meta_image.clone().expect("a metadata image");
+    assert!(meta.is_file(), "status names a metadata image that exists: {meta:?}");
+    let dedup = d.state.join("dedup");
+    let mut files = Vec::new();
+    files_under(&d.state, &dedup, &mut files);
+    assert!(files.contains(&meta), "{files:?}");
+    for f in &files {
+        for _ in 0..3 {
+            drop(std::fs::File::open(f));
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(d.status().mounts.len(), 1, "the mount was taken for ended");
+    assert_eq!(
+        std::fs::read(st.mountpoint.join("x")).unwrap(),
+        vec![7u8; 10_000]
+    );
+    assert!(d.umount(&st.mountpoint));
     assert!(d.status().mounts.is_empty());
 }

@@ -46,7 +46,8 @@ struct MountRecord {
     detached: bool,
     front: Front,
     front_reason: Option<String>,
-    /// The overlay front's per-mount metadata image.
+    /// The overlay front's metadata image (the cached file the mount's own copy was made
+    /// from: the copy itself is unlinked once mounted).
     meta_image: Option<PathBuf>,
     /// The domain whose dedup table holds this mount's sources (and counts it as a mount):
     /// the sharing domain, or for the overlay front the unshared one.
@@ -400,7 +401,7 @@ impl Daemon {
                 let _ = rustix::fs::fadvise(&*f, 0, None, rustix::fs::Advice::DontNeed);
                 out
             });
-        let meta = match scanned {
+        let (cached_meta, meta) = match scanned {
             Ok(m) => m,
             Err(e) => {
                 undo(None);
@@ -420,14 +421,20 @@ impl Daemon {
                 detached: false,
                 front: Front::Overlay,
                 front_reason: None,
-                meta_image: Some(meta.clone()),
+                meta_image: Some(cached_meta),
                 data_domain: Some(data.clone()),
             },
         );
-        if let Err(e) = ends.watch(id, &meta) {
+        // Unlinked once watched, the copy is held by the kernel alone: nobody else can open
+        // it, and its inode goes (the watched event) exactly when the erofs superblock does.
+        let watched = ends
+            .watch(id, &meta)
+            .and_then(|()| fs::remove_file(&meta));
+        if let Err(e) = watched {
             // Without the watch the end is never seen: take the mount down again.
-            tracing::warn!("inotify watch of {}: {e}", meta.display());
+            tracing::warn!("watching the end of {}: {e}", meta.display());
             let _ = detach(mountpoint);
+            let _ = fs::remove_file(&meta);
             self.mount_ended(id);
             return Err(format!("watch {}: {e}", meta.display()));
         }
@@ -576,15 +583,16 @@ impl Daemon {
         Ok(())
     }
 
-    /// This mount's copy of the image's metadata image, built into the cache (keyed by the
-    /// image's identity and the object names) unless already there. Each mount gets its own
-    /// file: its close tells when the mount has ended (see [`overlay::Ends`]).
+    /// The image's metadata image, built into the cache (keyed by the image's identity and
+    /// the object names) unless already there, and this mount's own copy of it. Each mount
+    /// gets its own file: the end of its inode tells when the mount has ended (see
+    /// [`overlay::Ends`]). Returns (cached, copy).
     fn meta_image(
         &self,
         m: &MountedImage,
         image: &erofs::Image,
         names: &HashMap<u64, String>,
-    ) -> Result<PathBuf, String> {
+    ) -> Result<(PathBuf, PathBuf), String> {
         use sha2::Digest;
         let cache = self.state_dir.join("meta");
         let front = self.state_dir.join("front");
@@ -622,7 +630,7 @@ impl Daemon {
         }
         let own = front.join(format!("{}.erofs", m.id));
         fs::copy(&cached, &own).map_err(|e| format!("copy {}: {e}", cached.display()))?;
-        Ok(own)
+        Ok((cached, own))
     }
 
     /// The live domain `id`, created (with its dedup mount, trusted or verified) when absent;
@@ -722,9 +730,6 @@ impl Daemon {
             return;
         };
         tracing::info!("mount {} ({}) ended", id, rec.image.mountpoint.display());
-        if let Some(meta) = &rec.meta_image {
-            let _ = fs::remove_file(meta);
-        }
         let Some(dom) = &rec.data_domain else {
             return;
         };

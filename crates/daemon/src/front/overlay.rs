@@ -5,8 +5,10 @@
 //!
 //! The erofs mount is never attached anywhere: the overlay holds the only reference to it, so
 //! when the overlay's last user goes (after a lazy unmount, its last open file) the erofs
-//! superblock goes too and closes the metadata image file. [`Ends`] turns that close into
-//! "this mount has ended" with inotify, which is when its files stop being sources.
+//! superblock goes too and closes the metadata image file. That file is the mount's own copy,
+//! unlinked once mounted, so its inode goes with that last close: [`Ends`] turns the inode's
+//! end into "this mount has ended" with inotify, which is when its files stop being sources.
+//! (A close alone would not do: anyone may open and close a file that has a name.)
 
 use erofs::build::meta::KernelReads;
 use std::collections::HashMap;
@@ -179,12 +181,12 @@ pub fn mount(
     Ok(())
 }
 
-/// Tells when overlay mounts have ended: the kernel closes a mount's own copy of its metadata
-/// image when the erofs superblock under the overlay goes away.
+/// Tells when overlay mounts have ended: the kernel closes a mount's own (unlinked) copy of its
+/// metadata image when the erofs superblock under the overlay goes away, and the inode goes.
 #[derive(Debug)]
 pub struct Ends {
     fd: OwnedFd,
-    by_wd: Mutex<HashMap<i32, (u64, PathBuf)>>,
+    by_wd: Mutex<HashMap<i32, u64>>,
 }
 
 impl Ends {
@@ -197,20 +199,20 @@ impl Ends {
         })
     }
 
-    /// Reports mount `id` as ended once the last reference to `meta_image` is closed. Call
-    /// after the mount is made and after the daemon closed its own descriptors of the file.
+    /// Reports mount `id` as ended once `meta_image`'s inode goes: unlink it after this call,
+    /// the end is its last close.
     pub fn watch(&self, id: u64, meta_image: &Path) -> io::Result<()> {
-        let wd = inotify::add_watch(&self.fd, meta_image, inotify::WatchFlags::CLOSE_NOWRITE)
+        let wd = inotify::add_watch(&self.fd, meta_image, inotify::WatchFlags::DELETE_SELF)
             .map_err(io::Error::from)?;
         self.by_wd
             .lock()
             .unwrap()
-            .insert(wd, (id, meta_image.to_path_buf()));
+            .insert(wd, id);
         Ok(())
     }
 
-    /// Blocks, calling `ended(id)` for each mount whose metadata image was closed (its file is
-    /// removed first). Returns only on a read error.
+    /// Blocks, calling `ended(id)` for each mount whose metadata image's inode went (or whose
+    /// watch the kernel dropped). Returns only on a read error.
     pub fn run(&self, ended: impl Fn(u64)) -> io::Error {
         let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
         let mut reader = inotify::Reader::new(&self.fd, &mut buf);
@@ -220,16 +222,15 @@ impl Ends {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return e.into(),
             };
-            let closed = ev.events().contains(inotify::ReadFlags::CLOSE_NOWRITE);
-            let wd = ev.wd();
-            if !closed {
+            let gone = ev
+                .events()
+                .intersects(inotify::ReadFlags::DELETE_SELF | inotify::ReadFlags::IGNORED);
+            if !gone {
                 continue;
             }
-            let Some((id, path)) = self.by_wd.lock().unwrap().remove(&wd) else {
+            let Some(id) = self.by_wd.lock().unwrap().remove(&ev.wd()) else {
                 continue;
             };
-            let _ = inotify::remove_watch(&self.fd, wd);
-            let _ = std::fs::remove_file(&path);
             ended(id);
         }
     }
