@@ -36,6 +36,9 @@ enum Command {
     Status(cmd::status::Args),
     /// Stop the daemon: it unmounts everything and exits.
     Stop(cmd::stop::Args),
+    /// Make the daemon forget its short-lived copies of image bytes (metadata blocks, hashed
+    /// contents), as `drop_caches` does the kernel's: for cold-read measurements.
+    DropCaches(cmd::drop_caches::Args),
     /// Run the sharing daemon in the foreground.
     Daemon(cmd::daemon::Args),
     /// Serve containerd as a proxy snapshotter: layers as shared EROFS images.
@@ -74,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Command::Umount(a) => cmd::umount::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Stop(a) => cmd::stop::run(a),
+        Command::DropCaches(a) => cmd::drop_caches::run(a),
         Command::Daemon(a) => cmd::daemon::run(a),
         Command::Snapshotter(a) => cmd::snapshotter::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),

@@ -188,7 +188,13 @@ fn an_oci_layer_through_the_overlay_front_is_the_kernels_view_and_stacks_as_a_la
 /// Loop devices whose backing file is (or was, before its unlink) under `dir`.
 fn loops_under(dir: &Path) -> Vec<String> {
     let o = Command::new("losetup")
-        .args(["--list", "--noheadings", "--raw", "--output", "NAME,BACK-FILE"])
+        .args([
+            "--list",
+            "--noheadings",
+            "--raw",
+            "--output",
+            "NAME,BACK-FILE",
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout)
@@ -274,7 +280,10 @@ fn other_processes_opening_the_daemons_files_do_not_end_a_mount() {
     let st = d.try_mount(&image, "front", Some("l"), true).unwrap();
     assert_eq!(st.front, "overlay", "{st:?}");
     let meta = st.meta_image.clone().expect("a metadata image");
-    assert!(meta.is_file(), "status names a metadata image that exists: {meta:?}");
+    assert!(
+        meta.is_file(),
+        "status names a metadata image that exists: {meta:?}"
+    );
     let dedup = d.state.join("dedup");
     let mut files = Vec::new();
     files_under(&d.state, &dedup, &mut files);
@@ -292,4 +301,85 @@ fn other_processes_opening_the_daemons_files_do_not_end_a_mount() {
     );
     assert!(d.umount(&st.mountpoint));
     assert!(d.status().mounts.is_empty());
+}
+
+/// Bytes the daemon has read from the image of the mount at `mp`.
+fn image_bytes_read(d: &Daemon, mp: &Path) -> u64 {
+    let st = d.status();
+    st.mounts
+        .iter()
+        .find(|m| m.mountpoint == mp)
+        .map(|m| m.image_bytes_read)
+        .expect("the mount is listed")
+}
+
+/// Reads every file under `root` after evicting its pages: a cold read of the mount's data
+/// that leaves every other page cache on the host alone.
+fn read_cold(root: &Path) {
+    for (_, p) in regular_files(root) {
+        let f = std::fs::File::open(&p).unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        drop(f);
+        read_all(&p);
+    }
+}
+
+#[test]
+fn small_files_blocks_are_read_once_until_drop_caches() {
+    if !require(
+        "small_files_blocks_are_read_once_until_drop_caches",
+        &[Need::Root, Need::Fuse, Need::KernelErofs],
+    ) {
+        return;
+    }
+    // Forty small files: their contents are inline tails beside their inodes, several to a
+    // block of the image.
+    let d = Daemon::start();
+    let src = d.dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..40u32 {
+        let body: Vec<u8> = (0..100 + i * 37).map(|j| (i * 31 + j) as u8).collect();
+        std::fs::write(src.join(format!("f{i:02}")), body).unwrap();
+    }
+    let image = d.dir.path().join("small.erofs");
+    mkfs(&["-q"], &image, &src);
+    let st = d.try_mount(&image, "small", Some("s"), true).unwrap();
+    assert_eq!(st.front, "overlay", "{st:?}");
+    let mp = st.mountpoint.clone();
+
+    let start = image_bytes_read(&d, &mp);
+    read_cold(&mp);
+    let first = image_bytes_read(&d, &mp) - start;
+    assert!(first > 0, "the first read came from the image");
+    read_cold(&mp);
+    let again = image_bytes_read(&d, &mp) - start - first;
+    assert_eq!(
+        again, 0,
+        "the second cold read found its blocks in the daemon's cache"
+    );
+    let out = Command::new(BIN)
+        .arg("drop-caches")
+        .arg("--state-dir")
+        .arg(&d.state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    read_cold(&mp);
+    let after_drop = image_bytes_read(&d, &mp) - start - first;
+    assert_eq!(
+        after_drop, first,
+        "after drop-caches the read is as cold as the first"
+    );
+    for (name, p) in regular_files(&mp) {
+        assert_eq!(
+            read_all(&p),
+            std::fs::read(src.join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert!(d.umount(&mp));
 }

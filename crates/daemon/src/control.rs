@@ -66,6 +66,10 @@ pub enum Request {
     },
     /// Report mounts, domains and what sharing saves.
     Status,
+    /// Forget the daemon's own short-lived copies of image bytes (metadata blocks, hashed
+    /// contents of verified objects), as `drop_caches` does the kernel's: the next read is
+    /// as cold as after a restart. For measurements; the page cache is not touched.
+    DropCaches,
     /// Unmount everything and exit.
     Stop,
 }

@@ -155,6 +155,14 @@ impl Daemon {
                 ok: true,
                 ..Response::default()
             },
+            Request::DropCaches => {
+                crate::source::drop_block_caches();
+                crate::dedup::drop_kept_copies();
+                Response {
+                    ok: true,
+                    ..Response::default()
+                }
+            }
         }
     }
 
@@ -427,9 +435,7 @@ impl Daemon {
         );
         // Unlinked once watched, the copy is held by the kernel alone: nobody else can open
         // it, and its inode goes (the watched event) exactly when the erofs superblock does.
-        let watched = ends
-            .watch(id, &meta)
-            .and_then(|()| fs::remove_file(&meta));
+        let watched = ends.watch(id, &meta).and_then(|()| fs::remove_file(&meta));
         if let Err(e) = watched {
             // Without the watch the end is never seen: take the mount down again.
             tracing::warn!("watching the end of {}: {e}", meta.display());

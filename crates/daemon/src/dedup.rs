@@ -76,6 +76,16 @@ fn kept_copies() -> &'static Mutex<KeptCopies> {
     KEPT.get_or_init(Default::default)
 }
 
+/// Drops every kept copy (see [`crate::control::Request::DropCaches`]).
+pub fn drop_kept_copies() {
+    let mut kept = kept_copies().lock().unwrap();
+    for (_, slot) in kept.drain(..) {
+        if let Some(slot) = slot.upgrade() {
+            slot.lock().unwrap().take();
+        }
+    }
+}
+
 /// Keep `bytes` in `slot`, dropping expired copies and, past the budget, the oldest ones.
 /// `served`: the range the check already answered.
 fn keep_copy(slot: &CopySlot, bytes: Vec<u8>, served: u64) {

@@ -5,25 +5,35 @@
 //! with `O_DIRECT` through an aligned bounce buffer. Where the filesystem refuses `O_DIRECT`
 //! (some tmpfs/overlay setups), it falls back to buffered reads followed right away by
 //! `posix_fadvise(DONTNEED)` on the range read, with readahead disabled (`FADV_RANDOM`).
-//! Small reads (metadata) share a 1 MiB cache of aligned blocks inside the daemon.
+//! Small reads (metadata, inline file tails) share a cache of aligned blocks inside the
+//! daemon: 16 MiB at most over all images, each block dropped 5 s after its last use.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 /// Alignment of offsets, lengths and memory for `O_DIRECT`; 4 KiB covers every logical
 /// block size Linux block devices use on this kind of host.
 const DIO_ALIGN: usize = 4096;
 /// Largest single `O_DIRECT` read; larger requests are split.
 const MAX_CHUNK: usize = 1 << 20;
-/// Aligned blocks kept for small (metadata) reads: inodes, directory entries and xattrs are
-/// tens of bytes each and would otherwise cost one device block read apiece. 1 MiB at most;
-/// file data never goes through it.
-const META_BLOCKS: usize = 256;
+/// Aligned blocks kept for small reads over all images: inodes, directory entries, xattrs and
+/// the inline tails of small files are tens to hundreds of bytes each, many to a block, and a
+/// reader visits a block's files far apart (directory by directory, not in inode order): on
+/// the redis pair a cold read of every file read 45 % of its metadata blocks twice with a
+/// 1 MiB cache. 16 MiB at most; file data in whole blocks never goes through it.
+const META_BUDGET: usize = 4096;
+/// A block unused this long is dropped (by the next read of its image, or the sweeper):
+/// the cache serves a burst of reads (a container start, a cold scan), then gives back its
+/// memory.
+const META_TTL: Duration = Duration::from_secs(5);
+/// Blocks cached over all images.
+static META_CACHED: AtomicUsize = AtomicUsize::new(0);
 
 /// An image file opened for reads that leave no page-cache copy behind.
 #[derive(Debug)]
@@ -32,31 +42,112 @@ pub struct UncachedFile {
     direct: bool,
     len: u64,
     bytes_read: AtomicU64,
-    meta: Mutex<MetaCache>,
+    meta: Arc<Mutex<MetaCache>>,
 }
 
-/// A small FIFO of recently read aligned blocks, for reads that fit in one block.
+/// Recently read aligned blocks of one image, for reads that fit in one block.
 #[derive(Debug, Default)]
 struct MetaCache {
-    blocks: HashMap<u64, Arc<[u8]>>,
-    order: VecDeque<u64>,
+    blocks: HashMap<u64, (Instant, Arc<[u8]>)>,
+    /// Block numbers, least recently used first; an entry whose time no longer matches the
+    /// block's is stale (the block was used again later).
+    order: VecDeque<(Instant, u64)>,
 }
 
 impl MetaCache {
-    fn get(&self, block: u64) -> Option<Arc<[u8]>> {
-        self.blocks.get(&block).cloned()
+    fn get(&mut self, block: u64) -> Option<Arc<[u8]>> {
+        let now = Instant::now();
+        let (at, data) = self.blocks.get_mut(&block)?;
+        *at = now;
+        let data = data.clone();
+        self.order.push_back((now, block));
+        // Stale entries are skipped when met; past a bound, drop them all at once.
+        if self.order.len() > 2 * self.blocks.len() + 64 {
+            let blocks = &self.blocks;
+            self.order
+                .retain(|(t, b)| blocks.get(b).is_some_and(|(at, _)| at == t));
+        }
+        Some(data)
+    }
+
+    /// Drops blocks unused for [`META_TTL`], then (for room) the least recently used ones
+    /// while the cache over all images is at its budget. False if no room could be made.
+    fn make_room(&mut self, now: Instant) -> bool {
+        while let Some(&(t, b)) = self.order.front() {
+            let live = self.blocks.get(&b).is_some_and(|(at, _)| *at == t);
+            let expired = now.duration_since(t) >= META_TTL;
+            let full = META_CACHED.load(Ordering::Relaxed) >= META_BUDGET;
+            if live && !expired && !full {
+                break;
+            }
+            self.order.pop_front();
+            if live {
+                self.blocks.remove(&b);
+                META_CACHED.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        META_CACHED.load(Ordering::Relaxed) < META_BUDGET
     }
 
     fn put(&mut self, block: u64, data: Arc<[u8]>) {
-        if self.blocks.insert(block, data).is_none() {
-            self.order.push_back(block);
-            if self.order.len() > META_BLOCKS
-                && let Some(old) = self.order.pop_front()
-            {
-                self.blocks.remove(&old);
-            }
+        let now = Instant::now();
+        if self.blocks.contains_key(&block) || !self.make_room(now) {
+            return;
         }
+        self.blocks.insert(block, (now, data));
+        self.order.push_back((now, block));
+        META_CACHED.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+impl Drop for MetaCache {
+    fn drop(&mut self) {
+        META_CACHED.fetch_sub(self.blocks.len(), Ordering::Relaxed);
+    }
+}
+
+/// Drops every image's cached blocks (see [`crate::control::Request::DropCaches`]).
+pub fn drop_block_caches() {
+    let live: Vec<_> = meta_caches()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for c in live {
+        let mut c = c.lock().unwrap();
+        META_CACHED.fetch_sub(c.blocks.len(), Ordering::Relaxed);
+        c.blocks.clear();
+        c.order.clear();
+    }
+}
+
+/// Every image's block cache, for the sweeper.
+fn meta_caches() -> &'static Mutex<Vec<Weak<Mutex<MetaCache>>>> {
+    static CACHES: OnceLock<Mutex<Vec<Weak<Mutex<MetaCache>>>>> = OnceLock::new();
+    CACHES.get_or_init(|| {
+        // Idle images give their blocks back too: a thread that drops expired blocks.
+        let spawned = std::thread::Builder::new()
+            .name("meta-sweeper".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(META_TTL / 5);
+                    let live: Vec<_> = {
+                        let mut all = meta_caches().lock().unwrap();
+                        all.retain(|w| w.strong_count() > 0);
+                        all.iter().filter_map(Weak::upgrade).collect()
+                    };
+                    let now = Instant::now();
+                    for c in live {
+                        c.lock().unwrap().make_room(now);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no metadata block sweeper ({e}): idle images keep their blocks");
+        }
+        Mutex::default()
+    })
 }
 
 impl UncachedFile {
@@ -90,12 +181,14 @@ impl UncachedFile {
 
     fn new(file: File, direct: bool) -> io::Result<Self> {
         let len = file.metadata()?.len();
+        let meta = Arc::new(Mutex::new(MetaCache::default()));
+        meta_caches().lock().unwrap().push(Arc::downgrade(&meta));
         Ok(Self {
             file,
             direct,
             len,
             bytes_read: AtomicU64::new(0),
-            meta: Mutex::new(MetaCache::default()),
+            meta,
         })
     }
 
@@ -311,5 +404,31 @@ mod tests {
         }
         let mut buf = vec![0; 10];
         assert!(f.read_exact_at(&mut buf, 49_995).is_err(), "read past end");
+    }
+
+    #[test]
+    fn small_reads_of_a_block_read_it_once_and_it_goes_after_its_ttl() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("img");
+        let data: Vec<u8> = (0..3 * DIO_ALIGN as u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let f = UncachedFile::open(&path).unwrap();
+        let mut a = [0u8; 10];
+        let mut b = [0u8; 300];
+        f.read_exact_at(&mut a, 4096 + 100).unwrap();
+        f.read_exact_at(&mut b, 4096 + 3000).unwrap();
+        f.read_exact_at(&mut a, 4096 + 7).unwrap();
+        assert_eq!(a, data[4096 + 7..4096 + 17]);
+        assert_eq!(b, data[4096 + 3000..4096 + 3300]);
+        if f.is_direct() {
+            assert_eq!(f.bytes_read(), DIO_ALIGN as u64, "one block read once");
+            let mut cache = f.meta.lock().unwrap();
+            // Block 0 too: open's probe read a byte of it.
+            assert!(cache.blocks.contains_key(&1), "{:?}", cache.blocks.keys());
+            cache.make_room(Instant::now());
+            assert!(cache.blocks.contains_key(&1), "still fresh");
+            cache.make_room(Instant::now() + META_TTL);
+            assert!(cache.blocks.is_empty(), "expired blocks are dropped");
+        }
     }
 }

@@ -153,10 +153,13 @@ fn measure(mounter: &dyn Mounter, images: &[PathBuf], runs: usize) -> Result<Row
     let (mut files, mut open_close_mean) = (Vec::new(), Duration::MAX);
     let mut meminfo = Vec::new();
     for _ in 0..runs.max(1) {
-        let r = page_cache::reading(&dirs).map_err(|source| MemoryError::Measure {
-            setup: setup.clone(),
-            cause: source,
-        })?;
+        let r =
+            page_cache::reading_after(&dirs, &|| mounted.drop_own_caches()).map_err(|source| {
+                MemoryError::Measure {
+                    setup: setup.clone(),
+                    cause: source,
+                }
+            })?;
         growth = growth.max(r.growth);
         meminfo.push(r.meminfo_growth);
         cold = cold.min(r.elapsed);

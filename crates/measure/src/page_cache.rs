@@ -24,6 +24,8 @@ pub enum PageCacheError {
     Io { what: String, cause: std::io::Error },
     #[error("reading every file under {dirs}: {why}")]
     Reader { dirs: String, why: String },
+    #[error("dropping the mounts' own caches: {0}")]
+    OwnCaches(String),
     #[error("interrupted")]
     Interrupted,
 }
@@ -74,11 +76,21 @@ pub struct Reading {
 /// Another process dropping caches meanwhile would make the figure too small: such a run is
 /// detected ([`drops`]) and repeated.
 pub fn reading(dirs: &[&Path]) -> Result<Reading, PageCacheError> {
+    reading_after(dirs, &|| Ok(()))
+}
+
+/// [`reading`], with `drop_own` dropping what the mounts cache besides the page cache (see
+/// [`crate::runtime::Mounted::drop_own_caches`]) each time the page cache is dropped.
+pub fn reading_after(
+    dirs: &[&Path],
+    drop_own: &dyn Fn() -> Result<(), String>,
+) -> Result<Reading, PageCacheError> {
     for _ in 0..ATTEMPTS {
         erofs_share_host::drop_caches().map_err(|source| PageCacheError::Io {
             what: "dropping caches".into(),
             cause: source,
         })?;
+        drop_own().map_err(PageCacheError::OwnCaches)?;
         let before = drops()?;
         let reading = read_once(dirs)?;
         if drops()? == before {

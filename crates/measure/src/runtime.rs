@@ -167,6 +167,11 @@ pub trait Mounter: std::fmt::Debug {
 pub trait Mounted: std::fmt::Debug {
     /// Mount points, in image order.
     fn roots(&self) -> Vec<PathBuf>;
+    /// Forget what the mounts cache outside the page cache (a daemon's copies of image
+    /// bytes), so that a read after `drop_caches` is cold. Kernel mounts have nothing more.
+    fn drop_own_caches(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The baseline: each image on its own kernel erofs mount through a direct-I/O loop device.

@@ -150,6 +150,10 @@ impl Mounted for ShareMounts {
     fn roots(&self) -> Vec<PathBuf> {
         self.mountpoints.clone()
     }
+
+    fn drop_own_caches(&self) -> Result<(), String> {
+        self.daemon.request(&Request::DropCaches).map(drop)
+    }
 }
 
 impl Drop for ShareMounts {

@@ -8,6 +8,7 @@ pub mod bench_speed;
 pub mod completions;
 pub mod daemon;
 pub mod demo;
+pub mod drop_caches;
 pub mod extract;
 pub mod fsck;
 pub mod inspect;

@@ -204,10 +204,7 @@ impl Ends {
     pub fn watch(&self, id: u64, meta_image: &Path) -> io::Result<()> {
         let wd = inotify::add_watch(&self.fd, meta_image, inotify::WatchFlags::DELETE_SELF)
             .map_err(io::Error::from)?;
-        self.by_wd
-            .lock()
-            .unwrap()
-            .insert(wd, id);
+        self.by_wd.lock().unwrap().insert(wd, id);
         Ok(())
     }
 
