@@ -72,6 +72,9 @@ pub enum Request {
     DropCaches,
     /// Unmount everything and exit.
     Stop,
+    /// From a successor daemon (`daemon --takeover`): stop taking requests and hand over every
+    /// mount (see [`crate::takeover`]); answered with the state and descriptors, not a line.
+    Takeover,
 }
 
 fn yes() -> bool {
@@ -198,6 +201,12 @@ pub struct Status {
     pub pid: u32,
     /// Its state directory.
     pub state_dir: PathBuf,
+    /// When this process started (seconds since the Unix epoch).
+    #[serde(default)]
+    pub started: u64,
+    /// Takeovers the daemon's mounts have seen (`daemon --takeover`).
+    #[serde(default)]
+    pub takeovers: u64,
     /// Image mounts.
     pub mounts: Vec<MountStatus>,
     /// Live domains.

@@ -4,13 +4,15 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
-use fuser::{INodeNo, Notifier, SessionACL};
+use fuser::{INodeNo, Notifier, Session, SessionACL};
 
 use crate::control::{DomainStatus, MountStatus, Request, Response, Status};
 use crate::dedup::Attach;
@@ -18,7 +20,7 @@ use crate::dedup_fs::DedupFs;
 use crate::domain::{self, Domain};
 use crate::front::fuse::{ImageFs, MountedImage};
 use crate::front::{Front, overlay};
-use crate::fuse_mount::{session_on, set_readahead};
+use crate::fuse_mount::{session_config, session_on, set_readahead};
 use crate::mounts::{detach, is_our_mount};
 use crate::page_cache::cached_bytes;
 
@@ -58,6 +60,8 @@ struct DomainRecord {
     domain: Arc<Domain>,
     notifier: Notifier,
     mounts: usize,
+    /// The dedup mount's /dev/fuse (the session reads its own copy): what a successor serves.
+    fuse_fd: OwnedFd,
 }
 
 impl std::fmt::Debug for DomainRecord {
@@ -80,6 +84,12 @@ pub struct Daemon {
     next_id: AtomicU64,
     /// Ends of overlay-front mounts (None where inotify is unavailable: no overlay front).
     ends: Option<Arc<overlay::Ends>>,
+    /// The thread that runs `ends`, stopped for a takeover.
+    ends_thread: Mutex<Option<JoinHandle<()>>>,
+    /// When this process started.
+    started: SystemTime,
+    /// Takeovers before this process.
+    takeovers: u64,
 }
 
 impl Daemon {
@@ -95,21 +105,49 @@ impl Daemon {
                 .inspect_err(|e| tracing::warn!("inotify: {e}: no overlay front"))
                 .ok()
                 .map(Arc::new),
+            ends_thread: Mutex::new(None),
+            started: SystemTime::now(),
+            takeovers: 0,
         });
-        if let Some(ends) = daemon.ends.clone() {
-            let d = Arc::downgrade(&daemon);
-            let _ = std::thread::Builder::new()
-                .name("overlay-ends".into())
-                .spawn(move || {
-                    let e = ends.run(|id| {
-                        if let Some(d) = d.upgrade() {
-                            d.mount_ended(id);
-                        }
-                    });
-                    tracing::error!("watching overlay mounts ended: {e}");
-                });
-        }
+        daemon.start_ends();
         daemon
+    }
+
+    /// Starts the thread that sees overlay mounts end.
+    fn start_ends(self: &Arc<Self>) {
+        let Some(ends) = self.ends.clone() else {
+            return;
+        };
+        let d = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("overlay-ends".into())
+            .spawn(move || {
+                let ran = ends.run(|id| {
+                    if let Some(d) = d.upgrade() {
+                        d.mount_ended(id);
+                    }
+                });
+                if let Err(e) = ran {
+                    tracing::error!("watching overlay mounts end: {e}");
+                }
+            });
+        match spawned {
+            Ok(t) => *self.ends_thread.lock().unwrap() = Some(t),
+            Err(e) => tracing::error!("spawn the overlay-ends thread: {e}"),
+        }
+    }
+
+    /// Stops the thread that sees overlay mounts end (events wait in the inotify queue).
+    fn stop_ends(&self) -> Result<(), String> {
+        let Some(ends) = &self.ends else {
+            return Ok(());
+        };
+        ends.stop()
+            .map_err(|e| format!("stop watching mount ends: {e}"))?;
+        if let Some(t) = self.ends_thread.lock().unwrap().take() {
+            let _ = t.join();
+        }
+        Ok(())
     }
 
     /// Answers one control request.
@@ -155,6 +193,8 @@ impl Daemon {
                 ok: true,
                 ..Response::default()
             },
+            // Answered on its connection by the service, with descriptors.
+            Request::Takeover => Response::error("a takeover needs the control connection"),
             Request::DropCaches => {
                 crate::source::drop_block_caches();
                 crate::dedup::drop_kept_copies();
@@ -301,7 +341,7 @@ impl Daemon {
             &fsname,
             "default_permissions,allow_other",
             SessionACL::All,
-            IMAGE_THREADS,
+            session_config(IMAGE_THREADS, true),
         ) {
             Ok(s) => s,
             Err(e) => {
@@ -686,19 +726,10 @@ impl Daemon {
             &fsname,
             "",
             SessionACL::Owner,
-            DEDUP_THREADS,
+            session_config(DEDUP_THREADS, false),
         )
         .map_err(|e| format!("mount the dedup filesystem of domain {id:?}: {e}"))?;
-        let notifier = session.notifier();
-        let name = format!("dedup-{id}");
-        std::thread::Builder::new()
-            .name(name)
-            .spawn(move || {
-                if let Err(e) = session.run() {
-                    tracing::warn!("dedup mount session ended: {e}");
-                }
-            })
-            .map_err(|e| format!("spawn the dedup thread: {e}"))?;
+        let (notifier, fuse_fd) = serve_domain(id, session)?;
         set_readahead(&dir);
         domains.insert(
             id.to_string(),
@@ -706,6 +737,7 @@ impl Daemon {
                 domain: dom.clone(),
                 notifier,
                 mounts: 1,
+                fuse_fd,
             },
         );
         Ok(dom)
@@ -890,6 +922,11 @@ impl Daemon {
         Status {
             pid: std::process::id(),
             state_dir: self.state_dir.clone(),
+            started: self
+                .started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            takeovers: self.takeovers,
             mounts,
             domains: out,
         }
@@ -933,6 +970,270 @@ impl Daemon {
 /// Metadata images kept in the cache: the newest by modification time (a remount of a recent
 /// image reuses its metadata image; the cache stays small).
 const META_CACHE_MAX: usize = 64;
+
+/// Serves a domain's dedup mount: `session` runs on threads of its own. Returns the notifier
+/// (to drop dead objects' pages) and a copy of the /dev/fuse descriptor (for a successor).
+fn serve_domain(id: &str, session: Session<DedupFs>) -> Result<(Notifier, OwnedFd), String> {
+    let notifier = session.notifier();
+    let fd = session
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("keep the dedup mount's descriptor: {e}"))?;
+    std::thread::Builder::new()
+        .name(format!("dedup-{id}"))
+        .spawn(move || {
+            if let Err(e) = session.run() {
+                tracing::warn!("dedup mount session ended: {e}");
+            }
+        })
+        .map_err(|e| format!("spawn the dedup thread: {e}"))?;
+    Ok((notifier, fd))
+}
+
+/// A hand-over in progress: mount and umount requests wait until the predecessor exits (or
+/// the hand-over fails and [`Daemon::resume`] is called).
+#[derive(Debug)]
+pub struct Handover<'a> {
+    _admin: MutexGuard<'a, ()>,
+    /// What the successor needs.
+    pub state: crate::takeover::State,
+    /// The descriptors `state` indexes.
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Daemon {
+    /// Prepares a takeover: stops taking mount requests and reading mount ends, and gathers
+    /// the state and descriptors a successor needs. FUSE-front mounts cannot be handed over
+    /// (their sessions hold per-open state in this process): an error while any exists.
+    pub fn hand_over(self: &Arc<Self>) -> Result<Handover<'_>, String> {
+        use crate::takeover::{DomainState, MountState, State};
+        let admin = self.admin.lock().unwrap();
+        if let Some(m) = (self.mounts.lock().unwrap().values()).find(|m| m.front == Front::Fuse) {
+            return Err(format!(
+                "{} is on the FUSE front, which cannot be handed over: unmount it first",
+                m.image.mountpoint.display()
+            ));
+        }
+        self.stop_ends()?;
+        let gathered = (|| {
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            let mut keep = |fd: std::os::fd::BorrowedFd<'_>, what: &str| {
+                fd.try_clone_to_owned()
+                    .map(|f| {
+                        fds.push(f);
+                        fds.len() - 1
+                    })
+                    .map_err(|e| format!("{what}: {e}"))
+            };
+            let ends = self.ends.as_ref().ok_or("inotify is unavailable")?;
+            let inotify_fd = keep(ends.inotify_fd(), "inotify")?;
+            let mounts = self.mounts.lock().unwrap();
+            let domains = self.domains.lock().unwrap();
+            let mut ds = Vec::new();
+            for rec in domains.values() {
+                let d = &rec.domain;
+                ds.push(DomainState {
+                    id: d.id.clone(),
+                    trusted: d.trusted,
+                    dedup_mountpoint: d.dedup_mountpoint.clone(),
+                    fuse_fd: keep(rec.fuse_fd.as_fd(), "dedup /dev/fuse")?,
+                    requests: d.requests.load(Ordering::Relaxed),
+                    table: d.objects.lock().unwrap().export(),
+                });
+            }
+            let mut ms = Vec::new();
+            for (id, rec) in mounts.iter() {
+                let m = &rec.image;
+                ms.push(MountState {
+                    id: *id,
+                    image: m.image_path.clone(),
+                    image_fd: keep(m.file.as_fd(), "image")?,
+                    mountpoint: m.mountpoint.clone(),
+                    domain: m.domain.as_ref().map(|d| d.id.clone()),
+                    data_domain: (rec.data_domain.as_ref())
+                        .map(|d| d.id.clone())
+                        .ok_or("an overlay mount without a data domain")?,
+                    unshared_reason: m.unshared(),
+                    detached: rec.detached,
+                    meta_image: rec.meta_image.clone(),
+                    size_mismatches: m.size_mismatches.load(Ordering::Relaxed),
+                    verify_failures: m.verify_failures.load(Ordering::Relaxed),
+                    fingerprints_computed: m.fingerprints_computed.load(Ordering::Relaxed),
+                });
+            }
+            ms.sort_by_key(|m| m.id);
+            let n = fds.len();
+            Ok::<_, String>((
+                State {
+                    pid: std::process::id(),
+                    takeovers: self.takeovers,
+                    next_id: self.next_id.load(Ordering::Relaxed),
+                    domains: ds,
+                    mounts: ms,
+                    inotify_fd,
+                    watches: ends.watches(),
+                    fds: n,
+                },
+                fds,
+            ))
+        })();
+        match gathered {
+            Ok((state, fds)) => Ok(Handover {
+                _admin: admin,
+                state,
+                fds,
+            }),
+            Err(e) => {
+                self.start_ends();
+                Err(e)
+            }
+        }
+    }
+
+    /// After a failed hand-over: watch mount ends again (drop the [`Handover`] first).
+    pub fn resume(self: &Arc<Self>) {
+        self.start_ends();
+    }
+
+    /// A daemon serving what its predecessor handed over (see [`crate::takeover`]): the same
+    /// mounts, domains, objects (under the same inode numbers) and FUSE connections.
+    pub fn adopt(
+        state_dir: PathBuf,
+        state: crate::takeover::State,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Arc<Self>, String> {
+        if fds.len() != state.fds {
+            return Err(format!("{} descriptors for {}", fds.len(), state.fds));
+        }
+        let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
+        let mut take = |i: usize, what: &str| {
+            fds.get_mut(i)
+                .and_then(Option::take)
+                .ok_or_else(|| format!("{what}: descriptor {i} missing or used twice"))
+        };
+        let ends = overlay::Ends::adopt(take(state.inotify_fd, "inotify")?, state.watches)
+            .map_err(|e| format!("inotify: {e}"))?;
+        let mut doms: HashMap<String, (Arc<Domain>, OwnedFd)> = HashMap::new();
+        for d in &state.domains {
+            let dom = Arc::new(Domain::new(
+                d.id.clone(),
+                d.dedup_mountpoint.clone(),
+                d.trusted,
+            ));
+            dom.requests.store(d.requests, Ordering::Relaxed);
+            doms.insert(d.id.clone(), (dom, take(d.fuse_fd, "dedup /dev/fuse")?));
+        }
+        let mut mounts = HashMap::new();
+        for ms in &state.mounts {
+            let file = fs::File::from(take(ms.image_fd, "image")?);
+            let (data, _) = doms
+                .get(&ms.data_domain)
+                .ok_or_else(|| format!("mount {}: no domain {:?}", ms.id, ms.data_domain))?;
+            let shared = match &ms.domain {
+                Some(d) => Some(
+                    doms.get(d)
+                        .map(|(d, _)| d.clone())
+                        .ok_or_else(|| format!("mount {}: no domain {d:?}", ms.id))?,
+                ),
+                None => None,
+            };
+            let m = MountedImage::from_file(
+                ms.id,
+                ms.image.clone(),
+                ms.mountpoint.clone(),
+                shared,
+                file,
+            )
+            .map_err(|e| format!("{}: {e}", ms.image.display()))?;
+            if let Some(r) = &ms.unshared_reason {
+                m.set_unshared(r.clone());
+            }
+            m.size_mismatches
+                .store(ms.size_mismatches, Ordering::Relaxed);
+            m.verify_failures
+                .store(ms.verify_failures, Ordering::Relaxed);
+            m.fingerprints_computed
+                .store(ms.fingerprints_computed, Ordering::Relaxed);
+            mounts.insert(
+                ms.id,
+                MountRecord {
+                    image: Arc::new(m),
+                    detached: ms.detached,
+                    front: Front::Overlay,
+                    front_reason: None,
+                    meta_image: ms.meta_image.clone(),
+                    data_domain: Some(data.clone()),
+                },
+            );
+        }
+        for d in &state.domains {
+            let (dom, _) = &doms[&d.id];
+            let table = crate::dedup::DedupTable::import(&d.table, |mount, nid, verified| {
+                let m = &mounts
+                    .get(&mount)
+                    .ok_or_else(|| format!("an object's source names mount {mount}"))?
+                    .image;
+                let inode = m
+                    .image
+                    .inode(nid)
+                    .map_err(|e| format!("{}: nid {nid}: {e}", m.image_path.display()))?;
+                Ok(crate::front::fuse::source_of(m, &inode, verified))
+            })
+            .map_err(|e| format!("domain {:?}: {e}", d.id))?;
+            *dom.objects.lock().unwrap() = table;
+        }
+        let mut domains = HashMap::new();
+        for (id, (dom, fd)) in doms {
+            let n = mounts
+                .values()
+                .filter(|m| m.data_domain.as_ref().is_some_and(|d| d.id == id))
+                .count();
+            let session = Session::from_initialized_fd(
+                DedupFs::new(dom.clone()),
+                fd,
+                SessionACL::Owner,
+                session_config(DEDUP_THREADS, false),
+            );
+            let (notifier, fuse_fd) = serve_domain(&id, session)?;
+            domains.insert(
+                id,
+                DomainRecord {
+                    domain: dom,
+                    notifier,
+                    mounts: n,
+                    fuse_fd,
+                },
+            );
+        }
+        let daemon = Arc::new(Self {
+            state_dir,
+            mounts: Mutex::new(mounts),
+            domains: Mutex::new(domains),
+            admin: Mutex::new(()),
+            next_id: AtomicU64::new(state.next_id),
+            ends: Some(Arc::new(ends)),
+            ends_thread: Mutex::new(None),
+            started: SystemTime::now(),
+            takeovers: state.takeovers + 1,
+        });
+        daemon.start_ends();
+        Ok(daemon)
+    }
+
+    /// Asks the kernel to queue again what a predecessor read but never answered, on every
+    /// dedup connection (call once the predecessor has exited).
+    pub fn resend_pending(&self) {
+        for rec in self.domains.lock().unwrap().values() {
+            if let Err(e) = crate::takeover::resend_pending(rec.fuse_fd.as_fd()) {
+                tracing::warn!(
+                    "domain {:?}: FUSE_NOTIFY_RESEND: {e} (requests the predecessor had read \
+                     may wait until their callers give up)",
+                    rec.domain.id
+                );
+            }
+        }
+    }
+}
 
 fn prune_meta_cache(dir: &Path) {
     prune_cache(dir, META_CACHE_MAX);

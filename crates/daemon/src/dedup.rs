@@ -552,6 +552,120 @@ impl DedupTable {
     }
 }
 
+/// One object as a successor daemon rebuilds it (see [`crate::takeover`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ObjectState {
+    /// The sharing key, hex (the object's name derives from it).
+    pub key: String,
+    /// Its dedup inode number, which the kernel knows it by.
+    pub ino: u64,
+    /// Its size.
+    pub size: u64,
+    /// The SHA-256 its sources must have (verified domains), hex.
+    pub expect: Option<String>,
+    /// Its sources: (mount id, nid, fingerprint computed from this content).
+    pub sources: Vec<(u64, u64, bool)>,
+    /// Sources verification found good, and bad: (mount id, nid).
+    pub good: Vec<(u64, u64)>,
+    /// See `good`.
+    pub bad: Vec<(u64, u64)>,
+}
+
+/// A domain's table, as a successor daemon rebuilds it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct TableState {
+    /// Every live object.
+    pub objects: Vec<ObjectState>,
+    /// The next inode number (numbers are never reused while the dedup mount lives).
+    pub next_ino: u64,
+    /// Counters carried over.
+    pub size_mismatches: u64,
+    /// See `size_mismatches`.
+    pub verify_failures: u64,
+}
+
+impl DedupTable {
+    /// Everything a successor needs to serve the same objects under the same inode numbers.
+    pub fn export(&self) -> TableState {
+        let mut objects: Vec<ObjectState> = self
+            .by_key
+            .iter()
+            .map(|(key, o)| {
+                let checked = o.checked.lock().unwrap();
+                ObjectState {
+                    key: hex::encode(key),
+                    ino: o.ino,
+                    size: o.size,
+                    expect: o.expect.map(hex::encode),
+                    sources: (o.sources.lock().unwrap().iter())
+                        .map(|s| (s.mount_id, s.nid, s.verified))
+                        .collect(),
+                    good: checked.good.iter().copied().collect(),
+                    bad: checked.bad.iter().copied().collect(),
+                }
+            })
+            .collect();
+        objects.sort_by_key(|o| o.ino);
+        TableState {
+            objects,
+            next_ino: self.next_ino,
+            size_mismatches: self.size_mismatches,
+            verify_failures: self.verify_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The table `state` describes; `source(mount, nid, verified)` rebuilds each source.
+    pub fn import(
+        state: &TableState,
+        mut source: impl FnMut(u64, u64, bool) -> Result<Source, String>,
+    ) -> Result<Self, String> {
+        let mut table = DedupTable {
+            next_ino: state.next_ino,
+            size_mismatches: state.size_mismatches,
+            verify_failures: Arc::new(AtomicU64::new(state.verify_failures)),
+            ..DedupTable::default()
+        };
+        let unhex =
+            |what: &str, v: &str| hex::decode(v).map_err(|e| format!("object {what} {v:?}: {e}"));
+        for o in &state.objects {
+            let key = unhex("key", &o.key)?;
+            let expect = match &o.expect {
+                Some(e) => Some(
+                    <[u8; 32]>::try_from(unhex("digest", e)?)
+                        .map_err(|_| format!("object digest {e:?}: not 32 bytes"))?,
+                ),
+                None => None,
+            };
+            let sources = (o.sources.iter())
+                .map(|&(m, nid, verified)| source(m, nid, verified))
+                .collect::<Result<Vec<_>, _>>()?;
+            if o.ino < 2 || o.ino >= table.next_ino || table.by_ino.contains_key(&o.ino) {
+                return Err(format!("object inode {} out of place", o.ino));
+            }
+            let obj = Arc::new(DedupObject {
+                ino: o.ino,
+                name: object_name(&key),
+                size: o.size,
+                sources: Mutex::new(sources),
+                expect,
+                checked: Mutex::new(Checked {
+                    good: o.good.iter().copied().collect(),
+                    bad: o.bad.iter().copied().collect(),
+                }),
+                domain_failures: table.verify_failures.clone(),
+                misses: AtomicU64::new(0),
+                miss_bytes: AtomicU64::new(0),
+                file: OnceLock::new(),
+                copy: CopySlot::default(),
+            });
+            table.by_ino.insert(obj.ino, obj.clone());
+            table.by_name.insert(obj.name.clone(), obj.clone());
+            table.by_key.insert(key, obj);
+        }
+        Ok(table)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

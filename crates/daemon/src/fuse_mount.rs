@@ -23,11 +23,8 @@ pub(crate) fn session_on<FS: Filesystem>(
     fsname: &str,
     options: &str,
     acl: SessionACL,
-    threads: usize,
+    config: Config,
 ) -> io::Result<Session<FS>> {
-    let mut config = Config::default();
-    config.n_threads = Some(threads);
-    config.clone_fd = true;
     match mount_fuse(mountpoint, fsname, options) {
         Ok(dev) => Session::from_fd(fs, dev, acl, config).inspect_err(|_| {
             let _ = detach(mountpoint);
@@ -42,6 +39,16 @@ pub(crate) fn session_on<FS: Filesystem>(
         }
         Err(e) => Err(e),
     }
+}
+
+/// A session's configuration: `threads` workers, each on a clone of the /dev/fuse descriptor
+/// when `clone_fd` (less contention), or all on the one open file, which is what a successor
+/// daemon can take over with the requests still on it (see [`crate::takeover`]).
+pub(crate) fn session_config(threads: usize, clone_fd: bool) -> Config {
+    let mut config = Config::default();
+    config.n_threads = Some(threads);
+    config.clone_fd = clone_fd;
+    config
 }
 
 /// Mounts through the setuid `fusermount3` (for a daemon without CAP_SYS_ADMIN): it mounts

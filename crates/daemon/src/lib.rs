@@ -12,6 +12,7 @@
 //! - [`daemon`]: the registry of mounts and domains.
 //! - [`service`]: the daemon as a process: state directory, control socket, signals.
 //! - [`control`]: the control socket's JSON protocol.
+//! - [`takeover`]: handing the mounts to a successor daemon.
 //! - [`fuse_mount`], [`mounts`], [`page_cache`]: mounting FUSE filesystems, the mount table,
 //!   page-cache residency.
 
@@ -27,6 +28,7 @@ pub mod mounts;
 pub mod page_cache;
 pub mod service;
 pub mod source;
+pub mod takeover;
 
 pub use daemon::DEFAULT_STATE_DIR;
 pub use service::run;

@@ -2,7 +2,7 @@
 //! request threads, the stop signals, and the clean-up of what a killed daemon left behind.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,14 @@ pub enum Error {
     /// Another daemon owns the state directory.
     #[error("another erofs-share daemon already runs with state directory {0}")]
     AlreadyRunning(PathBuf),
+    /// Taking over from the running daemon failed (it keeps running).
+    #[error("taking over from the daemon at {state_dir}: {why}")]
+    Takeover {
+        /// Its state directory.
+        state_dir: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -36,6 +44,17 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
 
 /// Runs the daemon in the foreground until SIGTERM/SIGINT or a `stop` request.
 pub fn run(state_dir: &Path) -> Result<(), Error> {
+    run_with(state_dir, false)
+}
+
+/// Takes over the mounts of the daemon running on `state_dir` (see [`crate::takeover`]), then
+/// runs as [`run`] does. The predecessor exits once this one serves; if anything fails before,
+/// it keeps running and this returns the error.
+pub fn run_takeover(state_dir: &Path) -> Result<(), Error> {
+    run_with(state_dir, true)
+}
+
+fn run_with(state_dir: &Path, takeover: bool) -> Result<(), Error> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -50,12 +69,24 @@ pub fn run(state_dir: &Path) -> Result<(), Error> {
         .write(true)
         .open(&lock_path)
         .map_err(io_err(format!("open {}", lock_path.display())))?;
-    if lock.try_lock().is_err() {
+    if !takeover && lock.try_lock().is_err() {
         return Err(Error::AlreadyRunning(state_dir.to_path_buf()));
     }
     raise_fd_limit();
-    clean_stale_mounts(state_dir);
+    // Block the stop signals in every thread; this one waits for them.
+    let set = stop_signals()?;
     let sock = control::socket_path(state_dir);
+    let (daemon, predecessor) = if takeover {
+        let failed = |why: String| Error::Takeover {
+            state_dir: state_dir.to_path_buf(),
+            why,
+        };
+        let (daemon, stream, pid) = adopt(state_dir).map_err(failed)?;
+        (daemon, Some((stream, pid)))
+    } else {
+        clean_stale_mounts(state_dir);
+        (Daemon::new(state_dir.to_path_buf()), None)
+    };
     let _ = fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).map_err(io_err(format!("bind {}", sock.display())))?;
     fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))
@@ -63,16 +94,21 @@ pub fn run(state_dir: &Path) -> Result<(), Error> {
     let pid_path = state_dir.join("daemon.pid");
     fs::write(&pid_path, format!("{}\n", std::process::id()))
         .map_err(io_err(format!("write {}", pid_path.display())))?;
-
-    // Block the stop signals in every thread; this one waits for them.
-    let set = stop_signals()?;
-
-    let daemon = Daemon::new(state_dir.to_path_buf());
     let d = daemon.clone();
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || serve(listener, d))
         .map_err(io_err("spawn the control thread"))?;
+    if let Some((stream, pid)) = predecessor {
+        // The predecessor exits on this line; what it read and did not answer is queued again.
+        (&stream)
+            .write_all(b"adopted\n")
+            .map_err(io_err("tell the predecessor it may exit"))?;
+        wait_exit(pid, &daemon);
+        lock.lock()
+            .map_err(io_err(format!("lock {}", lock_path.display())))?;
+        tracing::info!("took over from daemon {pid}");
+    }
     tracing::info!(
         "erofs-share daemon {} serving {}",
         std::process::id(),
@@ -142,6 +178,80 @@ fn raise_fd_limit() {
     }
 }
 
+/// Asks the daemon at `state_dir` for its mounts and serves them; returns the connection (on
+/// which the predecessor waits for `adopted`) and its pid.
+fn adopt(state_dir: &Path) -> Result<(Arc<Daemon>, UnixStream, u32), String> {
+    let sock = control::socket_path(state_dir);
+    let stream = UnixStream::connect(&sock)
+        .map_err(|e| format!("{}: {e} (is a daemon running?)", sock.display()))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(&Request::Takeover).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    (&stream)
+        .write_all(&line)
+        .map_err(|e| format!("send the request: {e}"))?;
+    // An answer line first: a refusal, or ok and the state after it.
+    let answer = read_line(&stream).map_err(|e| format!("read its answer: {e}"))?;
+    let answer: Response =
+        serde_json::from_slice(&answer).map_err(|e| format!("bad answer: {e}"))?;
+    if !answer.ok {
+        return Err(answer.error.unwrap_or_else(|| "refused".into()));
+    }
+    let (state, fds) =
+        crate::takeover::receive(&stream).map_err(|e| format!("receive its state: {e}"))?;
+    let pid = state.pid;
+    let daemon = Daemon::adopt(state_dir.to_path_buf(), state, fds)?;
+    Ok((daemon, stream, pid))
+}
+
+/// One line, read a byte at a time: what follows it carries descriptors and must not be
+/// read ahead.
+fn read_line(stream: &UnixStream) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 1 << 20 {
+        (&*stream).read_exact(&mut b)?;
+        if b[0] == b'\n' {
+            return Ok(line);
+        }
+        line.push(b[0]);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "answer line too long",
+    ))
+}
+
+/// Waits until process `pid` (the predecessor) is gone. Once it has begun to exit its FUSE
+/// threads are gone, but a thread of it may still wait on a request one of them had read
+/// (its own `status` reading a dedup file, say), which keeps it from finishing: what it read
+/// is queued again each time round until it has gone, then once more. A predecessor that has
+/// not begun to exit after 30 s is killed.
+fn wait_exit(pid: u32, daemon: &Daemon) {
+    let stat = format!("/proc/{pid}/stat");
+    let t = std::time::Instant::now();
+    let mut killed = false;
+    while let Ok(s) = fs::read_to_string(&stat) {
+        let exiting = s
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'));
+        if exiting {
+            daemon.resend_pending();
+        } else if !killed && t.elapsed() > Duration::from_secs(30) {
+            tracing::warn!("the predecessor {pid} did not exit: killing it");
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.resend_pending();
+}
+
 fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
     let me = rustix::process::geteuid().as_raw();
     for conn in listener.incoming() {
@@ -157,6 +267,10 @@ fn handle_conn(stream: UnixStream, daemon: Arc<Daemon>, me: u32) {
     let mut stop = false;
     let resp = match control::peer_uid(&stream) {
         Ok(uid) if uid == 0 || uid == me => match control::read_request(&stream) {
+            Ok(Request::Takeover) => match hand_over(&stream, &daemon) {
+                Ok(()) => return,
+                Err(e) => Response::error(e),
+            },
             Ok(req) => {
                 stop = req == Request::Stop;
                 daemon.handle(req)
@@ -174,6 +288,38 @@ fn handle_conn(stream: UnixStream, daemon: Arc<Daemon>, me: u32) {
         let _ =
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::TERM);
     }
+}
+
+/// Sends everything to a successor; exits the process once it has adopted. An error when the
+/// hand-over could not start (nothing was sent) or the successor failed (this daemon goes on).
+fn hand_over(stream: &UnixStream, daemon: &Arc<Daemon>) -> Result<(), String> {
+    use std::io::Read;
+    let h = daemon.hand_over()?;
+    let fds: Vec<_> = h.fds.iter().map(|f| std::os::fd::AsFd::as_fd(f)).collect();
+    let ok = Response {
+        ok: true,
+        ..Response::default()
+    };
+    let sent = control::write_response(stream, &ok)
+        .and_then(|()| crate::takeover::send(stream, &h.state, &fds));
+    let mut answer = [0u8; 8];
+    let adopted = sent.is_ok()
+        && stream
+            .set_read_timeout(Some(Duration::from_secs(300)))
+            .is_ok()
+        && (&*stream).read_exact(&mut answer).is_ok()
+        && &answer == b"adopted\n";
+    if adopted {
+        tracing::info!("handed every mount over; exiting without unmounting");
+        // No destructor, no clean-up: the mounts, the socket path and the pid file are the
+        // successor's now.
+        std::process::exit(0);
+    }
+    drop(h);
+    daemon.resume();
+    tracing::warn!("a takeover failed; this daemon goes on serving");
+    // The connection is past the point where an answer line can be read.
+    Ok(())
 }
 
 /// Detaches what a killed daemon left: its dedup mounts under `state_dir`, and image mounts

@@ -172,6 +172,13 @@ impl UncachedFile {
         Ok(f)
     }
 
+    /// An image file opened elsewhere (a predecessor daemon's, see [`crate::takeover`]): read
+    /// with `O_DIRECT` when it was opened so.
+    pub fn from_file(file: File) -> io::Result<Self> {
+        let flags = rustix::fs::fcntl_getfl(&file)?;
+        Self::new(file, flags.contains(rustix::fs::OFlags::DIRECT))
+    }
+
     fn open_buffered(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
         // Advice only: a failure costs speed, not correctness.
@@ -295,6 +302,12 @@ impl UncachedFile {
             rustix::fs::Advice::DontNeed,
         );
         r
+    }
+}
+
+impl std::os::fd::AsFd for UncachedFile {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
     }
 }
 

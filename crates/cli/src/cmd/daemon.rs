@@ -1,4 +1,5 @@
-//! `erofs-share daemon`: run the sharing daemon in the foreground (for systemd).
+//! `erofs-share daemon`: run the sharing daemon in the foreground (for systemd), or take over
+//! the mounts of the one running (an upgrade without unmounting anything).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,10 +10,20 @@ pub struct Args {
     /// Directory of the control socket, pid file and internal dedup mounts.
     #[arg(long, default_value = erofs_share_daemon::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// Take over every mount of the daemon running on this state directory: it hands over its
+    /// FUSE connections and exits without unmounting, and this process serves them from then
+    /// on (an upgrade in place). Overlay-front mounts only: with a FUSE-front mount the
+    /// running daemon refuses and goes on.
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // The daemon's errors name the path or the state directory.
-    erofs_share_daemon::run(&args.state_dir)?;
+    if args.takeover {
+        erofs_share_daemon::service::run_takeover(&args.state_dir)?;
+    } else {
+        erofs_share_daemon::run(&args.state_dir)?;
+    }
     Ok(ExitCode::SUCCESS)
 }

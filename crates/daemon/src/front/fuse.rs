@@ -86,10 +86,36 @@ impl MountedImage {
         mountpoint: PathBuf,
         domain: Option<Arc<Domain>>,
     ) -> io::Result<Self> {
-        let file = Arc::new(
-            UncachedFile::open(&image_path)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", image_path.display())))?,
-        );
+        let file = UncachedFile::open(&image_path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", image_path.display())))?;
+        Self::with_file(id, image_path, mountpoint, domain, file)
+    }
+
+    /// [`Self::open`] for an image file already open (a predecessor daemon's).
+    pub fn from_file(
+        id: u64,
+        image_path: PathBuf,
+        mountpoint: PathBuf,
+        domain: Option<Arc<Domain>>,
+        file: std::fs::File,
+    ) -> io::Result<Self> {
+        Self::with_file(
+            id,
+            image_path,
+            mountpoint,
+            domain,
+            UncachedFile::from_file(file)?,
+        )
+    }
+
+    fn with_file(
+        id: u64,
+        image_path: PathBuf,
+        mountpoint: PathBuf,
+        domain: Option<Arc<Domain>>,
+        file: UncachedFile,
+    ) -> io::Result<Self> {
+        let file = Arc::new(file);
         let image = Image::from_source(file.clone(), image_path.display().to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         Ok(Self {

@@ -183,20 +183,45 @@ pub fn mount(
 
 /// Tells when overlay mounts have ended: the kernel closes a mount's own (unlinked) copy of its
 /// metadata image when the erofs superblock under the overlay goes away, and the inode goes.
+/// The inotify instance (non-blocking, so that a successor daemon can share it) and its
+/// watches can be handed to a successor: [`Ends::stop`] first, so that no event is read here.
 #[derive(Debug)]
 pub struct Ends {
     fd: OwnedFd,
+    stop: OwnedFd,
     by_wd: Mutex<HashMap<i32, u64>>,
 }
 
 impl Ends {
     /// An inotify instance with no watches.
     pub fn new() -> io::Result<Self> {
-        let fd = inotify::init(inotify::CreateFlags::CLOEXEC).map_err(io::Error::from)?;
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
+        Self::adopt(fd, Vec::new())
+    }
+
+    /// A predecessor's inotify instance with its watches (watch descriptor, mount id).
+    pub fn adopt(fd: OwnedFd, watches: Vec<(i32, u64)>) -> io::Result<Self> {
+        let stop = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
         Ok(Self {
             fd,
-            by_wd: Mutex::new(HashMap::new()),
+            stop,
+            by_wd: Mutex::new(watches.into_iter().collect()),
         })
+    }
+
+    /// The inotify instance, to hand over.
+    pub fn inotify_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The watches, (watch descriptor, mount id), to hand over.
+    pub fn watches(&self) -> Vec<(i32, u64)> {
+        self.by_wd
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(w, m)| (*w, *m))
+            .collect()
     }
 
     /// Reports mount `id` as ended once `meta_image`'s inode goes: unlink it after this call,
@@ -208,27 +233,51 @@ impl Ends {
         Ok(())
     }
 
+    /// Makes [`Ends::run`] return (now, or as soon as it is called).
+    pub fn stop(&self) -> io::Result<()> {
+        rustix::io::write(&self.stop, &1u64.to_ne_bytes())?;
+        Ok(())
+    }
+
     /// Blocks, calling `ended(id)` for each mount whose metadata image's inode went (or whose
-    /// watch the kernel dropped). Returns only on a read error.
-    pub fn run(&self, ended: impl Fn(u64)) -> io::Error {
+    /// watch the kernel dropped), until [`Ends::stop`] (Ok) or a read error.
+    pub fn run(&self, ended: impl Fn(u64)) -> io::Result<()> {
+        use rustix::event::{PollFd, PollFlags, poll};
         let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
-        let mut reader = inotify::Reader::new(&self.fd, &mut buf);
         loop {
-            let ev = match reader.next() {
-                Ok(ev) => ev,
+            let mut fds = [
+                PollFd::new(&self.fd, PollFlags::IN),
+                PollFd::new(&self.stop, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return e.into(),
-            };
-            let gone = ev
-                .events()
-                .intersects(inotify::ReadFlags::DELETE_SELF | inotify::ReadFlags::IGNORED);
-            if !gone {
-                continue;
+                Err(e) => return Err(e.into()),
             }
-            let Some(id) = self.by_wd.lock().unwrap().remove(&ev.wd()) else {
-                continue;
-            };
-            ended(id);
+            if !fds[1].revents().is_empty() {
+                let mut b = [0u8; 8];
+                let _ = rustix::io::read(&self.stop, &mut b);
+                return Ok(());
+            }
+            let mut reader = inotify::Reader::new(&self.fd, &mut buf);
+            loop {
+                let ev = match reader.next() {
+                    Ok(ev) => ev,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(rustix::io::Errno::AGAIN) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                let gone = ev
+                    .events()
+                    .intersects(inotify::ReadFlags::DELETE_SELF | inotify::ReadFlags::IGNORED);
+                if !gone {
+                    continue;
+                }
+                let Some(id) = self.by_wd.lock().unwrap().remove(&ev.wd()) else {
+                    continue;
+                };
+                ended(id);
+            }
         }
     }
 }
