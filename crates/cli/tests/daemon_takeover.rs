@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use testkit::{Need, Rng, require};
 
+/// Relative path → content.
+type Files = BTreeMap<String, Vec<u8>>;
+
 /// A tree of files of many sizes: the shared part of two images and a part of each its own.
-fn tree(dir: &Path, own: u64) -> BTreeMap<String, Vec<u8>> {
+fn tree(dir: &Path, own: u64) -> Files {
     let mut rng = Rng(7);
     let mut files = BTreeMap::new();
     for i in 0..48u64 {
@@ -124,7 +127,7 @@ fn readers_never_notice_twenty_takeovers() {
     mkfs(&a_img, &a_src);
     mkfs(&b_img, &b_src);
     // Four mounts in two domains, every image in both.
-    let mut mounts: Vec<(PathBuf, Arc<BTreeMap<String, Vec<u8>>>)> = Vec::new();
+    let mut mounts: Vec<(PathBuf, Arc<Files>)> = Vec::new();
     let (a, b) = (Arc::new(a), Arc::new(b));
     for (i, (img, files, dom)) in [
         (&a_img, &a, "one"),
@@ -227,6 +230,13 @@ fn readers_never_notice_twenty_takeovers() {
         "descriptors: {fds_before} in the first daemon, {fds_after} in the last"
     );
 
+    let shown = Command::new(BIN)
+        .args(["status", "--state-dir"])
+        .arg(&d.state)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains(", 20 takeovers"), "{shown}");
     for (m, _) in &mounts {
         d.umount(m);
     }
@@ -242,4 +252,253 @@ fn readers_never_notice_twenty_takeovers() {
             .all(|m| !m.starts_with(&d.state)),
         "a dedup mount was left"
     );
+}
+
+/// A stand-in for systemd's file descriptor store: receives the daemon's notifications on a
+/// datagram socket (`NOTIFY_SOCKET`) and keeps what `FDSTORE=1` sends, by `FDNAME`.
+struct FdStoreHarness {
+    path: PathBuf,
+    fds: Arc<Mutex<Vec<(String, std::os::fd::OwnedFd)>>>,
+    ready: Arc<AtomicU64>,
+}
+
+impl FdStoreHarness {
+    fn new(dir: &Path) -> FdStoreHarness {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let fds: Arc<Mutex<Vec<(String, std::os::fd::OwnedFd)>>> = Arc::default();
+        let ready = Arc::new(AtomicU64::new(0));
+        let (f, r) = (fds.clone(), ready.clone());
+        std::thread::spawn(move || {
+            use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+            loop {
+                let mut buf = [0u8; 4096];
+                let mut space =
+                    [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                let Ok(msg) = recvmsg(
+                    &sock,
+                    &mut [std::io::IoSliceMut::new(&mut buf)],
+                    &mut control,
+                    RecvFlags::CMSG_CLOEXEC,
+                ) else {
+                    return;
+                };
+                let text = String::from_utf8_lossy(&buf[..msg.bytes]).into_owned();
+                let name = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("FDNAME="))
+                    .unwrap_or("stored")
+                    .to_string();
+                let got: Vec<_> = control
+                    .drain()
+                    .filter_map(|m| match m {
+                        RecvAncillaryMessage::ScmRights(fds) => Some(fds.collect::<Vec<_>>()),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                let mut store = f.lock().unwrap();
+                if text.lines().any(|l| l == "FDSTORE=1") {
+                    store.extend(got.into_iter().map(|fd| (name.clone(), fd)));
+                } else if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
+                    store.retain(|(n, _)| *n != name);
+                } else if text.lines().any(|l| l == "READY=1") {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        FdStoreHarness { path, fds, ready }
+    }
+
+    /// The names held, sorted.
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .fds
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Starts a daemon as systemd restarts one: the stored descriptors from 3 on, named in
+    /// `LISTEN_FDNAMES`.
+    fn restart(&self, state: &Path, log: &Path) -> Child {
+        use command_fds::{CommandFdExt, FdMapping};
+        let store = self.fds.lock().unwrap();
+        let mappings: Vec<FdMapping> = store
+            .iter()
+            .enumerate()
+            .map(|(i, (_, fd))| FdMapping {
+                parent_fd: fd.try_clone().unwrap(),
+                child_fd: 3 + i as i32,
+            })
+            .collect();
+        let names: Vec<&str> = store.iter().map(|(n, _)| n.as_str()).collect();
+        let log = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["daemon", "--state-dir"])
+            .arg(state)
+            .env("EROFS_SHARE_LOG", "info")
+            .env("NOTIFY_SOCKET", &self.path)
+            .env("LISTEN_FDS", store.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        cmd.fd_mappings(mappings).unwrap();
+        cmd.spawn().unwrap()
+    }
+}
+
+#[test]
+fn a_killed_daemon_restarted_with_its_stored_descriptors_keeps_every_mount() {
+    if !require(
+        "a_killed_daemon_restarted_with_its_stored_descriptors_keeps_every_mount",
+        &[Need::Root, Need::Fuse, Need::KernelErofs],
+    ) {
+        return;
+    }
+    let _cache = cache_lock();
+    let dir = tempfile::Builder::new()
+        .prefix("erofs-share-fdstore-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let store = FdStoreHarness::new(dir.path());
+    let notify = store.path.display().to_string();
+    let mut d = Daemon::start_with_env(&[("NOTIFY_SOCKET", notify.as_str())]);
+    let (a_src, b_src) = (d.dir.path().join("a"), d.dir.path().join("b"));
+    let a = Arc::new(tree(&a_src, 1));
+    let b = Arc::new(tree(&b_src, 2));
+    let (a_img, b_img) = (d.dir.path().join("a.erofs"), d.dir.path().join("b.erofs"));
+    mkfs(&a_img, &a_src);
+    mkfs(&b_img, &b_src);
+    let ma = d.mount(&a_img, "a", Some("one"));
+    let mb = d.mount(&b_img, "b", Some("one"));
+    // The mounts' descriptors reach the store as the mounts are made.
+    let t = Instant::now();
+    while store.names().len() < 4 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(store.names().len(), 4, "{:?}", store.names());
+    assert!(store.ready.load(Ordering::Relaxed) >= 1, "no READY=1");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+    let reads = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for (i, (root, files)) in [(ma.clone(), a.clone()), (mb.clone(), b.clone())]
+        .into_iter()
+        .enumerate()
+    {
+        let (stop, errors, reads) = (stop.clone(), errors.clone(), reads.clone());
+        readers.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for (name, want) in files.iter() {
+                    match read_cold(&root.join(name), i == 1) {
+                        Ok(got) if got == *want => {
+                            reads.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => errors.lock().unwrap().push(format!("{name}: wrong bytes")),
+                        Err(e) => errors.lock().unwrap().push(format!("{name}: {e}")),
+                    }
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    d.kill();
+    // Dead: misses wait on connections systemd keeps open, nothing fails.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = reads.load(Ordering::Relaxed);
+    let log = d.dir.path().join("daemon.log");
+    let child = store.restart(&d.state, &log);
+    d.child = Some(child);
+    let t = Instant::now();
+    let st = loop {
+        if let Ok(r) = erofs_share_daemon::control::request(
+            &d.state,
+            &erofs_share_daemon::control::Request::Status,
+        ) && let Some(st) = r.status
+        {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no daemon after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    let errors = errors.lock().unwrap();
+    assert!(errors.is_empty(), "{errors:?}\n{}", d.log());
+    assert!(
+        reads.load(Ordering::Relaxed) > before,
+        "no read after the restart"
+    );
+    assert_eq!(st.mounts.len(), 2, "{st:?}");
+    let st = d.status();
+    assert!(
+        st.domains.iter().map(|d| d.misses).sum::<u64>() > 0,
+        "{st:?}"
+    );
+    assert!(d.log().contains("recovered the mounts"), "{}", d.log());
+
+    // A clean stop leaves the store empty and no mount behind.
+    d.umount(&ma);
+    d.umount(&mb);
+    assert!(d.stop(Duration::from_secs(20)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(store.names(), Vec::<String>::new());
+    assert!(mounts_under(d.dir.path()).is_empty());
+}
+
+#[test]
+fn a_fuse_front_mount_makes_the_daemon_refuse_a_takeover_and_go_on() {
+    if !require(
+        "a_fuse_front_mount_makes_the_daemon_refuse_a_takeover_and_go_on",
+        &[Need::Root, Need::Fuse, Need::KernelErofs],
+    ) {
+        return;
+    }
+    let mut d = Daemon::start();
+    let src = d.dir.path().join("a");
+    let files = tree(&src, 1);
+    let img = d.dir.path().join("a.erofs");
+    mkfs(&img, &src);
+    d.front = Some("fuse".into());
+    let st = d.try_mount(&img, "f", Some("one"), true).unwrap();
+    assert_eq!(st.front, "fuse");
+    let pid = d.pid() as u32;
+    let out = Command::new(BIN)
+        .args(["daemon", "--takeover", "--state-dir"])
+        .arg(&d.state)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FUSE front") && err.contains("cannot be handed over"),
+        "{err}"
+    );
+    assert_eq!(err.matches("FUSE front").count(), 1, "named once: {err}");
+    // The running daemon goes on as before, mounts and all.
+    let now = d.status();
+    assert_eq!(now.pid, pid);
+    assert_eq!(now.takeovers, 0);
+    for (name, want) in &files {
+        assert_eq!(read_all(&st.mountpoint.join(name)), *want, "{name}");
+    }
+    d.front = None;
+    let st2 = d.try_mount(&img, "o", Some("one"), true).unwrap();
+    assert_eq!(st2.front, "overlay", "mount requests are taken again");
+    d.umount(&st.mountpoint);
+    d.umount(&st2.mountpoint);
 }

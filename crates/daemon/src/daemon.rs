@@ -90,6 +90,10 @@ pub struct Daemon {
     started: SystemTime,
     /// Takeovers before this process.
     takeovers: u64,
+    /// systemd's file descriptor store, when the daemon runs under systemd (or a stand-in).
+    fd_store: Option<crate::takeover::FdStore>,
+    /// Serialises [`Daemon::persist`], so the last write is the latest state.
+    persisting: Mutex<()>,
 }
 
 impl Daemon {
@@ -108,9 +112,54 @@ impl Daemon {
             ends_thread: Mutex::new(None),
             started: SystemTime::now(),
             takeovers: 0,
+            fd_store: crate::takeover::FdStore::from_env(),
+            persisting: Mutex::new(()),
         });
         daemon.start_ends();
         daemon
+    }
+
+    /// Writes the state file and brings systemd's descriptor store up to date (see
+    /// [`crate::takeover`]): after every change of mounts and domains, so that a daemon
+    /// restarted after a crash finds them as they were.
+    pub fn persist(&self) {
+        let _one = self.persisting.lock().unwrap();
+        let mut named: Vec<(String, OwnedFd)> = Vec::new();
+        let state = self.snapshot(&mut |fd, name| {
+            let f = fd
+                .try_clone_to_owned()
+                .map_err(|e| format!("{name}: {e}"))?;
+            named.push((name, f));
+            Ok(named.len() - 1)
+        });
+        let mut state = match state {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!("state not saved: {e}"),
+        };
+        state.fds = named.len();
+        state.fd_names = named.iter().map(|(n, _)| n.clone()).collect();
+        if let Err(e) = crate::takeover::write_state(&self.state_dir, &state) {
+            tracing::warn!("writing {}: {e}", crate::takeover::STATE_FILE);
+        }
+        if let Some(store) = &self.fd_store {
+            store.sync(&named);
+        }
+    }
+
+    /// Tells systemd (if it runs us) that the daemon serves.
+    pub fn notify_ready(&self) {
+        if let Some(store) = &self.fd_store {
+            store.ready();
+        }
+    }
+
+    /// At a clean stop: no state to recover, nothing for systemd to keep.
+    fn forget_state(&self) {
+        let _one = self.persisting.lock().unwrap();
+        let _ = fs::remove_file(self.state_dir.join(crate::takeover::STATE_FILE));
+        if let Some(store) = &self.fd_store {
+            store.sync(&[]);
+        }
     }
 
     /// Starts the thread that sees overlay mounts end.
@@ -160,7 +209,7 @@ impl Daemon {
                 share,
                 front,
                 trusted,
-            } => match self.mount(
+            } => match self.mount_and_persist(
                 &image,
                 &mountpoint,
                 domain,
@@ -204,6 +253,22 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    fn mount_and_persist(
+        self: &Arc<Self>,
+        image: &Path,
+        mountpoint: &Path,
+        domain: Option<String>,
+        share: bool,
+        front: Option<&str>,
+        trusted: bool,
+    ) -> Result<MountStatus, String> {
+        let r = self.mount(image, mountpoint, domain, share, front, trusted);
+        if r.is_ok() {
+            self.persist();
+        }
+        r
     }
 
     /// Mounts `image` at `mountpoint`; `trusted` asks for a trusted domain (fixed by the
@@ -787,6 +852,7 @@ impl Daemon {
         }
         self.release_domain(&dom.id);
         drop(mounts);
+        self.persist();
     }
 
     /// Unmounts `mountpoint`: lazily, so open and mapped files keep working; returns true
@@ -964,6 +1030,7 @@ impl Daemon {
             let _ = detach(&p);
             let _ = fs::remove_dir(&p);
         }
+        self.forget_state();
     }
 }
 
@@ -1002,11 +1069,71 @@ pub struct Handover<'a> {
 }
 
 impl Daemon {
+    /// Everything a successor needs, consistent at one instant: `fd(descriptor, name)` keeps
+    /// each descriptor the state refers to and returns its index.
+    fn snapshot(
+        &self,
+        fd: &mut dyn FnMut(std::os::fd::BorrowedFd<'_>, String) -> Result<usize, String>,
+    ) -> Result<crate::takeover::State, String> {
+        use crate::takeover::{DomainState, MountState, State};
+        let ends = self.ends.as_ref().ok_or("inotify is unavailable")?;
+        let inotify_fd = fd(ends.inotify_fd(), "inotify".into())?;
+        let mounts = self.mounts.lock().unwrap();
+        let domains = self.domains.lock().unwrap();
+        let mut ds = Vec::new();
+        for rec in domains.values() {
+            let d = &rec.domain;
+            let dir = d.dedup_mountpoint.file_name().unwrap_or_default();
+            ds.push(DomainState {
+                id: d.id.clone(),
+                trusted: d.trusted,
+                dedup_mountpoint: d.dedup_mountpoint.clone(),
+                fuse_fd: fd(rec.fuse_fd.as_fd(), format!("dedup-{}", dir.display()))?,
+                requests: d.requests.load(Ordering::Relaxed),
+                table: d.objects.lock().unwrap().export(),
+            });
+        }
+        let mut ms = Vec::new();
+        for (id, rec) in mounts.iter() {
+            if rec.front != Front::Overlay {
+                continue;
+            }
+            let m = &rec.image;
+            ms.push(MountState {
+                id: *id,
+                image: m.image_path.clone(),
+                image_fd: fd(m.file.as_fd(), format!("image-{id}"))?,
+                mountpoint: m.mountpoint.clone(),
+                domain: m.domain.as_ref().map(|d| d.id.clone()),
+                data_domain: (rec.data_domain.as_ref())
+                    .map(|d| d.id.clone())
+                    .ok_or("an overlay mount without a data domain")?,
+                unshared_reason: m.unshared(),
+                detached: rec.detached,
+                meta_image: rec.meta_image.clone(),
+                size_mismatches: m.size_mismatches.load(Ordering::Relaxed),
+                verify_failures: m.verify_failures.load(Ordering::Relaxed),
+                fingerprints_computed: m.fingerprints_computed.load(Ordering::Relaxed),
+            });
+        }
+        ms.sort_by_key(|m| m.id);
+        Ok(State {
+            pid: std::process::id(),
+            takeovers: self.takeovers,
+            next_id: self.next_id.load(Ordering::Relaxed),
+            domains: ds,
+            mounts: ms,
+            inotify_fd,
+            watches: ends.watches(),
+            fds: 0,
+            fd_names: Vec::new(),
+        })
+    }
+
     /// Prepares a takeover: stops taking mount requests and reading mount ends, and gathers
     /// the state and descriptors a successor needs. FUSE-front mounts cannot be handed over
     /// (their sessions hold per-open state in this process): an error while any exists.
     pub fn hand_over(self: &Arc<Self>) -> Result<Handover<'_>, String> {
-        use crate::takeover::{DomainState, MountState, State};
         let admin = self.admin.lock().unwrap();
         if let Some(m) = (self.mounts.lock().unwrap().values()).find(|m| m.front == Front::Fuse) {
             return Err(format!(
@@ -1015,74 +1142,30 @@ impl Daemon {
             ));
         }
         self.stop_ends()?;
-        let gathered = (|| {
-            let mut fds: Vec<OwnedFd> = Vec::new();
-            let mut keep = |fd: std::os::fd::BorrowedFd<'_>, what: &str| {
-                fd.try_clone_to_owned()
-                    .map(|f| {
-                        fds.push(f);
-                        fds.len() - 1
-                    })
-                    .map_err(|e| format!("{what}: {e}"))
-            };
-            let ends = self.ends.as_ref().ok_or("inotify is unavailable")?;
-            let inotify_fd = keep(ends.inotify_fd(), "inotify")?;
-            let mounts = self.mounts.lock().unwrap();
-            let domains = self.domains.lock().unwrap();
-            let mut ds = Vec::new();
-            for rec in domains.values() {
-                let d = &rec.domain;
-                ds.push(DomainState {
-                    id: d.id.clone(),
-                    trusted: d.trusted,
-                    dedup_mountpoint: d.dedup_mountpoint.clone(),
-                    fuse_fd: keep(rec.fuse_fd.as_fd(), "dedup /dev/fuse")?,
-                    requests: d.requests.load(Ordering::Relaxed),
-                    table: d.objects.lock().unwrap().export(),
-                });
-            }
-            let mut ms = Vec::new();
-            for (id, rec) in mounts.iter() {
-                let m = &rec.image;
-                ms.push(MountState {
-                    id: *id,
-                    image: m.image_path.clone(),
-                    image_fd: keep(m.file.as_fd(), "image")?,
-                    mountpoint: m.mountpoint.clone(),
-                    domain: m.domain.as_ref().map(|d| d.id.clone()),
-                    data_domain: (rec.data_domain.as_ref())
-                        .map(|d| d.id.clone())
-                        .ok_or("an overlay mount without a data domain")?,
-                    unshared_reason: m.unshared(),
-                    detached: rec.detached,
-                    meta_image: rec.meta_image.clone(),
-                    size_mismatches: m.size_mismatches.load(Ordering::Relaxed),
-                    verify_failures: m.verify_failures.load(Ordering::Relaxed),
-                    fingerprints_computed: m.fingerprints_computed.load(Ordering::Relaxed),
-                });
-            }
-            ms.sort_by_key(|m| m.id);
-            let n = fds.len();
-            Ok::<_, String>((
-                State {
-                    pid: std::process::id(),
-                    takeovers: self.takeovers,
-                    next_id: self.next_id.load(Ordering::Relaxed),
-                    domains: ds,
-                    mounts: ms,
-                    inotify_fd,
-                    watches: ends.watches(),
-                    fds: n,
-                },
-                fds,
-            ))
-        })();
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        let mut names = Vec::new();
+        let gathered = self
+            .snapshot(&mut |fd, what| {
+                let f = fd
+                    .try_clone_to_owned()
+                    .map_err(|e| format!("{what}: {e}"))?;
+                fds.push(f);
+                names.push(what);
+                Ok(fds.len() - 1)
+            })
+            .map(|mut state| {
+                state.fd_names = names;
+                (state, fds)
+            });
         match gathered {
-            Ok((state, fds)) => Ok(Handover {
-                _admin: admin,
-                state,
-                fds,
-            }),
+            Ok((mut state, fds)) => {
+                state.fds = fds.len();
+                Ok(Handover {
+                    _admin: admin,
+                    state,
+                    fds,
+                })
+            }
             Err(e) => {
                 self.start_ends();
                 Err(e)
@@ -1215,7 +1298,12 @@ impl Daemon {
             ends_thread: Mutex::new(None),
             started: SystemTime::now(),
             takeovers: state.takeovers + 1,
+            fd_store: crate::takeover::FdStore::from_env(),
+            persisting: Mutex::new(()),
         });
+        if let Some(store) = &daemon.fd_store {
+            store.already_stored(state.fd_names.iter().cloned());
+        }
         daemon.start_ends();
         Ok(daemon)
     }

@@ -705,6 +705,68 @@ mod tests {
     }
 
     #[test]
+    fn a_table_exported_and_imported_serves_the_same_objects_and_remembers_checks() {
+        let mut t = DedupTable::default();
+        // The forged source first: the read checks it (bad), then the good one.
+        let Attach::Shared(a) = t.attach(
+            b"ka",
+            5,
+            src(2, Bytes(b"evil!".to_vec())),
+            Some(sha(b"hello")),
+        ) else {
+            panic!()
+        };
+        t.attach(
+            b"ka",
+            5,
+            src(1, Bytes(b"hello".to_vec())),
+            Some(sha(b"hello")),
+        );
+        t.attach(b"kb", 3, src(1, Bytes(b"abc".to_vec())), None);
+        let mut buf = [0u8; 5];
+        assert_eq!(a.read(0, &mut buf).unwrap(), 5);
+        let state = t.export();
+        let json = serde_json::to_string(&state).unwrap();
+        let back: TableState = serde_json::from_str(&json).unwrap();
+        let mut forged_again = 0;
+        let u = DedupTable::import(&back, |mount, nid, verified| {
+            assert_eq!(nid, 7);
+            assert!(!verified);
+            let body: &[u8] = if mount == 2 {
+                forged_again += 1;
+                b"evil!"
+            } else {
+                b""
+            };
+            Ok(Source {
+                mount_id: mount,
+                ..src(mount, Bytes(body.to_vec()))
+            })
+        })
+        .unwrap();
+        assert_eq!(forged_again, 1);
+        for o in t.objects() {
+            let n = u.get(o.ino).expect("same inode number");
+            assert_eq!((n.name.clone(), n.size), (o.name.clone(), o.size));
+            assert_eq!(u.by_name(&o.name).unwrap().ino, o.ino);
+            assert_eq!(n.source_mounts(), o.source_mounts());
+        }
+        // Known good and known bad sources stay known: mount 1's source (empty here) is not
+        // hashed again, mount 2's forged one is never used.
+        let b = u.by_name(&object_name(b"ka")).unwrap();
+        let checked = b.checked.lock().unwrap();
+        assert!(checked.good.contains(&(1, 7)) && checked.bad.contains(&(2, 7)));
+        drop(checked);
+        // New objects do not reuse inode numbers.
+        let mut u = u;
+        let Attach::Shared(c) = u.attach(b"kc", 1, src(3, Bytes(b"z".to_vec())), None) else {
+            panic!()
+        };
+        assert!(t.objects().iter().all(|o| o.ino < c.ino));
+        assert!(DedupTable::import(&back, |_, _, _| Err("gone".into())).is_err());
+    }
+
+    #[test]
     fn verified_objects_never_serve_a_forged_source() {
         let mut t = DedupTable::default();
         let forged = src(1, Bytes(b"evil!".to_vec()));

@@ -83,6 +83,8 @@ fn run_with(state_dir: &Path, takeover: bool) -> Result<(), Error> {
         };
         let (daemon, stream, pid) = adopt(state_dir).map_err(failed)?;
         (daemon, Some((stream, pid)))
+    } else if let Some(daemon) = recover(state_dir) {
+        (daemon, None)
     } else {
         clean_stale_mounts(state_dir);
         (Daemon::new(state_dir.to_path_buf()), None)
@@ -109,6 +111,8 @@ fn run_with(state_dir: &Path, takeover: bool) -> Result<(), Error> {
             .map_err(io_err(format!("lock {}", lock_path.display())))?;
         tracing::info!("took over from daemon {pid}");
     }
+    daemon.persist();
+    daemon.notify_ready();
     tracing::info!(
         "erofs-share daemon {} serving {}",
         std::process::id(),
@@ -174,6 +178,53 @@ fn raise_fd_limit() {
         };
         if let Err(e) = setrlimit(Resource::Nofile, raised) {
             tracing::debug!("raise RLIMIT_NOFILE to {hard}: {e}");
+        }
+    }
+}
+
+/// After a crash under systemd: the descriptors it kept (`LISTEN_FDS`) and the state file
+/// give back every mount, whose requests waited meanwhile; what the dead daemon had read and
+/// not answered is queued again. None when there is nothing to recover, or it cannot be
+/// (then the descriptors are let go and stale mounts cleaned as after any crash).
+fn recover(state_dir: &Path) -> Option<Arc<Daemon>> {
+    let listened = crate::takeover::listened();
+    if listened.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = listened.iter().map(|(n, _)| n.clone()).collect();
+    let adopted = (|| {
+        let state = crate::takeover::read_state(state_dir)
+            .map_err(|e| e.to_string())?
+            .ok_or("no state file")?;
+        let mut by_name: std::collections::HashMap<String, std::os::fd::OwnedFd> =
+            listened.into_iter().collect();
+        let fds = (state.fd_names.iter())
+            .map(|n| {
+                by_name
+                    .remove(n)
+                    .ok_or(format!("systemd kept no descriptor {n:?}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let daemon = Daemon::adopt(state_dir.to_path_buf(), state, fds)?;
+        daemon.resend_pending();
+        Ok::<_, String>(daemon)
+    })();
+    match adopted {
+        Ok(d) => {
+            tracing::info!(
+                "recovered the mounts of a daemon that died, from {} descriptors systemd kept",
+                names.len()
+            );
+            Some(d)
+        }
+        Err(e) => {
+            tracing::warn!("cannot recover the previous daemon's mounts: {e}");
+            // Let systemd drop what it kept: those connections end, their mounts are stale.
+            if let Some(store) = crate::takeover::FdStore::from_env() {
+                store.already_stored(names);
+                store.sync(&[]);
+            }
+            None
         }
     }
 }

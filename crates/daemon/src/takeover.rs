@@ -50,6 +50,10 @@ pub struct State {
     pub watches: Vec<(i32, u64)>,
     /// How many descriptors follow.
     pub fds: usize,
+    /// In the state file (crash recovery): the name each descriptor is stored under in
+    /// systemd's file descriptor store, by index.
+    #[serde(default)]
+    pub fd_names: Vec<String>,
 }
 
 /// One live domain.
@@ -191,4 +195,151 @@ pub fn resend_pending(fuse: BorrowedFd<'_>) -> io::Result<()> {
         return Err(io::Error::other("short write of FUSE_NOTIFY_RESEND"));
     }
     Ok(())
+}
+
+/// The state file in the state directory: what a daemon restarted after a crash adopts, with
+/// the descriptors systemd kept for it (see [`FdStore`]).
+pub const STATE_FILE: &str = "daemon.state";
+
+/// Writes `state` to the state file atomically (a new file renamed over the old).
+pub fn write_state(state_dir: &std::path::Path, state: &State) -> io::Result<()> {
+    let path = state_dir.join(STATE_FILE);
+    let tmp = state_dir.join(format!("{STATE_FILE}.new"));
+    let body = serde_json::to_vec(state).map_err(io::Error::other)?;
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&body)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// The state file, if there is one.
+pub fn read_state(state_dir: &std::path::Path) -> io::Result<Option<State>> {
+    match std::fs::read(state_dir.join(STATE_FILE)) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{STATE_FILE}: {e}"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// systemd's file descriptor store (`FDSTORE=1`, `sd_notify(3)`): the daemon keeps its
+/// /dev/fuse, image and inotify descriptors there under stable names, so that if it is killed,
+/// systemd still holds every FUSE connection open (the mounts keep their state; reads wait)
+/// and hands the descriptors to the restarted daemon (`LISTEN_FDS`, [`listened`]).
+#[derive(Debug)]
+pub struct FdStore {
+    sock: std::os::unix::net::UnixDatagram,
+    stored: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl FdStore {
+    /// The store of the service manager named by `NOTIFY_SOCKET`, if any.
+    pub fn from_env() -> Option<Self> {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let path = std::env::var_os("NOTIFY_SOCKET")?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name),
+            None => SocketAddr::from_pathname(&path),
+        };
+        let sock = UnixDatagram::unbound()
+            .and_then(|s| addr.and_then(|a| s.connect_addr(&a)).map(|()| s))
+            .inspect_err(|e| tracing::warn!("NOTIFY_SOCKET {}: {e}", path.display()))
+            .ok()?;
+        Some(Self {
+            sock,
+            stored: Default::default(),
+        })
+    }
+
+    /// One notification, with `fds` attached.
+    fn notify(&self, text: &str, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("no room for a descriptor"));
+        }
+        sendmsg(
+            &self.sock,
+            &[io::IoSlice::new(text.as_bytes())],
+            &mut control,
+            SendFlags::empty(),
+        )?;
+        Ok(())
+    }
+
+    /// Tells the service manager the daemon is ready (`READY=1`).
+    pub fn ready(&self) {
+        if let Err(e) = self.notify("READY=1", &[]) {
+            tracing::warn!("sd_notify READY=1: {e}");
+        }
+    }
+
+    /// Makes the store hold exactly `named`: stores the names it does not have, removes the
+    /// names no longer there.
+    pub fn sync(&self, named: &[(String, OwnedFd)]) {
+        let mut stored = self.stored.lock().unwrap();
+        for (name, fd) in named {
+            if stored.contains(name) {
+                continue;
+            }
+            match self.notify(&format!("FDSTORE=1\nFDNAME={name}"), &[fd.as_fd()]) {
+                Ok(()) => {
+                    stored.insert(name.clone());
+                }
+                Err(e) => tracing::warn!("FDSTORE {name}: {e}"),
+            }
+        }
+        let gone: Vec<String> = (stored.iter())
+            .filter(|s| !named.iter().any(|(n, _)| n == *s))
+            .cloned()
+            .collect();
+        for name in gone {
+            match self.notify(&format!("FDSTOREREMOVE=1\nFDNAME={name}"), &[]) {
+                Ok(()) => {
+                    stored.remove(&name);
+                }
+                Err(e) => tracing::warn!("FDSTOREREMOVE {name}: {e}"),
+            }
+        }
+    }
+
+    /// Records descriptors the store already holds (handed to this process at start).
+    pub fn already_stored(&self, names: impl IntoIterator<Item = String>) {
+        self.stored.lock().unwrap().extend(names);
+    }
+}
+
+/// The descriptors the service manager passed at start (`LISTEN_FDS`, `LISTEN_FDNAMES`, fds
+/// from 3 on; `LISTEN_PID`, when set, must be this process), by name. The descriptors become
+/// close-on-exec, so children never get them.
+pub fn listened() -> Vec<(String, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let Some(n) = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return Vec::new();
+    };
+    if let Ok(pid) = std::env::var("LISTEN_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return Vec::new();
+    }
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let mut names = names.split(':').map(str::to_string);
+    (0..n.clamp(0, 1 << 16))
+        .map(|i| {
+            let raw = 3 + i;
+            // SAFETY: the service manager passed descriptors 3 .. 3 + LISTEN_FDS to this
+            // process for it to own; nothing else here refers to them, and each is taken once.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            // Close-on-exec from now on, as every other descriptor of the daemon.
+            let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
+            (names.next().unwrap_or_else(|| format!("fd{i}")), fd)
+        })
+        .collect()
 }

@@ -17,6 +17,15 @@ pub struct Args {
     pub state_dir: PathBuf,
 }
 
+/// `3 h 02 min`, `5 min 07 s`, `12 s`.
+fn uptime(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min {:02} s", secs / 60, secs % 60),
+        _ => format!("{} h {:02} min", secs / 3600, secs % 3600 / 60),
+    }
+}
+
 fn mib(b: u64) -> String {
     format!("{} MiB", erofs_share_measure::report::mb(b))
 }
@@ -53,7 +62,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("daemon pid {} (state {})", st.pid, st.state_dir.display());
+    let up = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(st.started);
+    println!(
+        "daemon pid {} (state {}), up {}, {} takeover{}",
+        st.pid,
+        st.state_dir.display(),
+        uptime(up),
+        st.takeovers,
+        if st.takeovers == 1 { "" } else { "s" }
+    );
     println!("mounts: {}", st.mounts.len());
     for m in &st.mounts {
         let sharing = match (&m.domain, &m.unshared_reason) {
