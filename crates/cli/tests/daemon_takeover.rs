@@ -502,3 +502,64 @@ fn a_fuse_front_mount_makes_the_daemon_refuse_a_takeover_and_go_on() {
     d.umount(&st.mountpoint);
     d.umount(&st2.mountpoint);
 }
+
+#[test]
+fn a_successor_that_dies_mid_takeover_leaves_the_daemon_serving() {
+    if !require(
+        "a_successor_that_dies_mid_takeover_leaves_the_daemon_serving",
+        &[Need::Root, Need::Fuse, Need::KernelErofs],
+    ) {
+        return;
+    }
+    let mut d = Daemon::start();
+    let src = d.dir.path().join("a");
+    let files = tree(&src, 1);
+    let img = d.dir.path().join("a.erofs");
+    mkfs(&img, &src);
+    let mp = d.mount(&img, "a", Some("one"));
+    let pid = d.pid() as u32;
+    // It has bound the socket and served the connections when it dies.
+    let out = Command::new(BIN)
+        .args(["daemon", "--takeover", "--state-dir"])
+        .arg(&d.state)
+        .env("EROFS_SHARE_TEST_ABORT_TAKEOVER", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Instant::now();
+    loop {
+        let now = erofs_share_daemon::control::request(
+            &d.state,
+            &erofs_share_daemon::control::Request::Status,
+        );
+        if let Ok(r) = now
+            && r.status.as_ref().is_some_and(|s| s.pid == pid)
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "the daemon did not take its socket back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (name, want) in &files {
+        assert_eq!(read_cold(&mp.join(name), false).unwrap(), *want, "{name}");
+    }
+    let pidfile = std::fs::read_to_string(d.state.join("daemon.pid")).unwrap();
+    assert_eq!(pidfile.trim(), pid.to_string());
+    // A sound successor still can.
+    let log = d.dir.path().join("daemon.log");
+    let mut old = d.child.take().unwrap();
+    d.child = Some(take_over(&d.state, &log, 0));
+    assert!(old.wait().unwrap().success());
+    for (name, want) in &files {
+        assert_eq!(read_cold(&mp.join(name), true).unwrap(), *want, "{name}");
+    }
+    d.umount(&mp);
+}

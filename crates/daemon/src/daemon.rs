@@ -119,6 +119,11 @@ impl Daemon {
         daemon
     }
 
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     /// Writes the state file and brings systemd's descriptor store up to date (see
     /// [`crate::takeover`]): after every change of mounts and domains, so that a daemon
     /// restarted after a crash finds them as they were.

@@ -89,19 +89,14 @@ fn run_with(state_dir: &Path, takeover: bool) -> Result<(), Error> {
         clean_stale_mounts(state_dir);
         (Daemon::new(state_dir.to_path_buf()), None)
     };
-    let _ = fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).map_err(io_err(format!("bind {}", sock.display())))?;
-    fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))
-        .map_err(io_err(format!("chmod {}", sock.display())))?;
+    listen(&daemon)?;
     let pid_path = state_dir.join("daemon.pid");
-    fs::write(&pid_path, format!("{}\n", std::process::id()))
-        .map_err(io_err(format!("write {}", pid_path.display())))?;
-    let d = daemon.clone();
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || serve(listener, d))
-        .map_err(io_err("spawn the control thread"))?;
     if let Some((stream, pid)) = predecessor {
+        if std::env::var_os("EROFS_SHARE_TEST_ABORT_TAKEOVER").is_some() {
+            // Tests: a successor that dies after it has begun to serve, before `adopted`.
+            tracing::error!("EROFS_SHARE_TEST_ABORT_TAKEOVER: exiting mid-takeover");
+            std::process::exit(3);
+        }
         // The predecessor exits on this line; what it read and did not answer is queued again.
         (&stream)
             .write_all(b"adopted\n")
@@ -367,9 +362,38 @@ fn hand_over(stream: &UnixStream, daemon: &Arc<Daemon>) -> Result<(), String> {
         std::process::exit(0);
     }
     drop(h);
-    daemon.resume();
+    // The successor may have served our connections and taken the socket path already: once
+    // it is gone (stopped after 30 s if need be), what it read is queued again, and the
+    // socket and pid file are ours again.
     tracing::warn!("a takeover failed; this daemon goes on serving");
+    if let Ok(cred) = rustix::net::sockopt::socket_peercred(stream) {
+        wait_exit(cred.pid.as_raw_nonzero().get() as u32, daemon);
+    }
+    daemon.resume();
+    if let Err(e) = listen(daemon) {
+        tracing::error!("after a failed takeover: {e}");
+    }
     // The connection is past the point where an answer line can be read.
+    Ok(())
+}
+
+/// Binds the control socket (replacing any), writes the pid file and serves requests on a
+/// thread of their own.
+fn listen(daemon: &Arc<Daemon>) -> Result<(), Error> {
+    let state_dir = daemon.state_dir();
+    let sock = control::socket_path(state_dir);
+    let _ = fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).map_err(io_err(format!("bind {}", sock.display())))?;
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))
+        .map_err(io_err(format!("chmod {}", sock.display())))?;
+    let pid_path = state_dir.join("daemon.pid");
+    fs::write(&pid_path, format!("{}\n", std::process::id()))
+        .map_err(io_err(format!("write {}", pid_path.display())))?;
+    let d = daemon.clone();
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || serve(listener, d))
+        .map_err(io_err("spawn the control thread"))?;
     Ok(())
 }
 
