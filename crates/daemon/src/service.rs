@@ -202,6 +202,13 @@ fn recover(state_dir: &Path) -> Option<Arc<Daemon>> {
             .collect::<Result<Vec<_>, _>>()?;
         let daemon = Daemon::adopt(state_dir.to_path_buf(), state, fds)?;
         daemon.resend_pending();
+        // FUSE-front mounts are not kept (see README): theirs died with the daemon.
+        for (m, _) in our_mounts_with(IMAGE_FSNAME) {
+            if is_dead(&m) {
+                tracing::info!("detaching dead image mount {}", m.display());
+                let _ = detach(&m);
+            }
+        }
         Ok::<_, String>(daemon)
     })();
     match adopted {
