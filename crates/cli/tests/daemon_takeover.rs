@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use erofs_share_daemon::control::MountStatus;
 use testkit::{Need, Rng, require};
 
 /// Relative path → content.
@@ -49,6 +50,19 @@ fn mkfs(out: &Path, src: &Path) {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A daemon with one image of [`tree`] mounted in domain `one` (on `front`, else the
+/// default): the daemon, the files and the mount.
+fn one_mount(front: Option<&str>) -> (Daemon, Files, MountStatus) {
+    let mut d = Daemon::start();
+    let src = d.dir.path().join("a");
+    let files = tree(&src, 1);
+    let img = d.dir.path().join("a.erofs");
+    mkfs(&img, &src);
+    d.front = front.map(String::from);
+    let st = d.try_mount(&img, "a", Some("one"), true).unwrap();
+    (d, files, st)
 }
 
 /// Descriptors open in process `pid`.
@@ -230,12 +244,11 @@ fn readers_never_notice_twenty_takeovers() {
         "descriptors: {fds_before} in the first daemon, {fds_after} in the last"
     );
 
-    let shown = Command::new(BIN)
-        .args(["status", "--state-dir"])
-        .arg(&d.state)
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&shown.stdout);
+    let shown = cli_ok([
+        "status".as_ref(),
+        "--state-dir".as_ref(),
+        d.state.as_os_str(),
+    ]);
     assert!(shown.contains(", 20 takeovers"), "{shown}");
     for (m, _) in &mounts {
         d.umount(m);
@@ -468,13 +481,7 @@ fn a_fuse_front_mount_makes_the_daemon_refuse_a_takeover_and_go_on() {
     ) {
         return;
     }
-    let mut d = Daemon::start();
-    let src = d.dir.path().join("a");
-    let files = tree(&src, 1);
-    let img = d.dir.path().join("a.erofs");
-    mkfs(&img, &src);
-    d.front = Some("fuse".into());
-    let st = d.try_mount(&img, "f", Some("one"), true).unwrap();
+    let (mut d, files, st) = one_mount(Some("fuse"));
     assert_eq!(st.front, "fuse");
     let pid = d.pid() as u32;
     let out = Command::new(BIN)
@@ -497,7 +504,7 @@ fn a_fuse_front_mount_makes_the_daemon_refuse_a_takeover_and_go_on() {
         assert_eq!(read_all(&st.mountpoint.join(name)), *want, "{name}");
     }
     d.front = None;
-    let st2 = d.try_mount(&img, "o", Some("one"), true).unwrap();
+    let st2 = d.try_mount(&st.image, "o", Some("one"), true).unwrap();
     assert_eq!(st2.front, "overlay", "mount requests are taken again");
     d.umount(&st.mountpoint);
     d.umount(&st2.mountpoint);
@@ -511,12 +518,8 @@ fn a_successor_that_dies_mid_takeover_leaves_the_daemon_serving() {
     ) {
         return;
     }
-    let mut d = Daemon::start();
-    let src = d.dir.path().join("a");
-    let files = tree(&src, 1);
-    let img = d.dir.path().join("a.erofs");
-    mkfs(&img, &src);
-    let mp = d.mount(&img, "a", Some("one"));
+    let (mut d, files, st) = one_mount(None);
+    let mp = st.mountpoint;
     let pid = d.pid() as u32;
     // It has bound the socket and served the connections when it dies.
     let out = Command::new(BIN)

@@ -357,17 +357,11 @@ fn small_files_blocks_are_read_once_until_drop_caches() {
         again, 0,
         "the second cold read found its blocks in the daemon's cache"
     );
-    let out = Command::new(BIN)
-        .arg("drop-caches")
-        .arg("--state-dir")
-        .arg(&d.state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok([
+        "drop-caches".as_ref(),
+        "--state-dir".as_ref(),
+        d.state.as_os_str(),
+    ]);
     read_cold(&mp);
     let after_drop = image_bytes_read(&d, &mp) - start - first;
     assert_eq!(

@@ -214,7 +214,7 @@ impl Daemon {
                 share,
                 front,
                 trusted,
-            } => match self.mount_and_persist(
+            } => match self.mount(
                 &image,
                 &mountpoint,
                 domain,
@@ -222,11 +222,15 @@ impl Daemon {
                 front.as_deref(),
                 trusted,
             ) {
-                Ok(m) => Response {
-                    ok: true,
-                    mount: Some(m),
-                    ..Response::default()
-                },
+                Ok(m) => {
+                    // The state file follows every change.
+                    self.persist();
+                    Response {
+                        ok: true,
+                        mount: Some(m),
+                        ..Response::default()
+                    }
+                }
                 Err(e) => Response::error(e),
             },
             Request::Umount { mountpoint } => match self.umount(&mountpoint) {
@@ -258,22 +262,6 @@ impl Daemon {
                 }
             }
         }
-    }
-
-    fn mount_and_persist(
-        self: &Arc<Self>,
-        image: &Path,
-        mountpoint: &Path,
-        domain: Option<String>,
-        share: bool,
-        front: Option<&str>,
-        trusted: bool,
-    ) -> Result<MountStatus, String> {
-        let r = self.mount(image, mountpoint, domain, share, front, trusted);
-        if r.is_ok() {
-            self.persist();
-        }
-        r
     }
 
     /// Mounts `image` at `mountpoint`; `trusted` asks for a trusted domain (fixed by the

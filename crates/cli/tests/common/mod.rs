@@ -214,6 +214,18 @@ pub fn regular_files(root: &Path) -> BTreeMap<String, PathBuf> {
     out
 }
 
+/// Runs `erofs-share ARGS` and returns its stdout, failing the test (with its stderr) unless
+/// it succeeds.
+pub fn cli_ok<I: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = I>) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Reads a whole file, returning its bytes.
 pub fn read_all(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
