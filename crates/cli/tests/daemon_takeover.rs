@@ -65,9 +65,30 @@ fn one_mount(front: Option<&str>) -> (Daemon, Files, MountStatus) {
     (d, files, st)
 }
 
-/// Descriptors open in process `pid`.
-fn fds_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+/// Descriptors open in process `pid`, by what they are: /dev/fuse, inotify, eventfd, image
+/// files, and everything else (sockets, the log, kept dedup files).
+fn fds_of(pid: u32) -> BTreeMap<&'static str, usize> {
+    let mut kinds = BTreeMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        let t = target.to_string_lossy();
+        let kind = if t == "/dev/fuse" {
+            "fuse"
+        } else if t.contains("inotify") {
+            "inotify"
+        } else if t.contains("eventfd") {
+            "eventfd"
+        } else if t.ends_with(".erofs") {
+            "image"
+        } else {
+            "other"
+        };
+        *kinds.entry(kind).or_default() += 1;
+    }
+    kinds
 }
 
 /// Evicts `p`'s pages (so the next read is a page-cache miss) and reads it whole, through
@@ -140,7 +161,7 @@ fn readers_never_notice_twenty_takeovers() {
     let (a_img, b_img) = (d.dir.path().join("a.erofs"), d.dir.path().join("b.erofs"));
     mkfs(&a_img, &a_src);
     mkfs(&b_img, &b_src);
-    // Four mounts in two domains, every image in both.
+    // Four mounts in two domains, every image in both; one of them on the FUSE front.
     let mut mounts: Vec<(PathBuf, Arc<Files>)> = Vec::new();
     let (a, b) = (Arc::new(a), Arc::new(b));
     for (i, (img, files, dom)) in [
@@ -152,8 +173,9 @@ fn readers_never_notice_twenty_takeovers() {
     .into_iter()
     .enumerate()
     {
+        d.front = (i == 3).then(|| "fuse".to_string());
         let st = d.try_mount(img, &format!("m{i}"), Some(dom), true).unwrap();
-        assert_eq!(st.front, "overlay", "{st:?}");
+        assert_eq!(st.front, if i == 3 { "fuse" } else { "overlay" }, "{st:?}");
         mounts.push((st.mountpoint, files.clone()));
     }
     let first = d.child.as_ref().unwrap().id();
@@ -238,12 +260,16 @@ fn readers_never_notice_twenty_takeovers() {
     assert_eq!(st.domains.len(), 2, "{st:?}");
     let misses: u64 = st.domains.iter().map(|d| d.misses).sum();
     assert!(misses > 0, "the last daemon served no miss: {st:?}");
+    // What each takeover passes on must not pile up: as many FUSE connections, images and
+    // inotify instances as the first daemon had.
     let fds_after = fds_of(st.pid);
-    assert!(
-        fds_after <= fds_before + 2,
-        "descriptors: {fds_before} in the first daemon, {fds_after} in the last"
-    );
-
+    for kind in ["fuse", "inotify", "eventfd", "image"] {
+        assert_eq!(
+            fds_after.get(kind),
+            fds_before.get(kind),
+            "{kind} descriptors: {fds_before:?} in the first daemon, {fds_after:?} in the last"
+        );
+    }
     let shown = cli_ok([
         "status".as_ref(),
         "--state-dir".as_ref(),
@@ -390,13 +416,15 @@ fn a_killed_daemon_restarted_with_its_stored_descriptors_keeps_every_mount() {
     mkfs(&a_img, &a_src);
     mkfs(&b_img, &b_src);
     let ma = d.mount(&a_img, "a", Some("one"));
+    d.front = Some("fuse".into());
     let mb = d.mount(&b_img, "b", Some("one"));
-    // The mounts' descriptors reach the store as the mounts are made.
+    // The mounts' descriptors reach the store as the mounts are made: the inotify instance,
+    // the domain's dedup connection, both images, the FUSE-front mount's connection.
     let t = Instant::now();
-    while store.names().len() < 4 && t.elapsed() < Duration::from_secs(10) {
+    while store.names().len() < 5 && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(store.names().len(), 4, "{:?}", store.names());
+    assert_eq!(store.names().len(), 5, "{:?}", store.names());
     assert!(store.ready.load(Ordering::Relaxed) >= 1, "no READY=1");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -457,6 +485,7 @@ fn a_killed_daemon_restarted_with_its_stored_descriptors_keeps_every_mount() {
         "no read after the restart"
     );
     assert_eq!(st.mounts.len(), 2, "{st:?}");
+    assert_eq!(st.mounts[1].front, "fuse", "{st:?}");
     let st = d.status();
     assert!(
         st.domains.iter().map(|d| d.misses).sum::<u64>() > 0,
@@ -474,40 +503,69 @@ fn a_killed_daemon_restarted_with_its_stored_descriptors_keeps_every_mount() {
 }
 
 #[test]
-fn a_fuse_front_mount_makes_the_daemon_refuse_a_takeover_and_go_on() {
+fn fuse_front_mounts_are_handed_over_with_their_open_files() {
     if !require(
-        "a_fuse_front_mount_makes_the_daemon_refuse_a_takeover_and_go_on",
+        "fuse_front_mounts_are_handed_over_with_their_open_files",
         &[Need::Root, Need::Fuse, Need::KernelErofs],
     ) {
         return;
     }
-    let (mut d, files, st) = one_mount(Some("fuse"));
-    assert_eq!(st.front, "fuse");
-    let pid = d.pid() as u32;
-    let out = Command::new(BIN)
-        .args(["daemon", "--takeover", "--state-dir"])
-        .arg(&d.state)
-        .output()
+    // A sharing FUSE-front mount (shared files pass through to dedup files: the kernel holds
+    // backing ids) and an unsharing one (the daemon answers reads on its file handles).
+    let (mut d, files, shared) = one_mount(Some("fuse"));
+    assert_eq!(shared.front, "fuse");
+    let own = d.try_mount(&shared.image, "own", None, false).unwrap();
+    let big = files
+        .iter()
+        .find(|(_, b)| b.len() > 1_000_000)
+        .map(|(n, _)| n.clone())
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let want = &files[&big];
+    let open_shared = std::fs::File::open(shared.mountpoint.join(&big)).unwrap();
+    let mapped = Mapped::new(&open_shared, want.len()).unwrap();
+    let open_own = std::fs::File::open(own.mountpoint.join(&big)).unwrap();
+    let before = d.status();
     assert!(
-        err.contains("FUSE front") && err.contains("cannot be handed over"),
-        "{err}"
+        before.mounts.iter().any(|m| m.shared_opens > 0),
+        "{before:?}"
     );
-    assert_eq!(err.matches("FUSE front").count(), 1, "named once: {err}");
-    // The running daemon goes on as before, mounts and all.
-    let now = d.status();
-    assert_eq!(now.pid, pid);
-    assert_eq!(now.takeovers, 0);
-    for (name, want) in &files {
-        assert_eq!(read_all(&st.mountpoint.join(name)), *want, "{name}");
+
+    let log = d.dir.path().join("daemon.log");
+    for n in 0..3 {
+        let mut old = d.child.take().unwrap();
+        d.child = Some(take_over(&d.state, &log, n));
+        assert!(old.wait().unwrap().success());
+        for f in [&open_shared, &open_own] {
+            rustix::fs::fadvise(f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            let mut got = vec![0u8; want.len()];
+            std::os::unix::fs::FileExt::read_exact_at(f, &mut got, 0).unwrap();
+            assert!(got == *want, "a file opened before takeover {n}");
+        }
+        assert!(
+            mapped.bytes() == &want[..],
+            "a mapping made before takeover {n}"
+        );
+        // New opens of the same inodes, which the kernel still has open.
+        for mp in [&shared.mountpoint, &own.mountpoint] {
+            for (name, body) in &files {
+                assert_eq!(
+                    read_cold(&mp.join(name), n % 2 == 0).unwrap(),
+                    *body,
+                    "{name}"
+                );
+            }
+        }
     }
-    d.front = None;
-    let st2 = d.try_mount(&st.image, "o", Some("one"), true).unwrap();
-    assert_eq!(st2.front, "overlay", "mount requests are taken again");
-    d.umount(&st.mountpoint);
-    d.umount(&st2.mountpoint);
+    let after = d.status();
+    assert_eq!(after.takeovers, 3);
+    assert_eq!(after.mounts.len(), 2, "{after:?}");
+    assert!(after.mounts.iter().all(|m| m.front == "fuse"));
+    drop(mapped);
+    drop((open_shared, open_own));
+    d.umount(&shared.mountpoint);
+    d.umount(&own.mountpoint);
+    assert!(d.stop(Duration::from_secs(20)));
+    assert!(mounts_under(d.dir.path()).is_empty());
 }
 
 #[test]

@@ -54,6 +54,8 @@ struct MountRecord {
     /// The domain whose dedup table holds this mount's sources (and counts it as a mount):
     /// the sharing domain, or for the overlay front the unshared one.
     data_domain: Option<Arc<Domain>>,
+    /// FUSE front: the connection's /dev/fuse and the filesystem's state, for a successor.
+    fuse: Option<(OwnedFd, crate::front::fuse::ImageFsView)>,
 }
 
 struct DomainRecord {
@@ -392,15 +394,18 @@ impl Daemon {
             _ => {}
         }
         let fs = ImageFs::new(mounted.clone());
+        let view = fs.view();
         let fsname = format!("{IMAGE_FSNAME}{}", image.display());
-        let session = match session_on(
+        let session = session_on(
             fs,
             &mountpoint,
             &fsname,
             "default_permissions,allow_other",
             SessionACL::All,
-            session_config(IMAGE_THREADS, true),
-        ) {
+            session_config(IMAGE_THREADS, false),
+        )
+        .and_then(|s| s.as_fd().try_clone_to_owned().map(|fd| (s, fd)));
+        let (session, fuse_fd) = match session {
             Ok(s) => s,
             Err(e) => {
                 if let Some(d) = &dom {
@@ -418,6 +423,7 @@ impl Daemon {
                 front_reason,
                 meta_image: None,
                 data_domain: dom.clone(),
+                fuse: Some((fuse_fd, view)),
             },
         );
         let me = self.clone();
@@ -529,6 +535,7 @@ impl Daemon {
                 front_reason: None,
                 meta_image: Some(cached_meta),
                 data_domain: Some(data.clone()),
+                fuse: None,
             },
         );
         // Unlinked once watched, the copy is held by the kernel alone: nobody else can open
@@ -1088,19 +1095,25 @@ impl Daemon {
         }
         let mut ms = Vec::new();
         for (id, rec) in mounts.iter() {
-            if rec.front != Front::Overlay {
-                continue;
-            }
             let m = &rec.image;
+            let (fuse_fd, fuse) = match &rec.fuse {
+                Some((f, view)) => (
+                    Some(fd(f.as_fd(), format!("fuse-{id}"))?),
+                    Some(view.export()),
+                ),
+                None => (None, None),
+            };
             ms.push(MountState {
                 id: *id,
                 image: m.image_path.clone(),
                 image_fd: fd(m.file.as_fd(), format!("image-{id}"))?,
                 mountpoint: m.mountpoint.clone(),
                 domain: m.domain.as_ref().map(|d| d.id.clone()),
-                data_domain: (rec.data_domain.as_ref())
-                    .map(|d| d.id.clone())
-                    .ok_or("an overlay mount without a data domain")?,
+                data_domain: rec.data_domain.as_ref().map(|d| d.id.clone()),
+                front: rec.front.name().to_string(),
+                front_reason: rec.front_reason.clone(),
+                fuse_fd,
+                fuse,
                 unshared_reason: m.unshared(),
                 detached: rec.detached,
                 meta_image: rec.meta_image.clone(),
@@ -1124,17 +1137,12 @@ impl Daemon {
     }
 
     /// Prepares a takeover: stops taking mount requests and reading mount ends, and gathers
-    /// the state and descriptors a successor needs. FUSE-front mounts cannot be handed over
-    /// (their sessions hold per-open state in this process): an error while any exists.
+    /// the state and descriptors a successor needs.
     pub fn hand_over(self: &Arc<Self>) -> Result<Handover<'_>, String> {
         let admin = self.admin.lock().unwrap();
-        if let Some(m) = (self.mounts.lock().unwrap().values()).find(|m| m.front == Front::Fuse) {
-            return Err(format!(
-                "{} is on the FUSE front, which cannot be handed over: unmount it first",
-                m.image.mountpoint.display()
-            ));
-        }
         self.stop_ends()?;
+        // From here the FUSE front answers nothing until this process exits (or resumes).
+        crate::front::fuse::pause_for_handover();
         let mut fds: Vec<OwnedFd> = Vec::new();
         let mut names = Vec::new();
         let gathered = self
@@ -1160,14 +1168,16 @@ impl Daemon {
                 })
             }
             Err(e) => {
-                self.start_ends();
+                self.resume();
                 Err(e)
             }
         }
     }
 
-    /// After a failed hand-over: watch mount ends again (drop the [`Handover`] first).
+    /// After a failed hand-over: answer image mounts and watch mount ends again (drop the
+    /// [`Handover`] first).
     pub fn resume(self: &Arc<Self>) {
+        crate::front::fuse::resume_after_handover();
         self.start_ends();
     }
 
@@ -1200,11 +1210,28 @@ impl Daemon {
             doms.insert(d.id.clone(), (dom, take(d.fuse_fd, "dedup /dev/fuse")?));
         }
         let mut mounts = HashMap::new();
+        // FUSE-front mounts' connections and filesystem state, served once the daemon exists.
+        let mut fuse_sessions = Vec::new();
         for ms in &state.mounts {
             let file = fs::File::from(take(ms.image_fd, "image")?);
-            let (data, _) = doms
-                .get(&ms.data_domain)
-                .ok_or_else(|| format!("mount {}: no domain {:?}", ms.id, ms.data_domain))?;
+            let front = match ms.front.as_str() {
+                "fuse" => Front::Fuse,
+                _ => Front::Overlay,
+            };
+            let data = match &ms.data_domain {
+                Some(id) => Some(
+                    doms.get(id)
+                        .map(|(d, _)| d.clone())
+                        .ok_or_else(|| format!("mount {}: no domain {id:?}", ms.id))?,
+                ),
+                None if front == Front::Overlay => {
+                    return Err(format!(
+                        "mount {}: an overlay mount without a data domain",
+                        ms.id
+                    ));
+                }
+                None => None,
+            };
             let shared = match &ms.domain {
                 Some(d) => Some(
                     doms.get(d)
@@ -1230,15 +1257,25 @@ impl Daemon {
                 .store(ms.verify_failures, Ordering::Relaxed);
             m.fingerprints_computed
                 .store(ms.fingerprints_computed, Ordering::Relaxed);
+            let m = Arc::new(m);
+            if front == Front::Fuse {
+                let fd = take(
+                    ms.fuse_fd.ok_or("a FUSE mount without its /dev/fuse")?,
+                    "fuse",
+                )?;
+                let fs = ms.fuse.clone().unwrap_or_default();
+                fuse_sessions.push((ms.id, m.clone(), fd, fs));
+            }
             mounts.insert(
                 ms.id,
                 MountRecord {
-                    image: Arc::new(m),
+                    image: m,
                     detached: ms.detached,
-                    front: Front::Overlay,
-                    front_reason: None,
+                    front,
+                    front_reason: ms.front_reason.clone(),
                     meta_image: ms.meta_image.clone(),
-                    data_domain: Some(data.clone()),
+                    data_domain: data,
+                    fuse: None,
                 },
             );
         }
@@ -1297,6 +1334,37 @@ impl Daemon {
         if let Some(store) = &daemon.fd_store {
             store.already_stored(state.fd_names.iter().cloned());
         }
+        for (id, m, fd, from) in fuse_sessions {
+            if m.domain.is_some() {
+                // From the cache the first mount filled: files without a fingerprint.
+                daemon.fingerprint_missing(&m)?;
+            }
+            let fs = ImageFs::adopt(m, &from);
+            let view = fs.view();
+            let session = Session::from_initialized_fd(
+                fs,
+                fd,
+                SessionACL::All,
+                session_config(IMAGE_THREADS, false),
+            );
+            let kept = session
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| format!("mount {id}: keep its /dev/fuse: {e}"))?;
+            if let Some(rec) = daemon.mounts.lock().unwrap().get_mut(&id) {
+                rec.fuse = Some((kept, view));
+            }
+            let me = daemon.clone();
+            std::thread::Builder::new()
+                .name(format!("mount-{id}"))
+                .spawn(move || {
+                    if let Err(e) = session.run() {
+                        tracing::warn!("mount {id}: session ended: {e}");
+                    }
+                    me.mount_ended(id);
+                })
+                .map_err(|e| format!("spawn the mount thread: {e}"))?;
+        }
         daemon.start_ends();
         Ok(daemon)
     }
@@ -1304,13 +1372,20 @@ impl Daemon {
     /// Asks the kernel to queue again what a predecessor read but never answered, on every
     /// dedup connection (call once the predecessor has exited).
     pub fn resend_pending(&self) {
-        for rec in self.domains.lock().unwrap().values() {
-            if let Err(e) = crate::takeover::resend_pending(rec.fuse_fd.as_fd()) {
+        let resend = |fd: std::os::fd::BorrowedFd<'_>, what: String| {
+            if let Err(e) = crate::takeover::resend_pending(fd) {
                 tracing::warn!(
-                    "domain {:?}: FUSE_NOTIFY_RESEND: {e} (requests the predecessor had read \
-                     may wait until their callers give up)",
-                    rec.domain.id
+                    "{what}: FUSE_NOTIFY_RESEND: {e} (requests the predecessor had read may \
+                     wait until their callers give up)"
                 );
+            }
+        };
+        for rec in self.domains.lock().unwrap().values() {
+            resend(rec.fuse_fd.as_fd(), format!("domain {:?}", rec.domain.id));
+        }
+        for rec in self.mounts.lock().unwrap().values() {
+            if let Some((fd, _)) = &rec.fuse {
+                resend(fd.as_fd(), rec.image.mountpoint.display().to_string());
             }
         }
     }

@@ -202,7 +202,7 @@ fn recover(state_dir: &Path) -> Option<Arc<Daemon>> {
             .collect::<Result<Vec<_>, _>>()?;
         let daemon = Daemon::adopt(state_dir.to_path_buf(), state, fds)?;
         daemon.resend_pending();
-        // FUSE-front mounts are not kept (see README): theirs died with the daemon.
+        // Mounts the state file did not have (made after its last write) died with it.
         for (m, _) in our_mounts_with(IMAGE_FSNAME) {
             if is_dead(&m) {
                 tracing::info!("detaching dead image mount {}", m.display());
@@ -377,6 +377,8 @@ fn hand_over(stream: &UnixStream, daemon: &Arc<Daemon>) -> Result<(), String> {
         wait_exit(cred.pid.as_raw_nonzero().get() as u32, daemon);
     }
     daemon.resume();
+    // What the FUSE front left unanswered while paused.
+    daemon.resend_pending();
     if let Err(e) = listen(daemon) {
         tracing::error!("after a failed takeover: {e}");
     }

@@ -1,17 +1,19 @@
 //! Handing a running daemon's mounts to its successor (`erofs-share daemon --takeover`).
 //!
 //! Every overlay-front mount depends on two things the daemon holds: its domain's dedup FUSE
-//! connection (page-cache misses) and the inotify watch that tells when the mount has ended.
-//! A successor connects to the control socket and sends [`Request::Takeover`]; the running
+//! connection (page-cache misses) and the inotify watch that tells when the mount has ended; a
+//! FUSE-front mount on its own FUSE connection, whose open shared files use passthrough backing
+//! ids the successor must go on using. A successor connects to the control socket and sends [`Request::Takeover`]; the running
 //! daemon stops taking mount requests and stops reading inotify events, then sends
 //! [`State`] (mounts, domains, every dedup object with its inode number and sources, what
-//! verification found) followed by the descriptors: each domain's /dev/fuse, each mount's image
-//! file (which may have been deleted since), the inotify instance. The successor rebuilds its
+//! verification found, FUSE-front file handle counters and backing ids) followed by the
+//! descriptors: each domain's and each FUSE-front mount's /dev/fuse, each mount's image file
+//! (which may have been deleted since), the inotify instance. The successor rebuilds its
 //! registry from them, serves the same FUSE connections (the kernel sends `FUSE_INIT` once per
 //! connection: see vendor/fuser/PATCHED.md), takes over the control socket and answers
 //! `adopted`; the predecessor then exits without unmounting anything.
 //!
-//! Both processes read the same /dev/fuse open file (the dedup sessions never clone it), so
+//! Both processes read the same /dev/fuse open file (sessions never clone it), so
 //! until the predecessor exits either may answer a request, and a request it had read but not
 //! answered stays on that file's processing list: the successor asks the kernel to queue those
 //! again ([`resend_pending`], `FUSE_NOTIFY_RESEND`, Linux 6.9) once the predecessor is gone.
@@ -42,7 +44,7 @@ pub struct State {
     pub next_id: u64,
     /// Live domains.
     pub domains: Vec<DomainState>,
-    /// Live mounts (all on the overlay front).
+    /// Live mounts.
     pub mounts: Vec<MountState>,
     /// The inotify instance that tells mounts' ends, and its watches (descriptor, mount id).
     pub inotify_fd: usize,
@@ -86,8 +88,17 @@ pub struct MountState {
     pub mountpoint: PathBuf,
     /// The sharing domain, when the mount shares.
     pub domain: Option<String>,
-    /// The domain whose dedup mount serves its data.
-    pub data_domain: String,
+    /// The domain whose dedup mount serves its data (overlay front: always; FUSE front: the
+    /// sharing domain, if any).
+    pub data_domain: Option<String>,
+    /// `overlay` or `fuse`.
+    pub front: String,
+    /// Why this front.
+    pub front_reason: Option<String>,
+    /// FUSE front: its /dev/fuse.
+    pub fuse_fd: Option<usize>,
+    /// FUSE front: its filesystem's state.
+    pub fuse: Option<crate::front::fuse::ImageFsState>,
     /// Why it does not share, if it does not.
     pub unshared_reason: Option<String>,
     /// Unmounted (lazily), still in use.

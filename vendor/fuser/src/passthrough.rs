@@ -75,6 +75,12 @@ impl BackingId {
         }
     }
 
+    /// The raw `backing_id` value, still owned by this reference (a daemon handing its
+    /// connection to a successor tells it which ids its inodes use). (erofs-share addition.)
+    pub fn as_raw(&self) -> u32 {
+        self.backing_id
+    }
+
     /// Converts this backing file reference into the raw `backing_id` value as returned by the kernel.
     ///
     /// This method transfers ownership of the backing file to the caller, who must invoke the

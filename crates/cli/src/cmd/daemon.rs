@@ -11,9 +11,8 @@ pub struct Args {
     #[arg(long, default_value = erofs_share_daemon::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     /// Take over every mount of the daemon running on this state directory: it hands over its
-    /// FUSE connections and exits without unmounting, and this process serves them from then
-    /// on (an upgrade in place). Overlay-front mounts only: with a FUSE-front mount the
-    /// running daemon refuses and goes on.
+    /// FUSE connections, images and state and exits without unmounting, and this process serves
+    /// them from then on (an upgrade in place); if this fails, the running daemon goes on.
     #[arg(long)]
     pub takeover: bool,
 }

@@ -19,8 +19,8 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, UNIX_EPOCH};
 
 use erofs::Image;
@@ -213,8 +213,45 @@ struct State {
 pub struct ImageFs {
     mount: Arc<MountedImage>,
     /// Whether this mount shares: it has a domain, and `init` got passthrough from the kernel.
-    share: bool,
-    state: Mutex<State>,
+    share: Arc<AtomicBool>,
+    state: Arc<Mutex<State>>,
+    /// Backing ids a predecessor daemon registered, by nid (see [`crate::takeover`]): the
+    /// next open of such an inode must use the same id while files of it are open.
+    adopted: Mutex<HashMap<u64, u32>>,
+}
+
+/// What the daemon keeps of a FUSE-front mount's filesystem, to hand it to a successor.
+#[derive(Debug, Clone)]
+pub struct ImageFsView {
+    share: Arc<AtomicBool>,
+    state: Arc<Mutex<State>>,
+}
+
+/// A FUSE-front mount's filesystem state that a successor takes over.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ImageFsState {
+    /// Whether the mount shares (passthrough was granted at `init`).
+    pub share: bool,
+    /// File handles already given out: a successor's start after them.
+    pub next_fh: u64,
+    /// The backing id of each shared inode the kernel may still have open: (nid, id).
+    pub backings: Vec<(u64, u32)>,
+}
+
+impl ImageFsView {
+    /// The state a successor needs.
+    pub fn export(&self) -> ImageFsState {
+        let st = self.state.lock().unwrap();
+        ImageFsState {
+            share: self.share.load(Ordering::Relaxed),
+            next_fh: st.next_fh,
+            backings: st
+                .backings
+                .iter()
+                .map(|(n, b)| (*n, b.id.as_raw()))
+                .collect(),
+        }
+    }
 }
 
 /// Runs one reader call on `nid`, `what` naming the operation: an error is logged and becomes
@@ -248,9 +285,27 @@ impl ImageFs {
     /// A filesystem serving `mount`, sharing through passthrough when the mount has a domain.
     pub fn new(mount: Arc<MountedImage>) -> Self {
         Self {
-            share: mount.domain.is_some(),
+            share: Arc::new(AtomicBool::new(mount.domain.is_some())),
             mount,
-            state: Mutex::new(State::default()),
+            state: Arc::default(),
+            adopted: Mutex::default(),
+        }
+    }
+
+    /// A filesystem serving `mount` on a connection a predecessor initialized and served.
+    pub fn adopt(mount: Arc<MountedImage>, from: &ImageFsState) -> Self {
+        let fs = Self::new(mount);
+        fs.share.store(from.share, Ordering::Relaxed);
+        fs.state.lock().unwrap().next_fh = from.next_fh;
+        *fs.adopted.lock().unwrap() = from.backings.iter().copied().collect();
+        fs
+    }
+
+    /// What the daemon keeps to hand this filesystem over.
+    pub fn view(&self) -> ImageFsView {
+        ImageFsView {
+            share: self.share.clone(),
+            state: self.state.clone(),
         }
     }
 
@@ -378,7 +433,7 @@ impl ImageFs {
     /// Decides (once per nid) whether a regular file is shared, attaching it to its dedup
     /// object on the first open.
     fn sharing(&self, inode: &Inode) -> Option<Arc<DedupObject>> {
-        if !self.share {
+        if !self.share.load(Ordering::Relaxed) {
             return None;
         }
         let domain = self.mount.domain.as_ref()?;
@@ -435,6 +490,15 @@ impl ImageFs {
         if let Some(b) = self.state.lock().unwrap().backings.get(&nid) {
             return Ok(b.clone());
         }
+        if let Some(raw) = self.adopted.lock().unwrap().remove(&nid) {
+            // SAFETY: `raw` is a backing id the predecessor registered on this very
+            // connection for this inode and handed over; nothing else in this process owns it,
+            // and it is wrapped once (removed from `adopted`), so its close happens once.
+            let id = unsafe { reply.wrap_backing(raw) };
+            let b = Arc::new(Backing { id });
+            let mut st = self.state.lock().unwrap();
+            return Ok(st.backings.entry(nid).or_insert(b).clone());
+        }
         // Opened without the state lock: the dedup open waits on the dedup mount's threads.
         let domain = self
             .mount
@@ -476,6 +540,36 @@ pub fn has_cap_sys_admin() -> bool {
         .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }
 
+/// Set while a takeover is prepared (see [`crate::takeover`]): image mounts' requests are left
+/// unanswered, so that nothing here changes after the successor's snapshot (no backing id
+/// opened or closed behind its back); the kernel queues them again for the successor.
+static HANDOVER: RwLock<bool> = RwLock::new(false);
+
+/// Stops answering image mounts' requests (waits for those being answered).
+pub fn pause_for_handover() {
+    *HANDOVER.write().unwrap_or_else(|e| e.into_inner()) = true;
+}
+
+/// Answers image mounts' requests again (a takeover failed).
+pub fn resume_after_handover() {
+    *HANDOVER.write().unwrap_or_else(|e| e.into_inner()) = false;
+}
+
+fn paused() -> bool {
+    *HANDOVER.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `reply`, with the guard that keeps a takeover from starting while it is answered; None
+/// (and the request left unanswered: no reply is sent, not even an error) during one.
+fn serving<R>(reply: R) -> Option<(RwLockReadGuard<'static, bool>, R)> {
+    let g = HANDOVER.read().unwrap_or_else(|e| e.into_inner());
+    if *g {
+        std::mem::forget(reply);
+        return None;
+    }
+    Some((g, reply))
+}
+
 impl Filesystem for ImageFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         for cap in [
@@ -486,24 +580,24 @@ impl Filesystem for ImageFs {
         ] {
             let _ = config.add_capabilities(cap);
         }
-        if !self.share {
+        if !self.share.load(Ordering::Relaxed) {
             return Ok(());
         }
         // (Without CAP_SYS_ADMIN the daemon gives the mount no domain, so `share` is false.)
         if std::env::var_os("EROFS_SHARE_NO_PASSTHROUGH").is_some() {
-            self.share = false;
+            self.share.store(false, Ordering::Relaxed);
             self.mount
                 .set_unshared("passthrough disabled by EROFS_SHARE_NO_PASSTHROUGH");
         } else if config
             .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
             .is_err()
         {
-            self.share = false;
+            self.share.store(false, Ordering::Relaxed);
             self.mount.set_unshared(
                 "the kernel does not offer FUSE passthrough (Linux 6.9 or later is needed)",
             );
         } else if let Err(e) = config.set_max_stack_depth(1) {
-            self.share = false;
+            self.share.store(false, Ordering::Relaxed);
             self.mount
                 .set_unshared(format!("the kernel refused max_stack_depth 1 ({e})"));
         }
@@ -511,6 +605,9 @@ impl Filesystem for ImageFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        if paused() {
+            return;
+        }
         // The kernel evicted the inode, so none of its files is open: its backing id can go,
         // unless a racing new open already holds it.
         let nid = self.nid_of(ino);
@@ -527,6 +624,9 @@ impl Filesystem for ImageFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some((_serving, reply)) = serving(reply) else {
+            return;
+        };
         let dir = match self.inode(self.nid_of(parent)) {
             Ok(d) => d,
             Err(e) => return reply.error(e),
@@ -548,6 +648,9 @@ impl Filesystem for ImageFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let Some((_serving, reply)) = serving(reply) else {
+            return;
+        };
         match self.inode(self.nid_of(ino)) {
             Ok(i) => reply.attr(&TTL, &self.attr(&i)),
             Err(e) => reply.error(e),
@@ -555,6 +658,9 @@ impl Filesystem for ImageFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let Some((_serving, reply)) = serving(reply) else {
+            return;
+        };
         let inode = match self.inode(self.nid_of(ino)) {
             Ok(i) => i,
             Err(e) => return reply.error(e),
@@ -568,6 +674,9 @@ impl Filesystem for ImageFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let Some((_serving, reply)) = serving(reply) else {
+            return;
+        };
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
@@ -617,7 +726,7 @@ impl Filesystem for ImageFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -625,9 +734,22 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let inode = match self.state.lock().unwrap().handles.get(&fh.0) {
-            Some(Handle::Data(i)) => i.clone(),
-            _ => return reply.error(Errno::EBADF),
+        let Some((_serving, reply)) = serving(reply) else {
+            return;
+        };
+        let known = match self.state.lock().unwrap().handles.get(&fh.0) {
+            Some(Handle::Data(i)) => Some(i.clone()),
+            Some(Handle::Passthrough(_)) => return reply.error(Errno::EBADF),
+            None => None,
+        };
+        // A file opened under a predecessor daemon: its inode number says which file.
+        let inode = match known {
+            Some(i) => i,
+            None => match self.inode(self.nid_of(ino)) {
+                Ok(i) if i.file_type() == ErofsType::Reg => i,
+                Ok(_) => return reply.error(Errno::EBADF),
+                Err(e) => return reply.error(e),
+            },
         };
         let want = (size as u64).min(inode.size.saturating_sub(offset)) as usize;
         let mut buf = vec![0u8; want];
@@ -654,6 +776,9 @@ impl Filesystem for ImageFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let Some((_serving, reply)) = serving(reply) else {
+            return;
+        };
         let h = self.state.lock().unwrap().handles.remove(&fh.0);
         drop(h);
         reply.ok();
@@ -667,6 +792,9 @@ impl Filesystem for ImageFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let Some((_serving, reply)) = serving(reply) else {
+            return;
+        };
         // Nothing is ever dirty on a read-only image.
         reply.ok();
     }
@@ -683,10 +811,16 @@ impl Filesystem for ImageFs {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        let Some((_serving, reply)) = serving(reply) else {
+            return;
+        };
         reply.error(Errno::ENOTTY);
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let Some((_serving, reply)) = serving(reply) else {
+            return;
+        };
         // ENOSYS switches the kernel to "no opendir" mode: directory opens cost no round trip
         // and get FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, so a listing is read from the image
         // once and then served from the kernel's cache.
@@ -699,8 +833,11 @@ impl Filesystem for ImageFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
+        let Some((_serving, mut reply)) = serving(reply) else {
+            return;
+        };
         let entries = match self.listing(ino) {
             Ok(e) => e,
             Err(e) => return reply.error(self.counted(e)),
@@ -720,8 +857,11 @@ impl Filesystem for ImageFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
+        let Some((_serving, mut reply)) = serving(reply) else {
+            return;
+        };
         let entries = match self.listing(ino) {
             Ok(e) => e,
             Err(e) => return reply.error(self.counted(e)),
@@ -753,12 +893,18 @@ impl Filesystem for ImageFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let Some((_serving, reply)) = serving(reply) else {
+            return;
+        };
         let sb = self.mount.image.superblock();
         let bs = sb.block_size() as u32;
         reply.statfs(sb.blocks, 0, 0, sb.inos, 0, bs, 255, bs);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some((_serving, reply)) = serving(reply) else {
+            return;
+        };
         let inode = match self.inode(self.nid_of(ino)) {
             Ok(i) => i,
             Err(e) => return reply.error(e),
@@ -775,6 +921,9 @@ impl Filesystem for ImageFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let Some((_serving, reply)) = serving(reply) else {
+            return;
+        };
         let inode = match self.inode(self.nid_of(ino)) {
             Ok(i) => i,
             Err(e) => return reply.error(e),
