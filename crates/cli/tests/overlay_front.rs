@@ -57,6 +57,14 @@ fn layer_tar(dir: &Path) -> std::path::PathBuf {
     p
 }
 
+/// [`layer_tar`] made into an OCI-layer image in `d`'s directory.
+fn layer_image(d: &Daemon) -> std::path::PathBuf {
+    let tar = layer_tar(d.dir.path());
+    let image = d.dir.path().join("layer.erofs");
+    mkfs(&["-q", "--oci-layer"], &image, &tar);
+    image
+}
+
 fn mkfs(args: &[&str], out: &Path, src: &Path) {
     let o = Command::new(BIN)
         .arg("mkfs")
@@ -77,9 +85,7 @@ fn an_oci_layer_through_the_overlay_front_is_the_kernels_view_and_stacks_as_a_la
         return;
     }
     let d = Daemon::start();
-    let tar = layer_tar(d.dir.path());
-    let image = d.dir.path().join("layer.erofs");
-    mkfs(&["-q", "--oci-layer"], &image, &tar);
+    let image = layer_image(&d);
 
     let kernel = testkit::LoopMount::new(&image).unwrap();
     let expected = manifest::of_tree(kernel.path()).unwrap();
@@ -217,9 +223,7 @@ fn before_file_backed_erofs_the_metadata_image_is_on_a_loop_device_that_goes_wit
     }
     // What a kernel before 6.12 gets (erofs there mounts block devices only).
     let d = Daemon::start_with_env(&[("EROFS_SHARE_META_LOOP", "1")]);
-    let tar = layer_tar(d.dir.path());
-    let image = d.dir.path().join("layer.erofs");
-    mkfs(&["-q", "--oci-layer"], &image, &tar);
+    let image = layer_image(&d);
     let st = d.try_mount(&image, "front", Some("l"), true).unwrap();
     assert_eq!(st.front, "overlay", "{st:?}");
     assert!(st.meta_image.is_some(), "{st:?}");
@@ -274,9 +278,7 @@ fn other_processes_opening_the_daemons_files_do_not_end_a_mount() {
     // A backup, an indexer or an operator's fincore opens and closes whatever it finds in the
     // state directory; the end of a mount must not be read from that.
     let d = Daemon::start();
-    let tar = layer_tar(d.dir.path());
-    let image = d.dir.path().join("layer.erofs");
-    mkfs(&["-q", "--oci-layer"], &image, &tar);
+    let image = layer_image(&d);
     let st = d.try_mount(&image, "front", Some("l"), true).unwrap();
     assert_eq!(st.front, "overlay", "{st:?}");
     let meta = st.meta_image.clone().expect("a metadata image");

@@ -426,16 +426,7 @@ impl Daemon {
                 fuse: Some((fuse_fd, view)),
             },
         );
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name(format!("mount-{id}"))
-            .spawn(move || {
-                if let Err(e) = session.run() {
-                    tracing::warn!("mount {id}: session ended: {e}");
-                }
-                me.mount_ended(id);
-            })
-            .map_err(|e| format!("spawn the mount thread: {e}"))?;
+        self.serve_image_mount(id, session)?;
         set_readahead(&mountpoint);
         tracing::info!(
             "mounted {} at {} (FUSE front, domain {:?}{})",
@@ -448,6 +439,25 @@ impl Daemon {
                 .unwrap_or_default()
         );
         Ok(self.status_of(id).expect("just inserted"))
+    }
+
+    /// Serves FUSE-front mount `id` on a thread of its own; its end is the mount's end.
+    fn serve_image_mount(
+        self: &Arc<Self>,
+        id: u64,
+        session: Session<ImageFs>,
+    ) -> Result<(), String> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name(format!("mount-{id}"))
+            .spawn(move || {
+                if let Err(e) = session.run() {
+                    tracing::warn!("mount {id}: session ended: {e}");
+                }
+                me.mount_ended(id);
+            })
+            .map(drop)
+            .map_err(|e| format!("spawn the mount thread: {e}"))
     }
 
     /// The overlay front: every file with content becomes a dedup object (shared by
@@ -1354,16 +1364,7 @@ impl Daemon {
             if let Some(rec) = daemon.mounts.lock().unwrap().get_mut(&id) {
                 rec.fuse = Some((kept, view));
             }
-            let me = daemon.clone();
-            std::thread::Builder::new()
-                .name(format!("mount-{id}"))
-                .spawn(move || {
-                    if let Err(e) = session.run() {
-                        tracing::warn!("mount {id}: session ended: {e}");
-                    }
-                    me.mount_ended(id);
-                })
-                .map_err(|e| format!("spawn the mount thread: {e}"))?;
+            daemon.serve_image_mount(id, session)?;
         }
         daemon.start_ends();
         Ok(daemon)
