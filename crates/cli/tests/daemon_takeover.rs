@@ -450,7 +450,17 @@ fn a_killed_daemon_restarted_with_its_stored_descriptors_keeps_every_mount() {
             }
         }));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Long enough for the first misses' verifications to reach the state file (saved within a
+    // second of being found).
+    std::thread::sleep(Duration::from_millis(1500));
+    let saved = erofs_share_daemon::takeover::read_state(&d.state)
+        .unwrap()
+        .expect("a state file");
+    let judged: usize = (saved.domains.iter())
+        .flat_map(|dom| &dom.table.objects)
+        .map(|o| o.good.len())
+        .sum();
+    assert!(judged > 0, "no verification saved");
     d.kill();
     // Dead: misses wait on connections systemd keeps open, nothing fails.
     std::thread::sleep(Duration::from_millis(500));

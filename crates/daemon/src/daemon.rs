@@ -94,8 +94,9 @@ pub struct Daemon {
     takeovers: u64,
     /// systemd's file descriptor store, when the daemon runs under systemd (or a stand-in).
     fd_store: Option<crate::takeover::FdStore>,
-    /// Serialises [`Daemon::persist`], so the last write is the latest state.
-    persisting: Mutex<()>,
+    /// Serialises [`Daemon::persist`], so the last write is the latest state; true once a
+    /// clean stop has removed the state file, which nothing writes again.
+    persisting: Mutex<bool>,
 }
 
 impl Daemon {
@@ -115,7 +116,7 @@ impl Daemon {
             started: SystemTime::now(),
             takeovers: 0,
             fd_store: crate::takeover::FdStore::from_env(),
-            persisting: Mutex::new(()),
+            persisting: Mutex::new(false),
         });
         daemon.start_ends();
         daemon
@@ -130,7 +131,10 @@ impl Daemon {
     /// [`crate::takeover`]): after every change of mounts and domains, so that a daemon
     /// restarted after a crash finds them as they were.
     pub fn persist(&self) {
-        let _one = self.persisting.lock().unwrap();
+        let stopped = self.persisting.lock().unwrap();
+        if *stopped {
+            return;
+        }
         let mut named: Vec<(String, OwnedFd)> = Vec::new();
         let state = self.snapshot(&mut |fd, name| {
             let f = fd
@@ -153,6 +157,30 @@ impl Daemon {
         }
     }
 
+    /// Saves the state file again, at most once a second, whenever verification has judged
+    /// sources since the last save: a daemon restarted after a crash then trusts what was
+    /// checked and never serves what was found forged. Runs until the daemon is dropped.
+    pub fn save_verifications(self: &Arc<Self>) {
+        let d = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("state-saver".into())
+            .spawn(move || {
+                let mut saved = crate::dedup::checks();
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let Some(d) = d.upgrade() else { return };
+                    let now = crate::dedup::checks();
+                    if now != saved {
+                        d.persist();
+                        saved = now;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("no state-saver thread ({e}): verifications are saved at mounts only");
+        }
+    }
+
     /// Tells systemd (if it runs us) that the daemon serves.
     pub fn notify_ready(&self) {
         if let Some(store) = &self.fd_store {
@@ -162,7 +190,8 @@ impl Daemon {
 
     /// At a clean stop: no state to recover, nothing for systemd to keep.
     fn forget_state(&self) {
-        let _one = self.persisting.lock().unwrap();
+        let mut stopped = self.persisting.lock().unwrap();
+        *stopped = true;
         let _ = fs::remove_file(self.state_dir.join(crate::takeover::STATE_FILE));
         if let Some(store) = &self.fd_store {
             store.sync(&[]);
@@ -1339,7 +1368,7 @@ impl Daemon {
             started: SystemTime::now(),
             takeovers: state.takeovers + 1,
             fd_store: crate::takeover::FdStore::from_env(),
-            persisting: Mutex::new(()),
+            persisting: Mutex::new(false),
         });
         if let Some(store) = &daemon.fd_store {
             store.already_stored(state.fd_names.iter().cloned());

@@ -76,6 +76,15 @@ fn kept_copies() -> &'static Mutex<KeptCopies> {
     KEPT.get_or_init(Default::default)
 }
 
+/// Sources verified (good or bad) since the daemon started: the state file is saved again
+/// when this moves (see [`crate::daemon::Daemon::save_verifications`]).
+static CHECKS: AtomicU64 = AtomicU64::new(0);
+
+/// How many sources verification has judged so far.
+pub fn checks() -> u64 {
+    CHECKS.load(Ordering::Relaxed)
+}
+
 /// Drops every kept copy (see [`crate::control::Request::DropCaches`]).
 pub fn drop_kept_copies() {
     let mut kept = kept_copies().lock().unwrap();
@@ -327,12 +336,14 @@ impl DedupObject {
         let digest = content_sha256(&*s.content, self.size, offset, buf, copy.as_mut())?;
         if digest == expect {
             checked.good.insert(id);
+            CHECKS.fetch_add(1, Ordering::Relaxed);
             if let Some(bytes) = copy {
                 keep_copy(&self.copy, bytes, buf.len() as u64);
             }
             return Ok(true);
         }
         checked.bad.insert(id);
+        CHECKS.fetch_add(1, Ordering::Relaxed);
         s.verify_failures.fetch_add(1, Ordering::Relaxed);
         self.domain_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(

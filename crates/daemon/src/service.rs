@@ -107,6 +107,7 @@ fn run_with(state_dir: &Path, takeover: bool) -> Result<(), Error> {
         tracing::info!("took over from daemon {pid}");
     }
     daemon.persist();
+    daemon.save_verifications();
     daemon.notify_ready();
     tracing::info!(
         "erofs-share daemon {} serving {}",
