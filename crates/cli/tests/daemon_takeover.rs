@@ -106,6 +106,28 @@ fn read_cold(p: &Path, mapped: bool) -> std::io::Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Polls the daemon on `state` until its status satisfies `ok`; None after `limit`.
+fn status_when(
+    state: &Path,
+    limit: Duration,
+    mut ok: impl FnMut(&erofs_share_daemon::control::Status) -> bool,
+) -> Option<erofs_share_daemon::control::Status> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        let asked = erofs_share_daemon::control::request(
+            state,
+            &erofs_share_daemon::control::Request::Status,
+        );
+        if let Some(st) = asked.ok().and_then(|r| r.status)
+            && ok(&st)
+        {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
 /// Starts `daemon --takeover` on `state`; returns it once the status shows it serving.
 fn take_over(state: &Path, log: &Path, seen: u64) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -122,27 +144,20 @@ fn take_over(state: &Path, log: &Path, seen: u64) -> Child {
         .stderr(log)
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    loop {
-        if let Ok(r) = erofs_share_daemon::control::request(
-            state,
-            &erofs_share_daemon::control::Request::Status,
-        ) && let Some(st) = r.status
-            && st.pid == child.id()
-        {
-            assert_eq!(st.takeovers, seen + 1, "{st:?}");
-            return child;
-        }
+    let id = child.id();
+    let st = status_when(state, Duration::from_secs(30), |st| {
         if let Some(exit) = child.try_wait().unwrap() {
             panic!("daemon --takeover exited: {exit}");
         }
-        if t.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("no takeover in 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        st.pid == id
+    });
+    let Some(st) = st else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no takeover in 30 s");
+    };
+    assert_eq!(st.takeovers, seen + 1, "{st:?}");
+    child
 }
 
 #[test]
@@ -468,21 +483,8 @@ fn a_killed_daemon_restarted_with_its_stored_descriptors_keeps_every_mount() {
     let log = d.dir.path().join("daemon.log");
     let child = store.restart(&d.state, &log);
     d.child = Some(child);
-    let t = Instant::now();
-    let st = loop {
-        if let Ok(r) = erofs_share_daemon::control::request(
-            &d.state,
-            &erofs_share_daemon::control::Request::Status,
-        ) && let Some(st) = r.status
-        {
-            break st;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "no daemon after the restart"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let st = status_when(&d.state, Duration::from_secs(20), |_| true)
+        .expect("no daemon after the restart");
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
     for r in readers {
@@ -602,23 +604,10 @@ fn a_successor_that_dies_mid_takeover_leaves_the_daemon_serving() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let t = Instant::now();
-    loop {
-        let now = erofs_share_daemon::control::request(
-            &d.state,
-            &erofs_share_daemon::control::Request::Status,
-        );
-        if let Ok(r) = now
-            && r.status.as_ref().is_some_and(|s| s.pid == pid)
-        {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(40),
-            "the daemon did not take its socket back"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        status_when(&d.state, Duration::from_secs(40), |s| s.pid == pid).is_some(),
+        "the daemon did not take its socket back"
+    );
     for (name, want) in &files {
         assert_eq!(read_cold(&mp.join(name), false).unwrap(), *want, "{name}");
     }

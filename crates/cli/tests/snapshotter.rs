@@ -254,6 +254,19 @@ fn ctr(sock: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `ctr images import --snapshotter SNAPSHOTTER ARCHIVE`, which must succeed.
+fn import(sock: &Path, snapshotter: &str, archive: &Path) {
+    let archive = archive.to_str().unwrap();
+    let out = ctr(
+        sock,
+        &["images", "import", "--snapshotter", snapshotter, archive],
+    );
+    ok(
+        out,
+        &format!("ctr images import --snapshotter {snapshotter} {archive}"),
+    );
+}
+
 fn ok(out: Output, what: &str) -> String {
     assert!(
         out.status.success(),
@@ -357,19 +370,7 @@ fn containerd_runs_images_from_shared_layers() {
         ]);
         let image = format!("docker.io/library/esa-{name}:latest");
         let archive = oci_archive(tmp, &image, &[layer(&base), top]);
-        ok(
-            ctr(
-                &ctr_sock,
-                &[
-                    "images",
-                    "import",
-                    "--snapshotter",
-                    "erofs-share",
-                    archive.to_str().unwrap(),
-                ],
-            ),
-            "ctr images import",
-        );
+        import(&ctr_sock, "erofs-share", &archive);
         images.push(image);
         archives.push(archive);
     }
@@ -421,12 +422,7 @@ fn containerd_runs_images_from_shared_layers() {
     // Page cache of both containers reading their files, against containerd's overlayfs
     // snapshotter (same images, unpacked again there): the shared files are cached once.
     for a in &archives {
-        let a = a.to_str().unwrap();
-        let out = ctr(
-            &ctr_sock,
-            &["images", "import", "--snapshotter", "overlayfs", a],
-        );
-        ok(out, "ctr images import (overlayfs)");
+        import(&ctr_sock, "overlayfs", a);
     }
     let read = "cat /bin/sh /bin/cat /share/big.bin /etc/msg > /dev/null";
     let _cache = cache_lock();
@@ -857,19 +853,7 @@ fn containerd_runs_the_redis_pair() {
         let t = Instant::now();
         for (image, split) in images.iter().zip(&splits) {
             let archive = oci_archive(tmp, image, &split.layers);
-            ok(
-                ctr(
-                    &ctr_sock,
-                    &[
-                        "images",
-                        "import",
-                        "--snapshotter",
-                        sn,
-                        archive.to_str().unwrap(),
-                    ],
-                ),
-                &format!("ctr images import --snapshotter {sn} {image}"),
-            );
+            import(&ctr_sock, sn, &archive);
             std::fs::remove_file(&archive).unwrap();
         }
         imports.push((sn, t.elapsed()));

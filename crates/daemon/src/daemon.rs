@@ -135,25 +135,30 @@ impl Daemon {
         if *stopped {
             return;
         }
-        let mut named: Vec<(String, OwnedFd)> = Vec::new();
+        // The descriptors themselves only for systemd's store; the state file names them.
+        let mut names: Vec<String> = Vec::new();
+        let mut fds: Vec<OwnedFd> = Vec::new();
         let state = self.snapshot(&mut |fd, name| {
-            let f = fd
-                .try_clone_to_owned()
-                .map_err(|e| format!("{name}: {e}"))?;
-            named.push((name, f));
-            Ok(named.len() - 1)
+            if self.fd_store.is_some() {
+                fds.push(
+                    fd.try_clone_to_owned()
+                        .map_err(|e| format!("{name}: {e}"))?,
+                );
+            }
+            names.push(name);
+            Ok(names.len() - 1)
         });
         let mut state = match state {
             Ok(s) => s,
             Err(e) => return tracing::warn!("state not saved: {e}"),
         };
-        state.fds = named.len();
-        state.fd_names = named.iter().map(|(n, _)| n.clone()).collect();
+        state.fds = names.len();
+        state.fd_names = names.clone();
         if let Err(e) = crate::takeover::write_state(&self.state_dir, &state) {
             tracing::warn!("writing {}: {e}", crate::takeover::STATE_FILE);
         }
         if let Some(store) = &self.fd_store {
-            store.sync(&named);
+            store.sync(&names.into_iter().zip(fds).collect::<Vec<_>>());
         }
     }
 

@@ -212,14 +212,14 @@ pub fn resend_pending(fuse: BorrowedFd<'_>) -> io::Result<()> {
 /// the descriptors systemd kept for it (see [`FdStore`]).
 pub const STATE_FILE: &str = "daemon.state";
 
-/// Writes `state` to the state file atomically (a new file renamed over the old).
+/// Writes `state` to the state file atomically (a new file renamed over the old). Not synced
+/// to disk: it serves a daemon that crashed, never a machine that rebooted (its mounts are
+/// gone then), and it is rewritten every second while verification finds sources.
 pub fn write_state(state_dir: &std::path::Path, state: &State) -> io::Result<()> {
     let path = state_dir.join(STATE_FILE);
     let tmp = state_dir.join(format!("{STATE_FILE}.new"));
     let body = serde_json::to_vec(state).map_err(io::Error::other)?;
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&body)?;
-    f.sync_data()?;
+    std::fs::write(&tmp, body)?;
     std::fs::rename(&tmp, &path)
 }
 
