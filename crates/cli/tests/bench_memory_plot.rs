@@ -88,6 +88,28 @@ fn agrees_with_analyze(bench: &serde_json::Value) {
         "one domain {} B below the ideal {ideal} B",
         growth(2)
     );
+    // The one-domain figure's parts: the distinct content, the directories' pages (one per
+    // directory block per mount, from the metadata images analyze builds) and the rest of
+    // the metadata images; together analyze's prediction.
+    let parts = &bench["one_domain_predicted_bytes"];
+    let part = |k: &str| parts[k].as_u64().unwrap();
+    assert_eq!(part("distinct_content"), ideal, "{parts}");
+    let dirs: u64 = analyze["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["dirs"].as_u64().unwrap())
+        .sum();
+    assert!(
+        part("directories") >= dirs * page,
+        "{parts}: {dirs} directories"
+    );
+    assert!(part("metadata_images") > 0, "{parts}");
+    assert_eq!(
+        part("distinct_content") + part("directories") + part("metadata_images"),
+        analyze["pages_with"].as_u64().unwrap() * page,
+        "{parts}"
+    );
 }
 
 /// Every setup read the same files and bytes, and timed an open and close of each.

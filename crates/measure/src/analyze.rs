@@ -74,6 +74,8 @@ pub struct ImageFiles {
     /// with sharing ([`crate::scan::overlay_front_pages`]).
     pub overlay_pages: u64,
     pub overlay_pages_shared: u64,
+    /// Of those, the metadata image's directories' own page cache (the same either way).
+    pub overlay_dir_pages: u64,
 }
 
 /// Size of one `struct fuse_dirent` record in FUSE's directory cache: 24 header bytes and
@@ -126,6 +128,8 @@ pub struct ImageReport {
     /// Pages of the metadata image the overlay front caches, without and with sharing.
     pub overlay_pages: u64,
     pub overlay_pages_shared: u64,
+    /// Of those, the directories' own page cache: a page per directory block per mount.
+    pub overlay_dir_pages: u64,
 }
 
 /// A content shared by several files.
@@ -195,6 +199,28 @@ pub struct Analysis {
     pub dirs_left_out: usize,
 }
 
+/// Where the page cache of one domain on the overlay front goes, in pages: what sharing
+/// cannot go below (one copy of each distinct content), what every erofs mount of a tree pays
+/// (a page per directory block), and the metadata images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OverlayParts {
+    pub distinct_content: u64,
+    pub directories: u64,
+    pub metadata_images: u64,
+}
+
+impl Analysis {
+    /// [`Analysis::pages_with`], split into its parts.
+    pub fn overlay_parts(&self) -> OverlayParts {
+        let directories: u64 = self.images.iter().map(|i| i.overlay_dir_pages).sum();
+        OverlayParts {
+            distinct_content: self.file_pages_with,
+            directories,
+            metadata_images: self.pages_with - self.file_pages_with - directories,
+        }
+    }
+}
+
 /// Everything known about one distinct content.
 #[derive(Debug)]
 struct Content {
@@ -262,6 +288,7 @@ pub fn analyze_top(images: &[ImageFiles], page_size: u64, top: usize) -> Analysi
             fuse_dir_pages: img.fuse_dir_pages,
             overlay_pages: img.overlay_pages,
             overlay_pages_shared: img.overlay_pages_shared,
+            overlay_dir_pages: img.overlay_dir_pages,
         };
         for f in &img.files {
             let p = pages(f.size, page_size);
@@ -422,6 +449,7 @@ mod tests {
             fuse_dir_pages: 3,
             overlay_pages: 5,
             overlay_pages_shared: 5,
+            overlay_dir_pages: 2,
         };
         let b = ImageFiles {
             name: "b".into(),
@@ -436,6 +464,7 @@ mod tests {
             fuse_dir_pages: 1,
             overlay_pages: 2,
             overlay_pages_shared: 1,
+            overlay_dir_pages: 0,
         };
         let r = analyze(&[a, b], 4096);
         assert_eq!(r.images[0].pages, 3 + 1 + 1 + 1);
@@ -450,6 +479,15 @@ mod tests {
         assert_eq!(r.images[0].shared_bytes, 10_000);
         assert_eq!(r.images[1].shared_bytes, 10_000);
         assert_eq!(r.images[0].dir_pages, 2);
+        let parts = r.overlay_parts();
+        assert_eq!(
+            (
+                parts.distinct_content,
+                parts.directories,
+                parts.metadata_images
+            ),
+            (9, 2, 4)
+        );
         assert_eq!(r.kernel_pages, 13 + 2 + 7 + 1);
         assert_eq!(r.top_shared[0].path, "/usr/lib/libc.so");
         assert_eq!(r.top_shared[0].saved_pages, 3);

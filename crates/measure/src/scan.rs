@@ -63,7 +63,7 @@ pub fn overlay_front_pages(
     image: &Image,
     page_size: u64,
     shared: Option<&HashMap<u64, Vec<u8>>>,
-) -> Result<u64, String> {
+) -> Result<OverlayPages, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let path = dir.path().join("meta.erofs");
     let built = erofs::build::meta::metadata_image(
@@ -88,7 +88,25 @@ pub fn overlay_front_pages(
         Ok::<(), Problem>(())
     })
     .map_err(|e| e.to_string())?;
-    Ok(crate::analyze::pages(built.image_bytes, page_size).saturating_sub(1) + dir_pages)
+    Ok(OverlayPages {
+        image: crate::analyze::pages(built.image_bytes, page_size).saturating_sub(1),
+        dirs: dir_pages,
+    })
+}
+
+/// What the overlay front caches for one image's metadata ([`overlay_front_pages`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OverlayPages {
+    /// The metadata image file's pages (inodes, xattrs, directory blocks).
+    pub image: u64,
+    /// The directories' own page cache: a page per directory block, as on any erofs mount.
+    pub dirs: u64,
+}
+
+impl OverlayPages {
+    pub fn total(self) -> u64 {
+        self.image + self.dirs
+    }
 }
 
 /// List the files (once per inode: hard links read one page cache) and directories of
@@ -154,9 +172,12 @@ pub fn scan_with_progress(
         image: name.to_string(),
         why,
     };
-    out.overlay_pages = overlay_front_pages(image, page_size, None).map_err(meta_err)?;
-    out.overlay_pages_shared =
-        overlay_front_pages(image, page_size, Some(&keys)).map_err(meta_err)?;
+    out.overlay_pages = overlay_front_pages(image, page_size, None)
+        .map_err(meta_err)?
+        .total();
+    let shared = overlay_front_pages(image, page_size, Some(&keys)).map_err(meta_err)?;
+    out.overlay_pages_shared = shared.total();
+    out.overlay_dir_pages = shared.dirs;
     out.files.sort_by(|a, b| a.path.cmp(&b.path));
     out.dirs.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)

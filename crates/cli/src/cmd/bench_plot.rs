@@ -1,12 +1,15 @@
 //! `bench memory --plot`: the measured rows beside `analyze`'s prediction, as a PNG.
 
-use anyhow::Context;
+use erofs_share_measure::analyze::Analysis;
 use std::path::{Path, PathBuf};
 
-/// Draw `measured` (setup, bytes) for `images` into `path`.
-pub fn write(path: &Path, images: &[PathBuf], measured: &[(String, u64)]) -> anyhow::Result<()> {
-    let predicted = super::analyze::analyze_images(images, erofs_share_measure::analyze::TOP)
-        .context("predicting for the plot")?;
+/// Draw `measured` (setup, bytes) for `images` into `path`, beside `predicted`.
+pub fn write(
+    path: &Path,
+    images: &[PathBuf],
+    measured: &[(String, u64)],
+    predicted: &Analysis,
+) -> anyhow::Result<()> {
     let names: Vec<String> = images
         .iter()
         .map(|i| {
@@ -15,7 +18,7 @@ pub fn write(path: &Path, images: &[PathBuf], measured: &[(String, u64)]) -> any
         })
         .collect();
     let title = format!("Page cache: {}", names.join(" + "));
-    erofs_share_measure::report::memory_chart(&title, measured, &predicted)
+    erofs_share_measure::report::memory_chart(&title, measured, predicted)
         .write_png(path, 1000, 560)?;
     eprintln!("plot written to {}", path.display());
     Ok(())
