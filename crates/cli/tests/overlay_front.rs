@@ -379,3 +379,71 @@ fn small_files_blocks_are_read_once_until_drop_caches() {
     }
     assert!(d.umount(&mp));
 }
+
+/// Modification time of `p`.
+fn mtime(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p).unwrap().modified().unwrap()
+}
+
+#[test]
+fn metadata_images_and_computed_fingerprints_are_kept_in_the_cache_directory() {
+    if !require(
+        "metadata_images_and_computed_fingerprints_are_kept_in_the_cache_directory",
+        &[Need::Root, Need::Fuse, Need::KernelErofs],
+    ) {
+        return;
+    }
+    // The state directory is a tmpfs on most hosts: what is only a cache goes elsewhere, where
+    // its pages can be evicted and a reboot (here: a new daemon) keeps it.
+    let cache = tempfile::Builder::new()
+        .prefix("erofs-share-cache-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let args = [
+        std::ffi::OsStr::new("--cache-dir"),
+        cache.path().as_os_str(),
+    ];
+    let mut d = Daemon::start_with(&args, &[]);
+    // No fingerprints: the daemon computes them, and keeps them in the cache too.
+    let image = testkit::testdata::image("plain-noinline");
+    let mount = |d: &Daemon, name: &str| {
+        let st = d.try_mount(&image, name, Some("c"), true).unwrap();
+        assert_eq!(st.front, "overlay", "{st:?}");
+        st
+    };
+    let first = mount(&d, "a");
+    let meta = first.meta_image.clone().expect("a metadata image");
+    assert!(meta.starts_with(cache.path().join("meta")), "{meta:?}");
+    assert!(first.fingerprints_computed > 0, "{first:?}");
+    let listed = |sub: &str| -> Vec<_> {
+        std::fs::read_dir(cache.path().join(sub))
+            .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(listed("meta"), vec![meta.clone()]);
+    assert_eq!(listed("fingerprints").len(), 1);
+    // Each mount's copy is unlinked once mounted.
+    assert!(listed("front").is_empty(), "{:?}", listed("front"));
+    for sub in ["meta", "front", "fingerprints"] {
+        assert!(!d.state.join(sub).exists(), "{sub} in the state directory");
+    }
+    let files = regular_files(&first.mountpoint);
+    assert!(files.len() > 10, "{files:?}");
+    let contents: Vec<Vec<u8>> = files.values().map(|p| read_all(p)).collect();
+    let built = mtime(&meta);
+    assert!(d.umount(&first.mountpoint));
+    assert!(d.stop(std::time::Duration::from_secs(30)));
+
+    // A new daemon on the same cache builds and hashes nothing.
+    d.spawn();
+    let again = mount(&d, "b");
+    assert_eq!(again.meta_image.as_ref(), Some(&meta));
+    assert_eq!(mtime(&meta), built, "the metadata image was built again");
+    assert_eq!(again.fingerprints_computed, 0, "hashed again: {again:?}");
+    let reread: Vec<Vec<u8>> = regular_files(&again.mountpoint)
+        .values()
+        .map(|p| read_all(p))
+        .collect();
+    assert!(reread == contents, "the second mount reads other bytes");
+    assert!(d.umount(&again.mountpoint));
+}

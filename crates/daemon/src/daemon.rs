@@ -26,6 +26,21 @@ use crate::page_cache::cached_bytes;
 
 /// Default state directory (control socket, pid file, dedup mounts).
 pub const DEFAULT_STATE_DIR: &str = "/run/erofs-share";
+/// Cache directory of the daemon on the default state directory (metadata images, computed
+/// fingerprints): on disk, so that these pages can be evicted like any file's and a reboot
+/// keeps them; the state directory is a tmpfs on most hosts, where they would stay in memory.
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/erofs-share";
+
+/// The cache directory of a daemon on `state_dir` unless told otherwise: the default one for
+/// the default state directory, else the state directory itself (a private daemon, as tests
+/// and `bench` start, keeps everything in one place).
+pub fn default_cache_dir(state_dir: &Path) -> PathBuf {
+    if state_dir == Path::new(DEFAULT_STATE_DIR) {
+        PathBuf::from(DEFAULT_CACHE_DIR)
+    } else {
+        state_dir.to_path_buf()
+    }
+}
 /// Source ("fsname") prefix of image mounts in /proc/mounts, followed by the image path.
 pub const IMAGE_FSNAME: &str = "erofs-share:";
 /// Source prefix of the internal dedup mounts, followed by the domain id.
@@ -79,6 +94,8 @@ impl std::fmt::Debug for DomainRecord {
 #[derive(Debug)]
 pub struct Daemon {
     state_dir: PathBuf,
+    /// Metadata images (`meta/`, each mount's copy in `front/`) and computed fingerprints.
+    cache_dir: PathBuf,
     mounts: Mutex<HashMap<u64, MountRecord>>,
     domains: Mutex<HashMap<String, DomainRecord>>,
     /// Serialises mount and umount requests (not reads: those never take it).
@@ -100,10 +117,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// A daemon with no mounts, keeping its dedup mounts under `state_dir`.
-    pub fn new(state_dir: PathBuf) -> Arc<Self> {
+    /// A daemon with no mounts, keeping its dedup mounts under `state_dir` and its caches
+    /// under `cache_dir`.
+    pub fn new(state_dir: PathBuf, cache_dir: PathBuf) -> Arc<Self> {
         let daemon = Arc::new(Self {
             state_dir,
+            cache_dir,
             mounts: Mutex::new(HashMap::new()),
             domains: Mutex::new(HashMap::new()),
             admin: Mutex::new(()),
@@ -648,7 +667,7 @@ impl Daemon {
         } else {
             // Content is hashed through the mount's O_DIRECT reader, not the metadata pass's.
             let (computed, hashed) = crate::fingerprints::of_files(
-                &self.state_dir,
+                &self.cache_dir,
                 &m.image_path,
                 &m.image,
                 &*m.file,
@@ -726,7 +745,7 @@ impl Daemon {
             return Ok(());
         }
         let (computed, hashed) = crate::fingerprints::of_files(
-            &self.state_dir,
+            &self.cache_dir,
             &m.image_path,
             image,
             &*m.file,
@@ -749,8 +768,8 @@ impl Daemon {
         names: &HashMap<u64, String>,
     ) -> Result<(PathBuf, PathBuf), String> {
         use sha2::Digest;
-        let cache = self.state_dir.join("meta");
-        let front = self.state_dir.join("front");
+        let cache = self.cache_dir.join("meta");
+        let front = self.cache_dir.join("front");
         for d in [&cache, &front] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -1229,6 +1248,7 @@ impl Daemon {
     /// mounts, domains, objects (under the same inode numbers) and FUSE connections.
     pub fn adopt(
         state_dir: PathBuf,
+        cache_dir: PathBuf,
         state: crate::takeover::State,
         fds: Vec<OwnedFd>,
     ) -> Result<Arc<Self>, String> {
@@ -1364,6 +1384,7 @@ impl Daemon {
         }
         let daemon = Arc::new(Self {
             state_dir,
+            cache_dir,
             mounts: Mutex::new(mounts),
             domains: Mutex::new(domains),
             admin: Mutex::new(()),
@@ -1443,5 +1464,22 @@ pub(crate) fn prune_cache(dir: &Path, max: usize) {
     files.sort();
     for (_, p) in &files[..files.len() - max] {
         let _ = fs::remove_file(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caches_go_to_var_cache_for_the_default_state_directory_only() {
+        assert_eq!(
+            default_cache_dir(Path::new(DEFAULT_STATE_DIR)),
+            Path::new(DEFAULT_CACHE_DIR)
+        );
+        assert_eq!(
+            default_cache_dir(Path::new("/tmp/private")),
+            Path::new("/tmp/private")
+        );
     }
 }

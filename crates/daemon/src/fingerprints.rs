@@ -26,13 +26,13 @@ const CACHE_MAX: usize = 256;
 /// The fingerprints of `files` (nid → value), from the cache or hashed now; also how many
 /// were hashed now. A file whose content cannot be read is left out (it stays unshared).
 pub fn of_files(
-    state_dir: &Path,
+    cache_dir: &Path,
     image_path: &Path,
     image: &Image,
     file: &dyn ReadAt,
     files: &[Inode],
 ) -> Result<(HashMap<u64, Value>, usize), String> {
-    let dir = state_dir.join("fingerprints");
+    let dir = cache_dir.join("fingerprints");
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

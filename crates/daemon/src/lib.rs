@@ -30,5 +30,5 @@ pub mod service;
 pub mod source;
 pub mod takeover;
 
-pub use daemon::DEFAULT_STATE_DIR;
+pub use daemon::{DEFAULT_CACHE_DIR, DEFAULT_STATE_DIR, default_cache_dir};
 pub use service::run;

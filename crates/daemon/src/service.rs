@@ -42,19 +42,20 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     move |cause| Error::Io { what, cause }
 }
 
-/// Runs the daemon in the foreground until SIGTERM/SIGINT or a `stop` request.
-pub fn run(state_dir: &Path) -> Result<(), Error> {
-    run_with(state_dir, false)
+/// Runs the daemon in the foreground until SIGTERM/SIGINT or a `stop` request, with its
+/// caches in `cache_dir` (see [`crate::default_cache_dir`]).
+pub fn run(state_dir: &Path, cache_dir: &Path) -> Result<(), Error> {
+    run_with(state_dir, cache_dir, false)
 }
 
 /// Takes over the mounts of the daemon running on `state_dir` (see [`crate::takeover`]), then
 /// runs as [`run`] does. The predecessor exits once this one serves; if anything fails before,
 /// it keeps running and this returns the error.
-pub fn run_takeover(state_dir: &Path) -> Result<(), Error> {
-    run_with(state_dir, true)
+pub fn run_takeover(state_dir: &Path, cache_dir: &Path) -> Result<(), Error> {
+    run_with(state_dir, cache_dir, true)
 }
 
-fn run_with(state_dir: &Path, takeover: bool) -> Result<(), Error> {
+fn run_with(state_dir: &Path, cache_dir: &Path, takeover: bool) -> Result<(), Error> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -81,13 +82,16 @@ fn run_with(state_dir: &Path, takeover: bool) -> Result<(), Error> {
             state_dir: state_dir.to_path_buf(),
             why,
         };
-        let (daemon, stream, pid) = adopt(state_dir).map_err(failed)?;
+        let (daemon, stream, pid) = adopt(state_dir, cache_dir).map_err(failed)?;
         (daemon, Some((stream, pid)))
-    } else if let Some(daemon) = recover(state_dir) {
+    } else if let Some(daemon) = recover(state_dir, cache_dir) {
         (daemon, None)
     } else {
-        clean_stale_mounts(state_dir);
-        (Daemon::new(state_dir.to_path_buf()), None)
+        clean_stale_mounts(state_dir, cache_dir);
+        (
+            Daemon::new(state_dir.to_path_buf(), cache_dir.to_path_buf()),
+            None,
+        )
     };
     listen(&daemon)?;
     let pid_path = state_dir.join("daemon.pid");
@@ -182,7 +186,7 @@ fn raise_fd_limit() {
 /// give back every mount, whose requests waited meanwhile; what the dead daemon had read and
 /// not answered is queued again. None when there is nothing to recover, or it cannot be
 /// (then the descriptors are let go and stale mounts cleaned as after any crash).
-fn recover(state_dir: &Path) -> Option<Arc<Daemon>> {
+fn recover(state_dir: &Path, cache_dir: &Path) -> Option<Arc<Daemon>> {
     let listened = crate::takeover::listened();
     if listened.is_empty() {
         return None;
@@ -201,7 +205,7 @@ fn recover(state_dir: &Path) -> Option<Arc<Daemon>> {
                     .ok_or(format!("systemd kept no descriptor {n:?}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let daemon = Daemon::adopt(state_dir.to_path_buf(), state, fds)?;
+        let daemon = Daemon::adopt(state_dir.to_path_buf(), cache_dir.to_path_buf(), state, fds)?;
         daemon.resend_pending();
         // Mounts the state file did not have (made after its last write) died with it.
         for (m, _) in our_mounts_with(IMAGE_FSNAME) {
@@ -234,7 +238,7 @@ fn recover(state_dir: &Path) -> Option<Arc<Daemon>> {
 
 /// Asks the daemon at `state_dir` for its mounts and serves them; returns the connection (on
 /// which the predecessor waits for `adopted`) and its pid.
-fn adopt(state_dir: &Path) -> Result<(Arc<Daemon>, UnixStream, u32), String> {
+fn adopt(state_dir: &Path, cache_dir: &Path) -> Result<(Arc<Daemon>, UnixStream, u32), String> {
     let sock = control::socket_path(state_dir);
     let stream = UnixStream::connect(&sock)
         .map_err(|e| format!("{}: {e} (is a daemon running?)", sock.display()))?;
@@ -256,7 +260,7 @@ fn adopt(state_dir: &Path) -> Result<(Arc<Daemon>, UnixStream, u32), String> {
     let (state, fds) =
         crate::takeover::receive(&stream).map_err(|e| format!("receive its state: {e}"))?;
     let pid = state.pid;
-    let daemon = Daemon::adopt(state_dir.to_path_buf(), state, fds)?;
+    let daemon = Daemon::adopt(state_dir.to_path_buf(), cache_dir.to_path_buf(), state, fds)?;
     Ok((daemon, stream, pid))
 }
 
@@ -409,7 +413,7 @@ fn listen(daemon: &Arc<Daemon>) -> Result<(), Error> {
 
 /// Detaches what a killed daemon left: its dedup mounts under `state_dir`, and image mounts
 /// whose FUSE connection is dead (ENOTCONN).
-fn clean_stale_mounts(state_dir: &Path) {
+fn clean_stale_mounts(state_dir: &Path, cache_dir: &Path) {
     let dedup_root = state_dir.join("dedup");
     for m in our_mounts(DEDUP_FSNAME) {
         if m.starts_with(&dedup_root) {
@@ -431,7 +435,7 @@ fn clean_stale_mounts(state_dir: &Path) {
         }
     }
     // Metadata images of mounts that are gone.
-    if let Ok(rd) = fs::read_dir(state_dir.join("front")) {
+    if let Ok(rd) = fs::read_dir(cache_dir.join("front")) {
         for e in rd.flatten() {
             let _ = fs::remove_file(e.path());
         }

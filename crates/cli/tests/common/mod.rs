@@ -27,6 +27,8 @@ pub struct Daemon {
     pub state: PathBuf,
     /// The front mounts ask for (None: the daemon's default, the overlay front here).
     pub front: Option<String>,
+    /// More arguments of `erofs-share daemon`.
+    pub args: Vec<std::ffi::OsString>,
 }
 
 impl Daemon {
@@ -36,6 +38,11 @@ impl Daemon {
 
     /// A daemon with these extra environment variables.
     pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
+        Self::start_with(&[], env)
+    }
+
+    /// A daemon with these extra arguments and environment variables.
+    pub fn start_with(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("erofs-share-test-")
             .tempdir_in("/tmp")
@@ -46,6 +53,7 @@ impl Daemon {
             dir,
             state,
             front: None,
+            args: args.iter().map(|a| a.to_os_string()).collect(),
         };
         d.spawn_with_env(env);
         d
@@ -62,6 +70,7 @@ impl Daemon {
         cmd.arg("daemon")
             .arg("--state-dir")
             .arg(&self.state)
+            .args(&self.args)
             .env("EROFS_SHARE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
