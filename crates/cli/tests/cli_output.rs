@@ -258,3 +258,35 @@ fn completions_and_man_pages_come_from_the_arguments() {
     assert!(mkfs.contains("\\-\\-block\\-size"), "{mkfs}");
     assert!(dir.join("erofs-share-bench-memory.1").exists());
 }
+
+/// `erofs-share … | head`: a reader that has gone ends the command quietly, as SIGPIPE ends
+/// any Unix tool, never with a panic about printing.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = tempfile::tempdir().unwrap();
+    let img = image(t.path(), "x", 3);
+    for args in [
+        vec!["inspect", s(&img)],
+        vec!["completions", "bash"],
+        vec!["analyze", "--json", s(&img)],
+    ] {
+        // The reading end is closed before the command writes a byte.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(BIN)
+            .args(&args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(13),
+            "{args:?}: {:?}: {err}",
+            out.status
+        );
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}

@@ -225,7 +225,7 @@ pub fn request(state_dir: &Path, req: &Request) -> io::Result<Response> {
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut line = serde_json::to_vec(req).map_err(io::Error::other)?;
     line.push(b'\n');
-    (&stream).write_all(&line)?;
+    send_all(&stream, &line)?;
     let mut answer = String::new();
     BufReader::new((&stream).take(MAX_LINE)).read_line(&mut answer)?;
     if answer.is_empty() {
@@ -240,6 +240,19 @@ pub fn request(state_dir: &Path, req: &Request) -> io::Result<Response> {
             format!("bad answer from the daemon: {e}"),
         )
     })
+}
+
+/// Writes all of `buf` to `stream` without SIGPIPE (clients such as `status` take the
+/// default SIGPIPE action for their output): a daemon gone mid-request is an error here.
+fn send_all(stream: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::net::send(stream, buf, rustix::net::SendFlags::NOSIGNAL) {
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Why a daemon just started did not come up.
