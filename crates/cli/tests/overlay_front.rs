@@ -434,8 +434,27 @@ fn metadata_images_and_computed_fingerprints_are_kept_in_the_cache_directory() {
     assert!(d.umount(&first.mountpoint));
     assert!(d.stop(std::time::Duration::from_secs(30)));
 
+    // What an earlier version left in the state directory: its fingerprints move to the
+    // cache directory, its metadata images go.
+    for (sub, name) in [
+        ("meta", "old.erofs"),
+        ("front", "1.erofs"),
+        ("fingerprints", "old.json"),
+    ] {
+        std::fs::create_dir_all(d.state.join(sub)).unwrap();
+        std::fs::write(d.state.join(sub).join(name), b"{}").unwrap();
+    }
     // A new daemon on the same cache builds and hashes nothing.
     d.spawn();
+    for sub in ["meta", "front", "fingerprints"] {
+        assert!(
+            !d.state.join(sub).exists(),
+            "{sub} left in the state directory"
+        );
+    }
+    let moved = cache.path().join("fingerprints/old.json");
+    assert_eq!(std::fs::read(&moved).unwrap(), b"{}");
+    std::fs::remove_file(moved).unwrap();
     let again = mount(&d, "b");
     assert_eq!(again.meta_image.as_ref(), Some(&meta));
     assert_eq!(mtime(&meta), built, "the metadata image was built again");

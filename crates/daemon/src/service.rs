@@ -93,6 +93,10 @@ fn run_with(state_dir: &Path, cache_dir: &Path, takeover: bool) -> Result<(), Er
             None,
         )
     };
+    if predecessor.is_none() {
+        // Before the socket answers: whoever waits for the daemon finds it done.
+        move_old_caches(state_dir, cache_dir);
+    }
     listen(&daemon)?;
     let pid_path = state_dir.join("daemon.pid");
     if let Some((stream, pid)) = predecessor {
@@ -109,6 +113,7 @@ fn run_with(state_dir: &Path, cache_dir: &Path, takeover: bool) -> Result<(), Er
         lock.lock()
             .map_err(io_err(format!("lock {}", lock_path.display())))?;
         tracing::info!("took over from daemon {pid}");
+        move_old_caches(state_dir, cache_dir);
     }
     daemon.persist();
     daemon.save_verifications();
@@ -409,6 +414,45 @@ fn listen(daemon: &Arc<Daemon>) -> Result<(), Error> {
         .spawn(move || serve(listener, d))
         .map_err(io_err("spawn the control thread"))?;
     Ok(())
+}
+
+/// Caches an earlier version kept in the state directory, now that they have a directory of
+/// their own: computed fingerprints move there (hashing them again costs a read of every
+/// such file), metadata images go (rebuilt in a fraction of a second). On a tmpfs they would
+/// otherwise hold memory until the next reboot. Only this daemon uses them by now: it holds
+/// the lock, and a predecessor it took over from has exited.
+fn move_old_caches(state_dir: &Path, cache_dir: &Path) {
+    if state_dir == cache_dir {
+        return;
+    }
+    let old_fps = state_dir.join("fingerprints");
+    if let Ok(rd) = fs::read_dir(&old_fps) {
+        let new_fps = cache_dir.join("fingerprints");
+        let _ = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&new_fps);
+        for e in rd.flatten() {
+            let to = new_fps.join(e.file_name());
+            if !to.exists() && fs::rename(e.path(), &to).is_err() {
+                // Another filesystem: copy (a partial copy is not JSON, and is hashed again).
+                let _ = fs::copy(e.path(), &to);
+            }
+        }
+    }
+    for sub in ["fingerprints", "meta", "front"] {
+        let dir = state_dir.join(sub);
+        if dir.exists() {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => tracing::info!(
+                    "moved the caches of {} to {}",
+                    dir.display(),
+                    cache_dir.display()
+                ),
+                Err(e) => tracing::warn!("removing {}: {e}", dir.display()),
+            }
+        }
+    }
 }
 
 /// Detaches what a killed daemon left: its dedup mounts under `state_dir`, and image mounts
