@@ -70,13 +70,9 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // `status | head` and the like: a reader that stops early ends this process quietly, as it
     // ends any Unix tool, instead of making the next print panic. The servers keep SIGPIPE
-    // ignored: a client that goes away must never end them; so do `bench` and `demo`, whose
-    // load generators write to servers that may reset a connection.
-    let serves = matches!(
-        cli.command,
-        Command::Daemon(_) | Command::Snapshotter(_) | Command::Bench(_) | Command::Demo(_)
-    );
-    if !serves {
+    // ignored: a client that goes away must never end them. (Sockets the others write to are
+    // written with MSG_NOSIGNAL: the control socket, `bench runtime`'s load.)
+    if !matches!(cli.command, Command::Daemon(_) | Command::Snapshotter(_)) {
         use nix::sys::signal::{SigHandler, Signal, signal};
         // SAFETY: sets SIGPIPE to its default action (no handler of ours) before this process
         // starts a thread; processes it spawns reset it at their own start.

@@ -536,6 +536,14 @@ fn fuse_front_mounts_are_handed_over_with_their_open_files() {
     let open_shared = std::fs::File::open(shared.mountpoint.join(&big)).unwrap();
     let mapped = Mapped::new(&open_shared, want.len()).unwrap();
     let open_own = std::fs::File::open(own.mountpoint.join(&big)).unwrap();
+    // Without systemd's store nobody could recover from a state file: none is written (a
+    // takeover gets the state over the socket).
+    assert!(
+        !d.state
+            .join(erofs_share_daemon::takeover::STATE_FILE)
+            .exists(),
+        "a state file without systemd"
+    );
     let before = d.status();
     assert!(
         before.mounts.iter().any(|m| m.shared_opens > 0),

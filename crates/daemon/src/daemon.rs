@@ -150,6 +150,12 @@ impl Daemon {
     /// [`crate::takeover`]): after every change of mounts and domains, so that a daemon
     /// restarted after a crash finds them as they were.
     pub fn persist(&self) {
+        // Only a daemon restarted with systemd's descriptors reads the file (a takeover gets
+        // the state over the socket): without the store it is work and tmpfs memory for
+        // nothing (about 200 bytes per dedup object, rewritten at every change).
+        if self.fd_store.is_none() {
+            return;
+        }
         let stopped = self.persisting.lock().unwrap();
         if *stopped {
             return;
@@ -185,6 +191,9 @@ impl Daemon {
     /// sources since the last save: a daemon restarted after a crash then trusts what was
     /// checked and never serves what was found forged. Runs until the daemon is dropped.
     pub fn save_verifications(self: &Arc<Self>) {
+        if self.fd_store.is_none() {
+            return;
+        }
         let d = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("state-saver".into())

@@ -1,10 +1,24 @@
 //! Bounded load on loopback: every generator here talks only to 127.0.0.1/::1, stops after a
 //! fixed number of requests or a deadline, whichever comes first, and reports what it did.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// Writes all of `buf` without SIGPIPE: a server that resets the connection is an error of
+/// this request, never the end of the benchmark (the CLI takes SIGPIPE's default action).
+fn send_all(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::net::send(s, buf, rustix::net::SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
 
 /// A load could not run.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +114,7 @@ pub fn wait_redis(
     wait_until(addr, timeout, stop, || {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
         s.set_read_timeout(Some(Duration::from_secs(1)))?;
-        s.write_all(b"PING\r\n")?;
+        send_all(&s, b"PING\r\n")?;
         let mut buf = [0u8; 7];
         s.read_exact(&mut buf)?;
         if &buf == b"+PONG\r\n" {
@@ -175,9 +189,7 @@ impl HttpConn {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: erofs-share-bench\r\n\r\n"
         );
-        self.reader
-            .get_mut()
-            .write_all(req.as_bytes())
+        send_all(self.reader.get_ref(), req.as_bytes())
             .map_err(|e| GetError::Transport(format!("send: {e}")))?;
         let mut line = String::new();
         self.reader
@@ -304,6 +316,7 @@ pub fn http_get(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::net::TcpListener;
 
     /// A tiny keep-alive server answering every request with a fixed body, `limit` times.
