@@ -70,9 +70,14 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // `status | head` and the like: a reader that stops early ends this process quietly, as it
     // ends any Unix tool, instead of making the next print panic. The servers keep SIGPIPE
-    // ignored: a client that goes away must never end them. (Sockets the others write to are
-    // written with MSG_NOSIGNAL: the control socket, `bench runtime`'s load.)
-    if !matches!(cli.command, Command::Daemon(_) | Command::Snapshotter(_)) {
+    // ignored: a client that goes away must never end them. So do `bench` and `demo`, which
+    // hold mounts and private daemons while they print: a signal would leave those behind.
+    // (The control socket is written with MSG_NOSIGNAL.)
+    let keeps_ignoring = matches!(
+        cli.command,
+        Command::Daemon(_) | Command::Snapshotter(_) | Command::Bench(_) | Command::Demo(_)
+    );
+    if !keeps_ignoring {
         use nix::sys::signal::{SigHandler, Signal, signal};
         // SAFETY: sets SIGPIPE to its default action (no handler of ours) before this process
         // starts a thread; processes it spawns reset it at their own start.
