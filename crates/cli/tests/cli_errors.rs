@@ -50,6 +50,26 @@ fn mkfs_onto_a_directory_names_it_and_the_cause_once() {
 }
 
 #[test]
+fn mkfs_into_a_directory_it_cannot_write_gives_the_os_error() {
+    // /proc exists, and no one creates files in it: the OS error's words, not the kind's
+    // ("entity not found"), and no temporary path.
+    let tmp = tempfile::tempdir().unwrap();
+    tree(&tmp.path().join("src"));
+    let out = run(tmp.path(), &["mkfs", "/proc/x.erofs", "src"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("erofs-share: building /proc/x.erofs: /proc: ")
+            && err.contains("(os error "),
+        "{err}"
+    );
+    assert!(
+        !err.contains(" at path ") && !err.contains("entity"),
+        "{err}"
+    );
+}
+
+#[test]
 fn mkfs_into_a_missing_directory_names_the_directory_once_and_no_temporary_path() {
     let tmp = tempfile::tempdir().unwrap();
     tree(&tmp.path().join("src"));
@@ -89,6 +109,26 @@ impl Drop for StopDaemon {
             .arg(&self.0)
             .output();
     }
+}
+
+#[test]
+fn mount_on_a_file_says_so_before_starting_a_daemon() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    std::fs::write(dir.join("img"), b"hello\n").unwrap();
+    std::fs::write(dir.join("file"), b"").unwrap();
+    let state = dir.join("state");
+    let _stop = StopDaemon(state.clone());
+    let out = run(&dir, &["mount", "--state-dir", "state", "img", "file"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "erofs-share: mountpoint {} is not a directory\n",
+            dir.join("file").display()
+        )
+    );
+    assert!(!state.exists(), "a daemon was started for nothing");
 }
 
 #[test]

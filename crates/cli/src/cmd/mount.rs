@@ -46,6 +46,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .mountpoint
         .canonicalize()
         .with_context(|| format!("mountpoint {}", args.mountpoint.display()))?;
+    // What the daemon would refuse anyway, before starting one for nothing.
+    if !mountpoint.is_dir() {
+        bail!("mountpoint {} is not a directory", mountpoint.display());
+    }
     ensure_daemon(&args.state_dir)?;
     let resp = control::request(
         &args.state_dir,

@@ -357,6 +357,14 @@ pub(crate) fn build_with(
 fn without_temp_path(e: std::io::Error, dir: &Path) -> std::io::Error {
     match std::fs::metadata(dir) {
         Err(direct) => direct,
-        Ok(_) => std::io::Error::from(e.kind()),
+        // The OS error's own words ("Read-only file system (os error 30)"), not the kind's:
+        // tempfile only has them in its message, before " at path <temporary file>".
+        Ok(_) => {
+            let msg = e.to_string();
+            match msg.rsplit_once(" at path ") {
+                Some((os, _)) => std::io::Error::new(e.kind(), os.to_string()),
+                None => e.kind().into(),
+            }
+        }
     }
 }
