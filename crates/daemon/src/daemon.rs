@@ -41,6 +41,7 @@ pub fn default_cache_dir(state_dir: &Path) -> PathBuf {
         state_dir.to_path_buf()
     }
 }
+
 /// Source ("fsname") prefix of image mounts in /proc/mounts, followed by the image path.
 pub const IMAGE_FSNAME: &str = "erofs-share:";
 /// Source prefix of the internal dedup mounts, followed by the domain id.

@@ -426,8 +426,11 @@ fn move_old_caches(state_dir: &Path, cache_dir: &Path) {
         return;
     }
     let old_fps = state_dir.join("fingerprints");
-    if let Ok(rd) = fs::read_dir(&old_fps) {
-        let new_fps = cache_dir.join("fingerprints");
+    let new_fps = cache_dir.join("fingerprints");
+    // (A cache directory under it is not an old one.)
+    if !cache_dir.starts_with(&old_fps)
+        && let Ok(rd) = fs::read_dir(&old_fps)
+    {
         let _ = fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -442,7 +445,8 @@ fn move_old_caches(state_dir: &Path, cache_dir: &Path) {
     }
     for sub in ["fingerprints", "meta", "front"] {
         let dir = state_dir.join(sub);
-        if dir.exists() {
+        // Never the cache directory itself (`--cache-dir <state-dir>/meta`).
+        if dir.exists() && !cache_dir.starts_with(&dir) {
             match fs::remove_dir_all(&dir) {
                 Ok(()) => tracing::info!(
                     "moved the caches of {} to {}",
