@@ -154,16 +154,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         shared.cache_growth as f64 / r.ideal as f64,
         kernel.cache_growth as f64 / r.ideal as f64
     );
+    let floor = (parts.distinct_content + parts.directories) * page;
     println!(
         "one domain, where it goes (analyze): distinct content {} + one page per directory per \
          mount {} + metadata images {} = {} MiB; no erofs metadata mount goes below distinct \
-         content + directories = {} MiB ({:.3}×)",
+         content + directories = {} MiB ({:.3}×); one domain vs that floor: {:.3}×",
         mb(parts.distinct_content * page),
         mb(parts.directories * page),
         mb(parts.metadata_images * page),
         mb(predicted.pages_with * page),
-        mb((parts.distinct_content + parts.directories) * page),
-        (parts.distinct_content + parts.directories) as f64 / parts.distinct_content.max(1) as f64
+        mb(floor),
+        floor as f64 / (parts.distinct_content * page).max(1) as f64,
+        shared.cache_growth as f64 / floor.max(1) as f64
     );
     println!(
         "one domain vs kernel: cold {:.2}×, warm {:.2}× (target ≤ 1.5), open+close {:.2}× \
