@@ -784,18 +784,6 @@ fn cached_files(root: &Path) -> Vec<(PathBuf, u64)> {
     out
 }
 
-/// `Cached:` of /proc/meminfo, in bytes.
-fn meminfo_cached() -> u64 {
-    let m = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kb = m
-        .lines()
-        .find_map(|l| l.strip_prefix("Cached:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .expect("Cached: in /proc/meminfo");
-    kb * 1024
-}
-
 /// Reads the programs every `ctr run` executes (ctr, runc, the shim), so that a page-cache
 /// growth measured across container runs is what the containers read.
 fn preload_runtime() {
@@ -914,7 +902,7 @@ fn containerd_runs_the_redis_pair() {
         // cache, the runtime's own programs read first so that only the containers' reads count.
         testkit::drop_caches().unwrap();
         preload_runtime();
-        let before = meminfo_cached();
+        let before = testkit::meminfo_cached().unwrap();
         let mut outs = Vec::new();
         for (i, (image, split)) in images.iter().zip(&splits).enumerate() {
             let (out, _) = ctr_run(&ctr_sock, sn, image, &format!("read-{i}"), &read);
@@ -942,7 +930,7 @@ fn containerd_runs_the_redis_pair() {
                 lines[3..].join("\n"),
             ));
         }
-        let growth = meminfo_cached().saturating_sub(before);
+        let growth = testkit::meminfo_cached().unwrap().saturating_sub(before);
         assert_ne!(outs[0].1, outs[1].1, "{sn}: a and b run the same redis");
         let cache = if sn == "erofs-share" {
             // Dedup objects of every domain and the layer images (read with O_DIRECT: none).

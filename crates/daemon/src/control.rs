@@ -242,11 +242,13 @@ pub fn request(state_dir: &Path, req: &Request) -> io::Result<Response> {
     })
 }
 
-/// Writes all of `buf` to `stream` without SIGPIPE (clients such as `status` take the
-/// default SIGPIPE action for their output): a daemon gone mid-request is an error here.
-fn send_all(stream: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
+/// Writes all of `buf` to the socket `sock` without SIGPIPE (the CLI's printing commands take
+/// SIGPIPE's default action): a peer gone mid-request is an error of the request, never the
+/// end of the process. Control requests use it, and `bench runtime`'s load generator.
+pub fn send_all(sock: impl std::os::fd::AsFd, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        match rustix::net::send(stream, buf, rustix::net::SendFlags::NOSIGNAL) {
+        match rustix::net::send(&sock, buf, rustix::net::SendFlags::NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => buf = &buf[n..],
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),

@@ -154,23 +154,21 @@ impl Daemon {
         // Only a daemon restarted with systemd's descriptors reads the file (a takeover gets
         // the state over the socket): without the store it is work and tmpfs memory for
         // nothing (about 200 bytes per dedup object, rewritten at every change).
-        if self.fd_store.is_none() {
+        let Some(store) = &self.fd_store else {
             return;
-        }
+        };
         let stopped = self.persisting.lock().unwrap();
         if *stopped {
             return;
         }
-        // The descriptors themselves only for systemd's store; the state file names them.
+        // The descriptors go to systemd's store; the state file names them.
         let mut names: Vec<String> = Vec::new();
         let mut fds: Vec<OwnedFd> = Vec::new();
         let state = self.snapshot(&mut |fd, name| {
-            if self.fd_store.is_some() {
-                fds.push(
-                    fd.try_clone_to_owned()
-                        .map_err(|e| format!("{name}: {e}"))?,
-                );
-            }
+            fds.push(
+                fd.try_clone_to_owned()
+                    .map_err(|e| format!("{name}: {e}"))?,
+            );
             names.push(name);
             Ok(names.len() - 1)
         });
@@ -183,9 +181,7 @@ impl Daemon {
         if let Err(e) = crate::takeover::write_state(&self.state_dir, &state) {
             tracing::warn!("writing {}: {e}", crate::takeover::STATE_FILE);
         }
-        if let Some(store) = &self.fd_store {
-            store.sync(&names.into_iter().zip(fds).collect::<Vec<_>>());
-        }
+        store.sync(&names.into_iter().zip(fds).collect::<Vec<_>>());
     }
 
     /// Saves the state file again, at most once a second, whenever verification has judged

@@ -1,24 +1,11 @@
 //! Bounded load on loopback: every generator here talks only to 127.0.0.1/::1, stops after a
 //! fixed number of requests or a deadline, whichever comes first, and reports what it did.
 
+use erofs_share_daemon::control::send_all;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// Writes all of `buf` without SIGPIPE: a server that resets the connection is an error of
-/// this request, never the end of the benchmark (the CLI takes SIGPIPE's default action).
-fn send_all(s: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        match rustix::net::send(s, buf, rustix::net::SendFlags::NOSIGNAL) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
 
 /// A load could not run.
 #[derive(Debug, thiserror::Error)]

@@ -195,15 +195,7 @@ fn read_once(dirs: &[&Path]) -> Result<Reading, PageCacheError> {
 
 /// `Cached:` of /proc/meminfo, in bytes (0 if unreadable: it is only shown for context).
 fn meminfo_cached() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Cached:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
+    erofs_share_host::meminfo_cached().unwrap_or(0)
 }
 
 /// Mount `images` with `mounter`, read everything (see [`growth_of_reading`]), unmount.

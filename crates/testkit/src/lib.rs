@@ -5,8 +5,8 @@
 //!   `EROFS_SHARE_REQUIRE_PRIVILEGED=1` says it must run.
 //! - [`testdata`]: the upstream mkfs.erofs 1.9.3 vectors, checked in under `testdata/` and
 //!   unpacked on first use.
-//! - [`LoopMount`] and [`drop_caches`]: the host operations of `erofs-share-host`, which the
-//!   benchmarks use too, re-exported.
+//! - [`LoopMount`], [`drop_caches`] and [`meminfo_cached`]: the host operations of
+//!   `erofs-share-host`, which the benchmarks use too, re-exported.
 //! - [`manifest`]: what a tree looks like (the JSON form of the vectors' manifests), and diffs.
 //! - [`Rng`]: seeded pseudo-random numbers for generated cases.
 
@@ -15,6 +15,6 @@ pub mod manifest;
 pub mod rng;
 pub mod testdata;
 
-pub use erofs_share_host::{LoopMount, drop_caches};
+pub use erofs_share_host::{LoopMount, drop_caches, meminfo_cached};
 pub use gate::{Need, require};
 pub use rng::Rng;
