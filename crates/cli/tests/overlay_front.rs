@@ -421,6 +421,22 @@ fn metadata_images_and_computed_fingerprints_are_kept_in_the_cache_directory() {
             .unwrap_or_default()
     };
     assert_eq!(listed("meta"), vec![meta.clone()]);
+    // Reading never writes to the host's disk: no atime updates of the metadata image (where
+    // the cache's filesystem has the flag).
+    let probe = cache.path().join("probe");
+    let probe_file = std::fs::File::create(&probe).unwrap();
+    if rustix::fs::ioctl_setflags(&probe_file, rustix::fs::IFlags::NOATIME).is_ok() {
+        let f = std::fs::File::open(&meta).unwrap();
+        let flags = rustix::fs::ioctl_getflags(&f).unwrap();
+        assert!(flags.contains(rustix::fs::IFlags::NOATIME), "{flags:?}");
+    } else {
+        eprintln!(
+            "{}: no FS_NOATIME_FL here, not checked",
+            cache.path().display()
+        );
+    }
+    drop(probe_file);
+    std::fs::remove_file(probe).unwrap();
     assert_eq!(listed("fingerprints").len(), 1);
     // Each mount's copy is unlinked once mounted.
     assert!(listed("front").is_empty(), "{:?}", listed("front"));
