@@ -40,6 +40,42 @@ fn bench_memory_agrees_with_analyze_and_plots() {
     let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
     assert_eq!((w, h), (1000, 560));
     assert!(bytes.len() > 10_000, "{} bytes", bytes.len());
+    text_states_the_ratio_of_its_own_table();
+}
+
+/// The text report's page-cache ratio is its own table's one-domain row over the ideal, with
+/// three decimals (at two, 1.0547 would pass for the target of 1.05).
+fn text_states_the_ratio_of_its_own_table() {
+    let out = Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+        .args(["bench", "memory", "--runs", "1"])
+        .arg(testkit::testdata::image("plain-fp"))
+        .arg(testkit::testdata::image("tar-full-fp"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let mib = |row: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| {row} |")))
+            .unwrap_or_else(|| panic!("no row {row:?}: {text}"));
+        line.split('|').nth(2).unwrap().trim().parse().unwrap()
+    };
+    let (shared, ideal) = (
+        mib("erofs-share, one domain"),
+        mib("ideal: unique file content"),
+    );
+    let ratio = text
+        .split("one domain vs ideal: ")
+        .nth(1)
+        .and_then(|r| r.split('×').next())
+        .unwrap_or_else(|| panic!("no ratio: {text}"));
+    assert_eq!(ratio.split('.').nth(1).map(str::len), Some(3), "{ratio}");
+    let ratio: f64 = ratio.parse().unwrap();
+    assert!(
+        (ratio - shared / ideal).abs() < 0.01,
+        "{ratio} vs {shared} / {ideal}"
+    );
 }
 
 /// One domain's measured growth is at least the ideal (distinct content) and within 5 % of
