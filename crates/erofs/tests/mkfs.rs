@@ -416,7 +416,11 @@ fn hostile_tars_fail_with_clear_errors_and_keep_the_destination() {
         t
     };
     let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
-    cases.push(("truncated data", good[..1500].to_vec(), "truncated"));
+    cases.push((
+        "truncated data",
+        good[..1500].to_vec(),
+        "\"a\": archive is truncated (in this entry's data)",
+    ));
     cases.push(("truncated header", good[..300].to_vec(), "truncated"));
     cases.push((
         "no end marker",
@@ -521,6 +525,23 @@ fn hostile_tars_fail_with_clear_errors_and_keep_the_destination() {
             std::fs::read(&dst).unwrap(),
             b"precious",
             "{what}: destination clobbered"
+        );
+    }
+    // Compressed, small members are read whole and big ones spooled: the same words.
+    for cut in [1500, 512 + 300_000] {
+        let mut big = Vec::new();
+        // Over the 4 MiB segment: spooled to a temporary file first.
+        member(&mut big, "a", b'0', &vec![7u8; (4 << 20) + 1000], "", &[]);
+        end(&mut big);
+        let mut o = opts();
+        o.compression = Some(erofs::build::Compression::new("lz4", None, 4096).unwrap());
+        let data = if cut == 1500 { &good } else { &big };
+        let err = build_tar(tmp.path(), data[..cut].to_vec(), &o)
+            .expect_err("truncated, compressed")
+            .to_string();
+        assert!(
+            err.contains("\"a\": archive is truncated (in this entry's data)"),
+            "{err}"
         );
     }
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();

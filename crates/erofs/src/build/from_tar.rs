@@ -457,9 +457,15 @@ impl Builder<'_> {
                 let fp = self.opts.fingerprint.is_some() && e.size > 0;
                 let max_ibody = max_ibody_size(&e.xattrs, fp);
                 let at_header = tar.header_at;
+                // A short read of a member's data is the archive ending early, whatever the
+                // reader calls it (file_data's words are for files changing under us).
                 let err = |io: std::io::Error| BuildError::Tar {
                     offset: at_header,
-                    msg: format!("{shown:?}: {io}"),
+                    msg: if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                        format!("{shown:?}: archive is truncated (in this entry's data)")
+                    } else {
+                        format!("{shown:?}: {io}")
+                    },
                 };
                 let skip = match &self.pass {
                     Pass::Store => false,
@@ -472,12 +478,7 @@ impl Builder<'_> {
                 } else if let Some(c) = &self.opts.compression {
                     let at =
                         super::compress::Placement::of(c, self.opts.inline, bs, e.size, max_ibody);
-                    let short = || {
-                        err(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "archive ends inside this entry",
-                        ))
-                    };
+                    let short = || err(std::io::ErrorKind::UnexpectedEof.into());
                     let p = if e.size > super::compress::SEGMENT as u64 {
                         // Big: copied to a temporary file, then compressed a few segments
                         // at a time (the copy is read again if it is stored plain).
