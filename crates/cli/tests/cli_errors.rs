@@ -1,5 +1,6 @@
 //! Error messages say each thing once: the exact stderr of the cases that used to repeat a
-//! name or a cause, and the rule for error types that keeps them from coming back. No root.
+//! name or a cause, and the rule for error types that keeps them from coming back. No root,
+//! but for the one case only a started daemon can refuse.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -133,7 +134,6 @@ fn mount_on_a_file_says_so_before_starting_a_daemon() {
 
 #[test]
 fn mount_of_a_file_that_is_not_an_image_names_it_once() {
-    // The daemon refuses the image before any FUSE mount: no root needed.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().canonicalize().unwrap();
     std::fs::write(dir.join("doc.tar"), b"hello\n").unwrap();
@@ -142,37 +142,73 @@ fn mount_of_a_file_that_is_not_an_image_names_it_once() {
     let _stop = StopDaemon(state.clone());
     let out = run(&dir, &["mount", "--state-dir", "state", "doc.tar", "mnt"]);
     assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "erofs-share: {}: not an EROFS image: 6 bytes is too short to hold a superblock\n",
+            dir.join("doc.tar").display()
+        )
+    );
+    // What the daemon would refuse is refused before one is started for nothing.
+    assert!(!state.exists(), "a daemon was started for nothing");
+    let out = run(
+        &dir,
+        &[
+            "mount",
+            "--state-dir",
+            "state",
+            "--domain",
+            "",
+            "doc.tar",
+            "mnt",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("a value is required for '--domain <DOMAIN>'"));
+    assert!(!state.exists(), "a daemon was started for nothing");
+}
+
+#[test]
+fn mount_says_it_started_a_daemon_and_stop_waits_for_it() {
+    if !testkit::require(
+        "mount_says_it_started_a_daemon_and_stop_waits_for_it",
+        &[
+            testkit::Need::Root,
+            testkit::Need::Fuse,
+            testkit::Need::KernelErofs,
+        ],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    std::os::unix::fs::symlink(testkit::testdata::image("plain-fp"), dir.join("img")).unwrap();
+    std::fs::create_dir(dir.join("mnt")).unwrap();
+    let state = dir.join("state");
+    let _stop = StopDaemon(state.clone());
+    let out = run(&dir, &["mount", "--state-dir", "state", "img", "mnt"]);
     let err = stderr(&out);
-    let mut lines = err.lines();
-    // `mount` says it started a daemon, with its pid and log.
-    let started = lines.next().unwrap_or_default();
+    assert!(out.status.success(), "{err}");
+    // `mount` says it started a daemon, with its pid and log, once.
     let pid = std::fs::read_to_string(state.join("daemon.pid")).unwrap();
     assert_eq!(
-        started,
+        err,
         format!(
-            "started the erofs-share daemon (pid {}); its log is state/daemon.log",
+            "started the erofs-share daemon (pid {}); its log is state/daemon.log\n",
             pid.trim()
         )
     );
-    assert_eq!(
-        lines.next(),
-        Some(
-            format!(
-                "erofs-share: {}: not an EROFS image: 6 bytes is too short to hold a superblock",
-                dir.join("doc.tar").display()
-            )
-            .as_str()
-        ),
-        "{err}"
-    );
-    assert_eq!(lines.next(), None, "{err}");
-    // `stop` waits until the daemon has gone.
+    // `stop` unmounts, and waits until the daemon has gone.
     let t = Instant::now();
     let out = run(&dir, &["stop", "--state-dir", "state"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(t.elapsed() < Duration::from_secs(30));
     assert!(!state.join("daemon.pid").exists());
     assert!(!Path::new(&format!("/proc/{}", pid.trim())).exists() || zombie(pid.trim()));
+    assert!(
+        !erofs_share_daemon::mounts::mountpoints().contains(&dir.join("mnt")),
+        "still mounted"
+    );
 }
 
 /// True when the process is a zombie (exited, not yet reaped by its new parent).

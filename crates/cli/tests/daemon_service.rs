@@ -1,5 +1,6 @@
 //! The daemon as a service: the shipped systemd unit's commands start, serve and stop it; a
-//! corrupt directory entry is listed, logged once and counted; the log has no colour codes.
+//! corrupt directory entry is listed, logged once and counted; an image without a root
+//! directory is refused; the log has no colour codes.
 //! Root and /dev/fuse required. Images are built by our mkfs from trees made here.
 
 mod common;
@@ -204,6 +205,54 @@ fn the_systemd_unit_starts_serves_and_stops_the_daemon() {
         !journal.contains('\x1b'),
         "colour codes in the log: {journal:?}"
     );
+}
+
+#[test]
+fn an_image_without_a_root_directory_is_refused_not_mounted() {
+    if !gate("an_image_without_a_root_directory_is_refused_not_mounted") {
+        return;
+    }
+    let d = Daemon::start();
+    let img = image(d.dir.path());
+    // The root inode's mode made a regular file's: no front can serve the tree. (It used to
+    // fall back to the FUSE front, whose mountpoint then failed every access with EIO.)
+    let (off, _) = inode_offset(&img, "/");
+    let bad = patched_copy(&img, d.dir.path(), "rootless.erofs", |v| {
+        v[off as usize + 4..off as usize + 6].copy_from_slice(&0o100644u16.to_le_bytes());
+    })
+    .canonicalize()
+    .unwrap();
+    for domain in [None, Some("x")] {
+        let err = d.try_mount(&bad, "m", domain, true).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "{}: nid {}: corrupt: the root inode is not a directory",
+                bad.display(),
+                erofs::Image::open(&bad).unwrap().root_nid()
+            )
+        );
+    }
+    let st = d.status();
+    assert!(st.mounts.is_empty(), "{:?}", st.mounts);
+    assert!(!is_mounted(&d.dir.path().join("m")));
+    // `mount` refuses it too, before asking (or starting) a daemon.
+    let state = d.dir.path().join("other-state");
+    let out = Command::new(env!("CARGO_BIN_EXE_erofs-share"))
+        .arg("mount")
+        .arg("--state-dir")
+        .arg(&state)
+        .arg(&bad)
+        .arg(d.dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the root inode is not a directory"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!state.exists(), "a daemon was started for nothing");
 }
 
 #[test]

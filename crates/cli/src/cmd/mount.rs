@@ -14,7 +14,7 @@ pub struct Args {
     /// Share identical files with the other mounts of this domain. A domain is verified
     /// unless its first mount says `--trusted`: each shared file's content is checked against
     /// its fingerprint before any of it is served.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub domain: Option<String>,
     /// Make the domain trusted: fingerprints are believed, not checked (as the kernel's
     /// `inode_share`; for images that all come from one trusted source).
@@ -50,6 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !mountpoint.is_dir() {
         bail!("mountpoint {} is not a directory", mountpoint.display());
     }
+    erofs::Image::open(&image)?.root()?;
     ensure_daemon(&args.state_dir)?;
     let resp = control::request(
         &args.state_dir,

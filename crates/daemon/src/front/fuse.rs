@@ -118,6 +118,11 @@ impl MountedImage {
         let file = Arc::new(file);
         let image = Image::from_source(file.clone(), image_path.display().to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        // No front can serve an image without a root directory: refused, not mounted with
+        // its mountpoint failing every access.
+        image
+            .root()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         Ok(Self {
             id,
             image_path,
