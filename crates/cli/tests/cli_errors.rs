@@ -112,60 +112,53 @@ impl Drop for StopDaemon {
     }
 }
 
+/// What the daemon would refuse, `mount` refuses before starting one for nothing, in one line.
 #[test]
-fn mount_on_a_file_says_so_before_starting_a_daemon() {
+fn mount_refuses_what_the_daemon_would_before_starting_one() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().canonicalize().unwrap();
     std::fs::write(dir.join("img"), b"hello\n").unwrap();
     std::fs::write(dir.join("file"), b"").unwrap();
-    let state = dir.join("state");
-    let _stop = StopDaemon(state.clone());
-    let out = run(&dir, &["mount", "--state-dir", "state", "img", "file"]);
-    assert!(!out.status.success());
-    assert_eq!(
-        stderr(&out),
-        format!(
-            "erofs-share: mountpoint {} is not a directory\n",
-            dir.join("file").display()
-        )
-    );
-    assert!(!state.exists(), "a daemon was started for nothing");
-}
-
-#[test]
-fn mount_of_a_file_that_is_not_an_image_names_it_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().canonicalize().unwrap();
-    std::fs::write(dir.join("doc.tar"), b"hello\n").unwrap();
     std::fs::create_dir(dir.join("mnt")).unwrap();
     let state = dir.join("state");
     let _stop = StopDaemon(state.clone());
-    let out = run(&dir, &["mount", "--state-dir", "state", "doc.tar", "mnt"]);
-    assert!(!out.status.success());
-    assert_eq!(
-        stderr(&out),
-        format!(
-            "erofs-share: {}: not an EROFS image: 6 bytes is too short to hold a superblock\n",
-            dir.join("doc.tar").display()
-        )
-    );
-    // What the daemon would refuse is refused before one is started for nothing.
-    assert!(!state.exists(), "a daemon was started for nothing");
-    let out = run(
-        &dir,
-        &[
-            "mount",
-            "--state-dir",
-            "state",
-            "--domain",
-            "",
-            "doc.tar",
-            "mnt",
-        ],
-    );
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("a value is required for '--domain <DOMAIN>'"));
-    assert!(!state.exists(), "a daemon was started for nothing");
+    let cases: [(&[&str], String); 3] = [
+        (
+            &["img", "file"],
+            format!(
+                "erofs-share: mountpoint {} is not a directory\n",
+                dir.join("file").display()
+            ),
+        ),
+        (
+            &["img", "mnt"],
+            format!(
+                "erofs-share: {}: not an EROFS image: 6 bytes is too short to hold a superblock\n",
+                dir.join("img").display()
+            ),
+        ),
+        (
+            &["--domain", "", "img", "mnt"],
+            "error: a value is required for '--domain <DOMAIN>' but none was supplied".into(),
+        ),
+    ];
+    for (args, want) in cases {
+        let out = run(
+            &dir,
+            &[&["mount", "--state-dir", "state"][..], args].concat(),
+        );
+        assert!(!out.status.success(), "{args:?}");
+        let err = stderr(&out);
+        if want.ends_with('\n') {
+            assert_eq!(err, want, "{args:?}");
+        } else {
+            assert!(err.starts_with(&want), "{args:?}: {err}");
+        }
+        assert!(
+            !state.exists(),
+            "{args:?}: a daemon was started for nothing"
+        );
+    }
 }
 
 #[test]
