@@ -1,6 +1,6 @@
 //! Error messages say each thing once: the exact stderr of the cases that used to repeat a
-//! name or a cause, and the rule for error types that keeps them from coming back. No root,
-//! but for the one case only a started daemon can refuse.
+//! name or a cause, and the rule for error types that keeps them from coming back; what
+//! `mount` says when it starts a daemon. No root, but for that last one (a real mount).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
